@@ -1,0 +1,1 @@
+"""Data: record format, synthetic world, ingest, augmentation and the grain pipeline."""
