@@ -1,0 +1,165 @@
+"""Cross-modal consistent augmentation: one crop and one flip for every modality.
+
+A crop is drawn once per sample as a box in normalised image coordinates and applied
+to each modality by what its `RawSpec` says: dense images are resampled (bilinear with
+antialiasing for continuous values, nearest for labels), feature maps are resampled on
+their own patch grid (they keep their grid size), boxes are shifted, scaled, clipped
+and flipped, and a flip negates the x component of camera-frame vectors (normals).
+Text and vectors pass through. All randomness comes from the `rng` argument, which
+the pipeline derives from (seed, position in the sample stream).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fourm import modalities
+from fourm.modalities import Flip, Form, Resample
+
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1), normalised to [0, 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Random resized crop + horizontal flip, or a deterministic centre crop (`train=False`)."""
+  resolution: int
+  train: bool = True
+  crop_scale: tuple[float, float] = (0.8, 1.0)   # fraction of the image area kept
+  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  flip_prob: float = 0.5
+  min_box_pixels: float = 1.0                   # boxes thinner than this after cropping go
+
+  def __post_init__(self):
+    low, high = self.crop_scale
+    if not 0 < low <= high <= 1:
+      raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+    if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+      raise ValueError(f"crop_ratio must be positive and ordered, got {self.crop_ratio}")
+    if not 0 <= self.flip_prob <= 1:
+      raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
+
+
+def center_crop_box(height: int, width: int) -> Box:
+  """The largest centred square, so the output is not stretched."""
+  side = min(height, width)
+  x0, y0 = (width - side) / 2 / width, (height - side) / 2 / height
+  return (x0, y0, x0 + side / width, y0 + side / height)
+
+
+def random_crop_box(rng: np.random.Generator, height: int, width: int,
+                    scale: tuple[float, float], ratio: tuple[float, float]) -> Box:
+  """Inception-style random resized crop: area fraction in `scale`, aspect in `ratio`."""
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * rng.uniform(*scale)
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = math.sqrt(target_area * aspect)
+    h = math.sqrt(target_area / aspect)
+    if w <= width and h <= height:
+      x0 = rng.uniform(0, width - w)
+      y0 = rng.uniform(0, height - h)
+      return (x0 / width, y0 / height, (x0 + w) / width, (y0 + h) / height)
+  return center_crop_box(height, width)
+
+
+def image_size(sample: Mapping[str, Any]) -> tuple[int, int]:
+  """(H, W) shared by the sample's dense image modalities."""
+  for name, value in sample.items():
+    raw = modalities.RAW_MODALITIES.get(name)
+    if raw is not None and raw.form == Form.IMAGE:
+      return value.shape[:2]
+  raise ValueError(f"sample has no dense image modality to crop (has {sorted(sample)})")
+
+
+def augment(sample: Mapping[str, Any], config: AugmentConfig,
+            rng: np.random.Generator | None = None) -> dict[str, Any]:
+  """Applies one crop (+ flip) to every modality of `sample`."""
+  height, width = image_size(sample)
+  if config.train:
+    if rng is None:
+      raise ValueError("training augmentation needs an rng")
+    box = random_crop_box(rng, height, width, config.crop_scale, config.crop_ratio)
+    flip = bool(rng.uniform() < config.flip_prob)
+  else:
+    box, flip = center_crop_box(height, width), False
+  return apply_crop(sample, box, flip, config.resolution, config.min_box_pixels)
+
+
+def apply_crop(sample: Mapping[str, Any], box: Box, flip: bool, resolution: int,
+               min_box_pixels: float = 1.0) -> dict[str, Any]:
+  out = {}
+  for name, value in sample.items():
+    raw = modalities.get_raw(name)
+    if raw.form == Form.IMAGE:
+      out[name] = _crop_dense(value, box, (resolution, resolution), raw, flip)
+    elif raw.form == Form.FEATURE_MAP:
+      out[name] = _crop_dense(value, box, value.shape[:2], raw, flip)
+    elif raw.form == Form.BOXES:
+      out[name] = crop_boxes(value, box, flip, min_size=min_box_pixels / resolution)
+    else:
+      out[name] = value
+  return out
+
+
+def _crop_dense(array: np.ndarray, box: Box, out_hw: tuple[int, int], raw: modalities.RawSpec,
+                flip: bool) -> np.ndarray:
+  height, width = array.shape[:2]
+  pixel_box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+  nearest = raw.resample == Resample.NEAREST
+  result = resize_box(array, pixel_box, out_hw, nearest=nearest)
+  if flip:
+    result = result[:, ::-1]
+    if raw.flip == Flip.NEGATE_X:
+      result = result.copy()
+      result[..., 0] = -result[..., 0]
+  if raw.unit_vectors:
+    # Interpolating unit vectors shortens them; renormalise so they stay unit length.
+    norm = np.linalg.norm(result, axis=-1, keepdims=True)
+    result = result / np.maximum(norm, 1e-6)
+  return np.ascontiguousarray(result, dtype=array.dtype)
+
+
+def resize_box(array: np.ndarray, pixel_box: tuple[float, float, float, float],
+               out_hw: tuple[int, int], *, nearest: bool) -> np.ndarray:
+  """Resamples the region `pixel_box` (x0, y0, x1, y1, pixels) of `array` to `out_hw`.
+
+  PIL does the work: its box resize antialiases when shrinking, which plain bilinear
+  indexing would not. Multi-channel float arrays go channel by channel through mode F.
+  """
+  size = (out_hw[1], out_hw[0])
+  method = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+  if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
+    return np.asarray(Image.fromarray(array).resize(size, method, box=pixel_box))
+  if array.dtype == np.uint8 and array.ndim == 2:
+    return np.asarray(Image.fromarray(array).resize(size, method, box=pixel_box))
+  channels = array[..., None] if array.ndim == 2 else array
+  dtype = np.float32 if array.dtype.kind == "f" or not nearest else np.int32
+  planes = [np.asarray(Image.fromarray(np.ascontiguousarray(channels[..., c], dtype=dtype))
+                       .resize(size, method, box=pixel_box))
+            for c in range(channels.shape[-1])]
+  result = np.stack(planes, axis=-1)
+  return result[..., 0] if array.ndim == 2 else result
+
+
+def crop_boxes(det: Mapping[str, Any], box: Box, flip: bool, min_size: float) -> dict[str, Any]:
+  """Maps boxes into the crop; boxes left thinner than `min_size` (normalised) go."""
+  boxes = np.asarray(det["boxes"], np.float32).reshape(-1, 4)
+  x0, y0, x1, y1 = box
+  scale = np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0], np.float32)
+  offset = np.array([x0, y0, x0, y0], np.float32)
+  moved = np.clip((boxes - offset) / scale, 0.0, 1.0)
+  keep = ((moved[:, 2] - moved[:, 0]) >= min_size) & ((moved[:, 3] - moved[:, 1]) >= min_size)
+  if flip:
+    moved = np.stack([1 - moved[:, 2], moved[:, 1], 1 - moved[:, 0], moved[:, 3]], axis=1)
+  out = {"boxes": moved[keep].astype(np.float32),
+         "classes": [c for c, k in zip(det["classes"], keep) if k]}
+  if "scores" in det:
+    out["scores"] = np.asarray(det["scores"], np.float32)[keep]
+  return out

@@ -1,0 +1,185 @@
+"""The grain input pipeline: records -> shuffled, augmented, sharded, static-shape batches.
+
+How the stream is laid out, and why:
+
+* One global stream of sample positions 0, 1, 2, ... Position p of epoch e holds record
+  `shuffle(seed + e)[p mod n]` (grain's index shuffle, a fresh permutation each epoch).
+* The augmentation of position p draws from `np.random.default_rng([seed, p])`: the
+  random draw is a function of (seed, position), so it does not depend on how many
+  processes read the stream or on worker scheduling.
+* Process i of P takes positions i, i + P, i + 2P, ...; its k-th batch of B / P samples
+  therefore holds positions [k B, (k + 1) B) of the global stream, interleaved. The
+  global batch k is the same set of samples on 1 host or on 64.
+* A finite stream (`num_epochs` set) is padded up to a whole number of global batches
+  with wrapped-around samples marked `meta.valid = False`: every process yields the
+  same number of batches and nothing is dropped.
+* Iterators are grain `DatasetIterator`s: `get_state()` / `set_state()` resume exactly,
+  and grain's orbax handler checkpoints them beside the train state.
+
+A batch is a dict keyed by raw modality name (static shapes), plus `meta` with the
+record index, epoch, and validity of each row. Text becomes an object array of str;
+boxes become {"boxes": [B, M, 4], "classes": [B, M] str, "valid": [B, M]}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from fourm import modalities
+from fourm.data import augment as augment_lib
+from fourm.data.records import RecordError, RecordSource
+from fourm.modalities import Form
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  data: tuple[str, ...]                   # dataset directories, joined side by side
+  batch_size: int                         # global batch size (over all processes)
+  split: str = "train"
+  modalities: tuple[str, ...] | None = None  # raw modalities required; None: all stored
+  resolution: int = 64
+  seed: int = 0
+  shuffle: bool = True
+  num_epochs: int | None = None           # None: repeat forever (training)
+  augment: bool = True                    # False: centre crop, no flip (evaluation)
+  crop_scale: tuple[float, float] = (0.8, 1.0)
+  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  flip_prob: float = 0.5
+  max_boxes: int = 64                     # boxes per sample after padding
+  process_index: int = 0
+  process_count: int = 1
+  read_threads: int = 4                   # per-process threads that load samples
+  worker_count: int = 0                   # grain worker processes (0: none)
+
+  def __post_init__(self):
+    if isinstance(self.data, str):
+      object.__setattr__(self, "data", (self.data,))
+    if not 0 <= self.process_index < self.process_count:
+      raise ValueError(f"process_index {self.process_index} not in [0, {self.process_count})")
+    if self.batch_size <= 0 or self.batch_size % self.process_count:
+      raise ValueError(f"global batch size {self.batch_size} must be a positive multiple of "
+                       f"the process count {self.process_count}")
+    if self.num_epochs is not None and self.num_epochs <= 0:
+      raise ValueError(f"num_epochs must be positive or None, got {self.num_epochs}")
+
+  @property
+  def per_process_batch(self) -> int:
+    return self.batch_size // self.process_count
+
+  @property
+  def augment_config(self) -> augment_lib.AugmentConfig:
+    return augment_lib.AugmentConfig(
+        resolution=self.resolution, train=self.augment, crop_scale=self.crop_scale,
+        crop_ratio=self.crop_ratio, flip_prob=self.flip_prob)
+
+
+class _LoadSample(grain.transforms.MapWithIndex):
+  """Global position -> (record of that position, augmented with rng(seed, position))."""
+
+  def __init__(self, source: RecordSource, order: grain.MapDataset, num_real: int,
+               config: PipelineConfig):
+    self.source, self.order, self.num_real, self.config = source, order, num_real, config
+    self.augment_config = config.augment_config
+
+  def map_with_index(self, position: int, _):
+    num_records = len(self.source)
+    valid = position < self.num_real
+    if not valid:  # padding of a finite stream: wrap around, marked invalid
+      position %= self.num_real
+    record = int(self.order[position])
+    rng = np.random.default_rng([self.config.seed, position])
+    sample = augment_lib.augment(self.source[record], self.augment_config, rng)
+    sample["meta"] = {"record": np.int64(record), "epoch": np.int32(position // num_records),
+                      "valid": np.bool_(valid)}
+    return sample
+
+
+def collate(samples: Sequence[Mapping[str, Any]], max_boxes: int) -> dict[str, Any]:
+  """Stacks samples into a static-shape batch (see the module docstring)."""
+  batch: dict[str, Any] = {}
+  for name in samples[0]:
+    values = [sample[name] for sample in samples]
+    if name == "meta":
+      batch[name] = {key: np.stack([v[key] for v in values]) for key in values[0]}
+      continue
+    form = modalities.get_raw(name).form
+    if form == Form.TEXT:
+      batch[name] = np.array(values, dtype=object)
+    elif form == Form.BOXES:
+      batch[name] = _pad_boxes(values, max_boxes, [s["meta"] for s in samples])
+    else:
+      batch[name] = np.stack(values)
+  return batch
+
+
+def _pad_boxes(dets, max_boxes: int, metas) -> dict[str, np.ndarray]:
+  boxes = np.zeros((len(dets), max_boxes, 4), np.float32)
+  classes = np.full((len(dets), max_boxes), "", dtype=object)
+  valid = np.zeros((len(dets), max_boxes), bool)
+  for row, (det, meta) in enumerate(zip(dets, metas)):
+    count = len(det["boxes"])
+    if count > max_boxes:
+      raise RecordError(f"{count} boxes after augmentation exceed max_boxes={max_boxes}; "
+                        "raise PipelineConfig.max_boxes", record=int(meta["record"]),
+                        field="det")
+    boxes[row, :count] = det["boxes"]
+    classes[row, :count] = det["classes"]
+    valid[row, :count] = True
+  return {"boxes": boxes, "classes": classes, "valid": valid}
+
+
+class Pipeline:
+  """Builds the per-process stream of batches; iterate it or call `iterator()`."""
+
+  def __init__(self, config: PipelineConfig):
+    self.config = config
+    self.source = RecordSource(config.data, config.split, config.modalities)
+    num_records = len(self.source)
+    if num_records == 0:
+      raise RecordError(f"split {config.split!r} has no records", path=",".join(config.data))
+    order = grain.MapDataset.range(num_records)
+    if config.shuffle:
+      order = order.shuffle(seed=config.seed)
+    order = order.repeat(config.num_epochs)  # reshuffles each epoch (seed + epoch)
+    if config.num_epochs is None:
+      self.num_positions = sys.maxsize
+      num_real = sys.maxsize
+    else:
+      num_real = num_records * config.num_epochs
+      # Pad to whole global batches so every process yields the same number of batches.
+      self.num_positions = -(-num_real // config.batch_size) * config.batch_size
+    positions = grain.MapDataset.range(self.num_positions)
+    samples = positions.map_with_index(_LoadSample(self.source, order, num_real, config))
+    self.samples = samples[config.process_index::config.process_count]
+
+  @property
+  def num_batches(self) -> int | None:
+    """Batches per process for a finite stream; None when it repeats forever."""
+    if self.config.num_epochs is None:
+      return None
+    return self.num_positions // self.config.batch_size
+
+  def dataset(self) -> grain.IterDataset:
+    config = self.config
+    read = grain.ReadOptions(num_threads=config.read_threads,
+                             prefetch_buffer_size=max(2 * config.per_process_batch, 8))
+    ds = self.samples.to_iter_dataset(read)
+    ds = ds.batch(config.per_process_batch, drop_remainder=False,
+                  batch_fn=functools.partial(collate, max_boxes=config.max_boxes))
+    if config.worker_count > 0:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
+    return ds
+
+  def iterator(self) -> grain.DatasetIterator:
+    """A checkpointable iterator (`get_state` / `set_state`)."""
+    return iter(self.dataset())
+
+  def __iter__(self):
+    return self.iterator()

@@ -1,0 +1,275 @@
+"""The modality registry: what every modality is, as data.
+
+Two levels, deliberately kept apart:
+
+* `RawSpec` says how a modality is *stored* in a record (dtype, channels) and how
+  it behaves under cross-modal augmentation (resampling, what a horizontal flip
+  does to its values). Pseudo-labelers write raw modalities; tokenizers read them.
+* `ModalitySpec` says what the *model* sees: a kind (pixel patches, a grid of VQ
+  tokens, a token sequence, a feature map, a global vector), vocabulary, tokenizer,
+  positions, and whether it may be an input, a target or both. Each names the raw
+  modality it is derived from, inline, so adding a 4M-21 modality is one entry:
+
+      register(ModalitySpec("tok_canny_edge", Kind.IMAGE_TOKENS, vocab_size=8192,
+                            tokenizer="vqvae_canny_edge",
+                            source=RawSpec("canny_edge", Form.IMAGE, "uint8", 1)))
+
+Resolution is not part of a name: a `Layout` (resolution, patch size) turns a spec
+into token counts, so the same registry serves the reference 224 px layout and the
+small 64 px layout used for CPU work.
+
+This module knows nothing about models, files or training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable, Mapping
+
+
+class Kind(enum.StrEnum):
+  """How the model consumes a modality."""
+  PIXELS = "pixels"              # raw image, linear patch embedding (input only)
+  IMAGE_TOKENS = "image_tokens"  # 2D grid of VQ-VAE token ids
+  SEQUENCE = "sequence"          # 1D token ids with span masking (caption, det)
+  FEATURE_MAP = "feature_map"    # 2D grid of continuous vectors, linear projection
+  GLOBAL = "global"              # a fixed number of tokens per sample (1D)
+
+
+class Form(enum.StrEnum):
+  """How a raw modality is stored and augmented."""
+  IMAGE = "image"                # dense [H, W] or [H, W, C], aligned with rgb pixels
+  FEATURE_MAP = "feature_map"    # dense [G, G, D] at patch resolution, aligned with rgb
+  BOXES = "boxes"                # {"boxes": float32 [N, 4] xyxy in [0, 1], "classes": [str]}
+  TEXT = "text"                  # a str
+  VECTOR = "vector"              # [D] or [N, D], not spatial
+
+
+class Resample(enum.StrEnum):
+  BILINEAR = "bilinear"          # continuous values (colour, depth, normals, features)
+  NEAREST = "nearest"            # labels (class ids, instance ids, edges as classes)
+
+
+class Flip(enum.StrEnum):
+  """What a horizontal flip does to the *values* (the pixels always move)."""
+  NONE = "none"
+  NEGATE_X = "negate_x"          # vectors in the camera frame: x changes sign
+
+
+class Role(enum.StrEnum):
+  INPUT = "input"
+  TARGET = "target"
+
+
+BOTH = frozenset({Role.INPUT, Role.TARGET})
+
+
+@dataclasses.dataclass(frozen=True)
+class RawSpec:
+  """A raw modality as it lives in a record."""
+  name: str
+  form: Form
+  dtype: str                     # numpy dtype name; "str" for text, "boxes" for boxes
+  channels: int | None = None    # None: [H, W]; an int C: [H, W, C] (or [G, G, C])
+  resample: Resample | None = None
+  flip: Flip = Flip.NONE
+  unit_vectors: bool = False     # values are unit vectors: renormalise after resampling
+
+  def __post_init__(self):
+    spatial = self.form in (Form.IMAGE, Form.FEATURE_MAP)
+    if spatial and self.resample is None:
+      object.__setattr__(self, "resample", Resample.BILINEAR)
+    if not spatial and self.resample is not None:
+      raise ValueError(f"raw modality {self.name!r}: only images and feature maps resample")
+    if self.flip == Flip.NEGATE_X and not (spatial and self.channels and self.channels >= 1):
+      raise ValueError(f"raw modality {self.name!r}: negate_x needs a vector channel axis")
+
+  @property
+  def is_spatial(self) -> bool:
+    return self.form in (Form.IMAGE, Form.FEATURE_MAP)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Image resolution and patch size: what turns a spec into token counts."""
+  resolution: int
+  patch_size: int
+
+  def __post_init__(self):
+    if self.resolution % self.patch_size:
+      raise ValueError(f"resolution {self.resolution} is not a multiple of patch size "
+                       f"{self.patch_size}")
+
+  @property
+  def grid(self) -> int:
+    return self.resolution // self.patch_size
+
+
+# The reference 4M layout (224 px, 16 px patches -> 14x14 = 196 tokens) and a small
+# one for CPU work (64 px, 8 px patches -> 8x8 = 64 tokens).
+REFERENCE_LAYOUT = Layout(resolution=224, patch_size=16)
+SMALL_LAYOUT = Layout(resolution=64, patch_size=8)
+LAYOUTS = {"reference": REFERENCE_LAYOUT, "small": SMALL_LAYOUT}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalitySpec:
+  """A modality as the model sees it."""
+  name: str
+  kind: Kind
+  source: RawSpec
+  vocab_size: int | None = None  # None for continuous kinds
+  tokenizer: str | None = None   # name of the tokenizer that makes the tokens
+  roles: frozenset[Role] = BOTH
+  max_length: int | None = None  # sequences: max tokens; global: tokens per sample
+
+  def __post_init__(self):
+    continuous = self.kind in (Kind.PIXELS, Kind.FEATURE_MAP)
+    if continuous == (self.vocab_size is not None):
+      raise ValueError(f"modality {self.name!r}: kind {self.kind} "
+                       f"{'takes no' if continuous else 'needs a'} vocab_size")
+    if self.kind in (Kind.SEQUENCE, Kind.GLOBAL) and not self.max_length:
+      raise ValueError(f"modality {self.name!r}: kind {self.kind} needs max_length")
+    if self.kind == Kind.PIXELS and Role.TARGET in self.roles:
+      raise ValueError(f"modality {self.name!r}: raw pixels can only be an input")
+    if not self.roles:
+      raise ValueError(f"modality {self.name!r}: needs at least one role")
+
+  @property
+  def positions(self) -> str:
+    """'2d' sin-cos positions for grids, '1d' for sequences and global tokens."""
+    return "2d" if self.kind in (Kind.PIXELS, Kind.IMAGE_TOKENS, Kind.FEATURE_MAP) else "1d"
+
+  @property
+  def can_input(self) -> bool:
+    return Role.INPUT in self.roles
+
+  @property
+  def can_target(self) -> bool:
+    return Role.TARGET in self.roles
+
+  def num_tokens(self, layout: Layout) -> int:
+    """Tokens per sample at this layout (the maximum, for sequences)."""
+    if self.positions == "2d":
+      return layout.grid * layout.grid
+    return self.max_length
+
+  def grid_shape(self, layout: Layout) -> tuple[int, int] | None:
+    return (layout.grid, layout.grid) if self.positions == "2d" else None
+
+
+# --------------------------------------------------------------------------------------
+# Raw modalities of the 4M-7 set (plus instance ids, which the synthetic world has
+# exactly and detection / instance tasks use).
+RGB = RawSpec("rgb", Form.IMAGE, "uint8", channels=3)
+DEPTH = RawSpec("depth", Form.IMAGE, "float32")
+NORMAL = RawSpec("normal", Form.IMAGE, "float32", channels=3, flip=Flip.NEGATE_X,
+                 unit_vectors=True)
+SEMSEG = RawSpec("semseg", Form.IMAGE, "uint8", resample=Resample.NEAREST)
+INSTANCE = RawSpec("instance", Form.IMAGE, "uint8", resample=Resample.NEAREST)
+CLIP = RawSpec("clip", Form.FEATURE_MAP, "float32", channels=None)
+DET = RawSpec("det", Form.BOXES, "boxes")
+CAPTION = RawSpec("caption", Form.TEXT, "str")
+
+TEXT_VOCAB = 30_000               # the reference WordPiece vocabulary
+SEQUENCE_MAX_LENGTH = 256
+
+# The 4M-7 model modalities, vocab sizes as the reference trains them.
+_4M7 = (
+    ModalitySpec("rgb", Kind.PIXELS, RGB, roles=frozenset({Role.INPUT})),
+    ModalitySpec("tok_rgb", Kind.IMAGE_TOKENS, RGB, vocab_size=16384, tokenizer="vqvae_rgb"),
+    ModalitySpec("tok_depth", Kind.IMAGE_TOKENS, DEPTH, vocab_size=8192,
+                 tokenizer="vqvae_depth"),
+    ModalitySpec("tok_normal", Kind.IMAGE_TOKENS, NORMAL, vocab_size=8192,
+                 tokenizer="vqvae_normal"),
+    ModalitySpec("tok_semseg", Kind.IMAGE_TOKENS, SEMSEG, vocab_size=4096,
+                 tokenizer="vqvae_semseg"),
+    ModalitySpec("tok_clip", Kind.IMAGE_TOKENS, CLIP, vocab_size=8192, tokenizer="vqvae_clip"),
+    ModalitySpec("caption", Kind.SEQUENCE, CAPTION, vocab_size=TEXT_VOCAB,
+                 tokenizer="wordpiece", max_length=SEQUENCE_MAX_LENGTH),
+    ModalitySpec("det", Kind.SEQUENCE, DET, vocab_size=TEXT_VOCAB,
+                 tokenizer="wordpiece", max_length=SEQUENCE_MAX_LENGTH),
+)
+MODALITY_SET_4M7 = tuple(spec.name for spec in _4M7)
+
+# Raw modalities stored in records without a model modality of their own (yet).
+_RAW_ONLY = (INSTANCE,)
+
+# Keys a batch carries beside its modalities; no modality may take these names.
+RESERVED_NAMES = frozenset({"meta"})
+
+MODALITIES: dict[str, ModalitySpec] = {}
+RAW_MODALITIES: dict[str, RawSpec] = {}
+
+
+def register_raw(raw: RawSpec) -> RawSpec:
+  """Adds a raw modality; re-registering the same name must describe the same thing."""
+  if raw.name in RESERVED_NAMES:
+    raise ValueError(f"{raw.name!r} is reserved for batch metadata")
+  known = RAW_MODALITIES.get(raw.name)
+  if known is not None and known != raw:
+    raise ValueError(f"raw modality {raw.name!r} is already registered as {known}; "
+                     f"refusing a different definition {raw}")
+  RAW_MODALITIES[raw.name] = raw
+  return raw
+
+
+def register(spec: ModalitySpec) -> ModalitySpec:
+  """Adds a model modality (and its raw source). Names are unique."""
+  if spec.name in RESERVED_NAMES:
+    raise ValueError(f"{spec.name!r} is reserved for batch metadata")
+  if spec.name in MODALITIES and MODALITIES[spec.name] != spec:
+    raise ValueError(f"modality {spec.name!r} is already registered")
+  register_raw(spec.source)
+  MODALITIES[spec.name] = spec
+  return spec
+
+
+def unregister(name: str) -> None:
+  """Removes a model modality (tests and experiments); its raw source stays."""
+  MODALITIES.pop(name, None)
+
+
+for _spec in _4M7:
+  register(_spec)
+for _raw in _RAW_ONLY:
+  register_raw(_raw)
+
+
+def get(name: str) -> ModalitySpec:
+  try:
+    return MODALITIES[name]
+  except KeyError:
+    raise KeyError(f"unknown modality {name!r}; known: {sorted(MODALITIES)}") from None
+
+
+def get_raw(name: str) -> RawSpec:
+  try:
+    return RAW_MODALITIES[name]
+  except KeyError:
+    raise KeyError(f"unknown raw modality {name!r}; known: {sorted(RAW_MODALITIES)}") from None
+
+
+def token_counts(names: Iterable[str], layout: Layout) -> dict[str, int]:
+  """Tokens per sample for each named modality at `layout`."""
+  return {name: get(name).num_tokens(layout) for name in names}
+
+
+def describe(layout: Layout, names: Iterable[str] | None = None) -> str:
+  """A table of the registry at a layout, for `fourm modalities` and the README."""
+  names = list(MODALITIES) if names is None else list(names)
+  header = f"{'modality':<12} {'kind':<13} {'raw':<9} {'tokens':>6} {'vocab':>6}  {'pos':<3} roles"
+  rows = [header, "-" * len(header)]
+  for name in names:
+    spec = get(name)
+    roles = "+".join(sorted(role.value for role in spec.roles))
+    vocab = spec.vocab_size if spec.vocab_size is not None else "-"
+    rows.append(f"{name:<12} {spec.kind.value:<13} {spec.source.name:<9} "
+                f"{spec.num_tokens(layout):>6} {vocab!s:>6}  {spec.positions:<3} {roles}")
+  return "\n".join(rows)
+
+
+def sources(names: Iterable[str]) -> Mapping[str, RawSpec]:
+  """The raw modalities that the named model modalities need, by raw name."""
+  return {get(name).source.name: get(name).source for name in names}
