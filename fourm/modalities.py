@@ -160,8 +160,8 @@ class ModalitySpec:
 
 
 # --------------------------------------------------------------------------------------
-# Raw modalities of the 4M-7 set (plus instance ids, which the synthetic world has
-# exactly and detection / instance tasks use).
+# Raw modalities of the 4M-7 set, plus instance ids (the synthetic world has them
+# exactly; detection and instance tasks use them) and the sample key.
 RGB = RawSpec("rgb", Form.IMAGE, "uint8", channels=3)
 DEPTH = RawSpec("depth", Form.IMAGE, "float32")
 NORMAL = RawSpec("normal", Form.IMAGE, "float32", channels=3, flip=Flip.NEGATE_X,
@@ -171,6 +171,9 @@ INSTANCE = RawSpec("instance", Form.IMAGE, "uint8", resample=Resample.NEAREST)
 CLIP = RawSpec("clip", Form.FEATURE_MAP, "float32", channels=None)
 DET = RawSpec("det", Form.BOXES, "boxes")
 CAPTION = RawSpec("caption", Form.TEXT, "str")
+# The sample's name: the image's path relative to the ingested folder, or "train/000042"
+# in the synthetic world. Jobs that fail on a sample report it.
+KEY = RawSpec("key", Form.TEXT, "str")
 
 TEXT_VOCAB = 30_000               # the reference WordPiece vocabulary
 SEQUENCE_MAX_LENGTH = 256
@@ -194,7 +197,7 @@ _4M7 = (
 MODALITY_SET_4M7 = tuple(spec.name for spec in _4M7)
 
 # Raw modalities stored in records without a model modality of their own (yet).
-_RAW_ONLY = (INSTANCE,)
+_RAW_ONLY = (INSTANCE, KEY)
 
 # Keys a batch carries beside its modalities; no modality may take these names.
 RESERVED_NAMES = frozenset({"meta"})

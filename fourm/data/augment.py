@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from fourm import modalities
+from fourm.errors import UsageError
 from fourm.modalities import Flip, Form, Resample
 
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1), normalised to [0, 1]
@@ -38,11 +39,11 @@ class AugmentConfig:
   def __post_init__(self):
     low, high = self.crop_scale
     if not 0 < low <= high <= 1:
-      raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+      raise UsageError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
     if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-      raise ValueError(f"crop_ratio must be positive and ordered, got {self.crop_ratio}")
+      raise UsageError(f"crop_ratio must be positive and ordered, got {self.crop_ratio}")
     if not 0 <= self.flip_prob <= 1:
-      raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
+      raise UsageError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
 
 
 def center_crop_box(height: int, width: int) -> Box:
@@ -75,7 +76,7 @@ def image_size(sample: Mapping[str, Any]) -> tuple[int, int]:
     raw = modalities.RAW_MODALITIES.get(name)
     if raw is not None and raw.form == Form.IMAGE:
       return value.shape[:2]
-  raise ValueError(f"sample has no dense image modality to crop (has {sorted(sample)})")
+  raise UsageError(f"sample has no dense image modality to crop (has {sorted(sample)})")
 
 
 def augment(sample: Mapping[str, Any], config: AugmentConfig,
@@ -84,7 +85,7 @@ def augment(sample: Mapping[str, Any], config: AugmentConfig,
   height, width = image_size(sample)
   if config.train:
     if rng is None:
-      raise ValueError("training augmentation needs an rng")
+      raise UsageError("training augmentation needs an rng")
     box = random_crop_box(rng, height, width, config.crop_scale, config.crop_ratio)
     flip = bool(rng.uniform() < config.flip_prob)
   else:

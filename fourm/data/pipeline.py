@@ -33,6 +33,7 @@ import grain
 import numpy as np
 
 from fourm import modalities
+from fourm.errors import UsageError
 from fourm.data import augment as augment_lib
 from fourm.data.records import RecordError, RecordSource
 from fourm.modalities import Form
@@ -62,12 +63,12 @@ class PipelineConfig:
     if isinstance(self.data, str):
       object.__setattr__(self, "data", (self.data,))
     if not 0 <= self.process_index < self.process_count:
-      raise ValueError(f"process_index {self.process_index} not in [0, {self.process_count})")
+      raise UsageError(f"process_index {self.process_index} not in [0, {self.process_count})")
     if self.batch_size <= 0 or self.batch_size % self.process_count:
-      raise ValueError(f"global batch size {self.batch_size} must be a positive multiple of "
+      raise UsageError(f"global batch size {self.batch_size} must be a positive multiple of "
                        f"the process count {self.process_count}")
     if self.num_epochs is not None and self.num_epochs <= 0:
-      raise ValueError(f"num_epochs must be positive or None, got {self.num_epochs}")
+      raise UsageError(f"num_epochs must be positive or None, got {self.num_epochs}")
 
   @property
   def per_process_batch(self) -> int:
@@ -133,6 +134,27 @@ def _pad_boxes(dets, max_boxes: int, metas) -> dict[str, np.ndarray]:
     classes[row, :count] = det["classes"]
     valid[row, :count] = True
   return {"boxes": boxes, "classes": classes, "valid": valid}
+
+
+def unbatch(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """The inverse of `collate`: a batch back into per-sample dicts (padding boxes removed)."""
+  size = len(batch["meta"]["record"])
+  samples = []
+  for row in range(size):
+    sample: dict[str, Any] = {}
+    for name, value in batch.items():
+      if name == "meta":
+        sample[name] = {key: v[row].item() for key, v in value.items()}
+      elif isinstance(value, Mapping):  # boxes
+        keep = value["valid"][row]
+        sample[name] = {"boxes": value["boxes"][row][keep],
+                        "classes": [str(c) for c in value["classes"][row][keep]]}
+      elif value.dtype == object:
+        sample[name] = str(value[row])
+      else:
+        sample[name] = value[row]
+    samples.append(sample)
+  return samples
 
 
 class Pipeline:

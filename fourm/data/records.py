@@ -24,16 +24,16 @@ import dataclasses
 import io
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgpack
 import numpy as np
 from array_record.python import array_record_module
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fourm import modalities
+from fourm.errors import RecordError
 from fourm.modalities import Form
 
 FORMAT_NAME = "fourm-records"
@@ -43,19 +43,6 @@ INFO_FILE = "dataset_info.json"
 # global shuffle needs; zstd (the default codec) keeps float maps compact.
 WRITER_OPTIONS = "group_size:1"
 READER_OPTIONS = "readahead_buffer_size:0"
-_SHARD_RE = re.compile(r"^(?P<split>[\w.]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.array_record$")
-
-
-class RecordError(ValueError):
-  """Bad data: says which file, which record and which field."""
-
-  def __init__(self, message: str, *, path: str | None = None, record: int | None = None,
-               field: str | None = None):
-    self.path, self.record, self.field = path, record, field
-    where = [part for part in (path and f"{path}",
-                               record is not None and f"record {record}",
-                               field and f"field {field!r}") if part]
-    super().__init__(f"{': '.join(where)}: {message}" if where else message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +120,8 @@ def decode_image(data: bytes) -> np.ndarray:
   """JPEG/PNG bytes -> uint8 [H, W, 3]; raises on truncated or corrupt data."""
   with Image.open(io.BytesIO(data)) as image:
     image.load()  # forces a full decode now, so truncation is caught here
-    return np.asarray(image.convert("RGB"))
+    # Phone photos store their rotation in EXIF; pixels must come out upright.
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
 # ------------------------------------------------------------------------ validation
@@ -425,6 +413,7 @@ class RecordSource:
         raise RecordError(f"no record of split {split!r} has modalities {missing}; "
                           f"available: {sorted(self._owner)}", path=", ".join(directories))
     self.modalities = list(modalities) if modalities is not None else sorted(self._owner)
+    self._required = set(modalities or ())
 
   def _modality_owners(self) -> dict[str, int]:
     owner: dict[str, int] = {}
@@ -448,7 +437,6 @@ class RecordSource:
     if not 0 <= index < len(self):
       raise IndexError(f"record {index} out of range [0, {len(self)}) of split {self.split!r}")
     sample: dict[str, Any] = {}
-    wanted = set(self.modalities)
     path = self.stores[0].paths[0]
     for i, store in enumerate(self.stores):
       names = [m for m in self.modalities if self._owner[m] == i]
@@ -456,7 +444,7 @@ class RecordSource:
         continue
       data, path, position = store.read(index)
       sample.update(decode_sample(data, path=path, record=index, keep=names))
-    missing = sorted(wanted - set(sample))
+    missing = sorted(self._required - set(sample))
     if missing:
       raise RecordError(f"missing modalities {missing} that this pipeline requires "
                         f"(the record has: {sorted(sample)})", path=path, record=index,

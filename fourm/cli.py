@@ -1,0 +1,151 @@
+"""The `fourm` command: one entry point, one subcommand per job.
+
+Each subcommand imports what it needs when it runs, so `fourm --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _synth(args: argparse.Namespace) -> None:
+  from fourm.data import world
+  info = world.write_world(args.out, args.num, args.resolution, args.seed,
+                           val_fraction=args.val_fraction,
+                           records_per_shard=args.records_per_shard,
+                           feature_dim=args.feature_dim, workers=args.workers,
+                           progress=not args.quiet)
+  print(_summary(args.out, info))
+
+
+def _ingest(args: argparse.Namespace) -> None:
+  from fourm.data import ingest
+  info = ingest.ingest(args.images, args.out, captions=args.captions,
+                       val_fraction=args.val_fraction,
+                       records_per_shard=args.records_per_shard, skip_bad=args.skip_bad,
+                       progress=not args.quiet)
+  print(_summary(args.out, info))
+
+
+def _show(args: argparse.Namespace) -> None:
+  from fourm.data import records, visualize
+  samples = _samples_to_show(args)
+  info = records.DatasetInfo.load(args.data[0])
+  title = (f"{', '.join(args.data)} [{args.split}]"
+           f"{' through the training augmentation' if args.augmented else ''}")
+  path = visualize.save_grid(samples, args.out, tile=args.tile,
+                             class_names=info.metadata.get("classes"), title=title)
+  print(f"wrote {path} ({len(samples)} samples, modalities: "
+        f"{', '.join(sorted({k for s in samples for k in s} - {'__name__'}))})")
+
+
+def _samples_to_show(args: argparse.Namespace) -> list[dict]:
+  from fourm.data import pipeline, records
+  if not args.augmented:
+    source = records.RecordSource(args.data, args.split)
+    count = min(args.num, len(source))
+    samples = [source[i] for i in range(count)]
+  else:
+    config = pipeline.PipelineConfig(
+        data=tuple(args.data), split=args.split, batch_size=args.num, resolution=args.resolution,
+        seed=args.seed, shuffle=False, num_epochs=1, augment=True, read_threads=2)
+    batch = next(pipeline.Pipeline(config).iterator())
+    samples = [s for s in pipeline.unbatch(batch) if s["meta"]["valid"]]
+  for sample in samples:
+    sample["__name__"] = str(sample.pop("key", ""))
+    sample.pop("meta", None)
+  return samples
+
+
+def _info(args: argparse.Namespace) -> None:
+  from fourm.data import records
+  print(_summary(args.data, records.DatasetInfo.load(args.data)))
+
+
+def _modalities(args: argparse.Namespace) -> None:
+  from fourm import modalities
+  layout = modalities.LAYOUTS[args.layout]
+  print(f"layout {args.layout}: {layout.resolution} px, {layout.patch_size} px patches, "
+        f"{layout.grid}x{layout.grid} grid\n")
+  print(modalities.describe(layout))
+
+
+def _summary(directory: str, info) -> str:
+  lines = [f"dataset {info.name} at {directory}"]
+  for split, split_info in info.splits.items():
+    lines.append(f"  {split}: {split_info.num_records} records in "
+                 f"{len(split_info.shards)} shard(s)")
+  for name, entry in info.modalities.items():
+    shape = "x".join("?" if d is None else str(d) for d in entry["shape"]) \
+        if entry["shape"] is not None else "-"
+    lines.append(f"  {name:<10} {entry['dtype']:<8} {shape:<12} in {entry['count']} records")
+  skipped = info.metadata.get("num_skipped")
+  if skipped:
+    lines.append(f"  {skipped} unreadable input(s) skipped, listed in dataset_info.json")
+  return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="fourm", description="Any-to-any masked multimodal modeling (4M-style) in JAX.")
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  p = sub.add_parser("synth", help="render the synthetic world (all 4M-7 raw modalities)")
+  p.add_argument("--out", required=True, help="output dataset directory")
+  p.add_argument("--num", type=int, required=True, help="number of scenes (train + val)")
+  p.add_argument("--resolution", type=int, default=64)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--val-fraction", type=float, default=0.1)
+  p.add_argument("--records-per-shard", type=int, default=1000)
+  p.add_argument("--feature-dim", type=int, default=64, help="channels of the CLIP-like map")
+  p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(run=_synth)
+
+  p = sub.add_parser("ingest", help="turn a folder of JPEG/PNG images into a dataset")
+  p.add_argument("--images", required=True, help="folder of images (searched recursively)")
+  p.add_argument("--captions", help="captions: .json object, .jsonl, or path<TAB>caption .tsv")
+  p.add_argument("--out", required=True, help="output dataset directory")
+  p.add_argument("--val-fraction", type=float, default=0.0)
+  p.add_argument("--records-per-shard", type=int, default=1000)
+  p.add_argument("--skip-bad", action="store_true",
+                 help="skip unreadable images (counted and listed) instead of stopping")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(run=_ingest)
+
+  p = sub.add_parser("show", help="draw samples of every modality side by side as a PNG")
+  p.add_argument("data", nargs="+", help="dataset directories (several: read side by side)")
+  p.add_argument("--out", required=True, help="PNG file to write")
+  p.add_argument("--split", default="train")
+  p.add_argument("--num", type=int, default=4, help="samples (rows)")
+  p.add_argument("--tile", type=int, default=160, help="pixels per tile")
+  p.add_argument("--augmented", action="store_true",
+                 help="show samples as the training pipeline delivers them")
+  p.add_argument("--resolution", type=int, default=64, help="pipeline output size")
+  p.add_argument("--seed", type=int, default=0)
+  p.set_defaults(run=_show)
+
+  p = sub.add_parser("info", help="summarise a dataset directory")
+  p.add_argument("data")
+  p.set_defaults(run=_info)
+
+  p = sub.add_parser("modalities", help="print the modality registry at a layout")
+  p.add_argument("--layout", choices=("small", "reference"), default="reference")
+  p.set_defaults(run=_modalities)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  from fourm.errors import FourmError
+  try:
+    args.run(args)
+  except FourmError as error:
+    print(f"fourm {args.command}: error: {error}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
