@@ -190,11 +190,13 @@ class Pipeline:
 
   def dataset(self) -> grain.IterDataset:
     config = self.config
-    read = grain.ReadOptions(num_threads=config.read_threads,
-                             prefetch_buffer_size=max(2 * config.per_process_batch, 8))
-    ds = self.samples.to_iter_dataset(read)
-    ds = ds.batch(config.per_process_batch, drop_remainder=False,
-                  batch_fn=functools.partial(collate, max_boxes=config.max_boxes))
+    # Batch before going iterable: each element is then a whole batch, so worker
+    # processes hand out complete batches in order and the batches do not depend on
+    # the number of workers (grain splits an iterable stream across workers).
+    batches = self.samples.batch(config.per_process_batch, drop_remainder=False,
+                                 batch_fn=functools.partial(collate, max_boxes=config.max_boxes))
+    read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=4)
+    ds = batches.to_iter_dataset(read)
     if config.worker_count > 0:
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
     return ds
