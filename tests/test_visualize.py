@@ -1,0 +1,279 @@
+"""Tests for fourm.data.visualize: colour maps, boxes, tiles and the grid layout."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fourm.data import visualize
+
+SIZE = 16
+CLASS_NAMES = ("background", "floor", "wall")
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+  rgb = np.asarray(rgb, dtype=np.float64)
+  return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+
+
+def _sample(**overrides) -> dict:
+  """A tiny sample with every known modality, built so each has visible structure."""
+  rgb = np.full((SIZE, SIZE, 3), 40, np.uint8)
+  rgb[4:12, 4:12] = (220, 30, 30)  # a red square
+  rows = np.arange(SIZE, dtype=np.float32)[:, None]
+  depth = np.broadcast_to(1.0 + rows, (SIZE, SIZE)).astype(np.float32)
+  normal = np.zeros((SIZE, SIZE, 3), np.float32)
+  normal[..., 2] = -1.0  # a plane facing the camera
+  semseg = np.zeros((SIZE, SIZE), np.uint8)
+  semseg[SIZE // 2:] = 1
+  semseg[4:8, 4:8] = 2
+  instance = np.zeros((SIZE, SIZE), np.uint8)
+  instance[4:12, 4:12] = 1
+  sample = {
+      "rgb": rgb,
+      "depth": depth,
+      "normal": normal,
+      "semseg": semseg,
+      "instance": instance,
+      "det": {"boxes": np.array([[0.25, 0.25, 0.75, 0.75], [0.0, 0.5, 0.5, 1.0]], np.float32),
+              "classes": ["cube", "ball"]},
+      "clip": np.random.default_rng(0).normal(size=(4, 4, 8)).astype(np.float32),
+      "caption": "a red cube on a floor",
+  }
+  sample.update(overrides)
+  return sample
+
+
+def _tile_box(tile: int, grid: Image.Image, column: int, num_columns: int,
+              row_top: int) -> tuple[int, int, int, int]:
+  """Where tile `column` of a row starting at `row_top` sits, for grids without names."""
+  left = visualize.PAD + column * (tile + visualize.GAP)
+  assert grid.width == 2 * visualize.PAD + num_columns * tile + (num_columns - 1) * visualize.GAP
+  return left, row_top, left + tile, row_top + tile
+
+
+# --------------------------------------------------------------------------------------
+# Colour maps.
+
+
+def test_normal_facing_camera_is_olive():
+  normal = np.zeros((2, 2, 3), np.float32)
+  normal[..., 2] = -1.0
+  rgb = visualize.normal_to_rgb(normal)
+  assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+  assert set(rgb[..., 0].ravel()) <= {127, 128}
+  assert set(rgb[..., 1].ravel()) <= {127, 128}
+  assert (rgb[..., 2] == 0).all()
+
+
+def test_normal_axes_follow_the_camera_frame():
+  right_down = np.array([[[1.0, 1.0, 0.0]]], np.float32)
+  assert tuple(visualize.normal_to_rgb(right_down)[0, 0]) == (255, 255, 128)
+  assert tuple(visualize.normal_to_rgb(np.full((1, 1, 3), np.nan))[0, 0]) == (0, 0, 0)
+
+
+def test_depth_nearer_is_brighter_along_a_ramp():
+  depth = np.linspace(0.5, 20.0, 64, dtype=np.float32)[None, :].repeat(4, axis=0)
+  rgb = visualize.depth_to_rgb(depth)
+  assert rgb.dtype == np.uint8 and rgb.shape == (4, 64, 3)
+  brightness = _luminance(rgb[0])
+  # Depth grows left to right, so brightness must never rise and must fall overall.
+  assert np.all(np.diff(brightness) <= 1e-9)
+  assert brightness[0] - brightness[-1] > 100
+  assert not np.array_equal(rgb[0, 0], rgb[0, -1])
+
+
+def test_depth_invalid_pixels_are_black_and_range_is_settable():
+  depth = np.array([[1.0, 2.0, 0.0, np.inf]], np.float32)
+  rgb = visualize.depth_to_rgb(depth)
+  assert (rgb[0, 2] == 0).all() and (rgb[0, 3] == 0).all()
+  clipped = visualize.depth_to_rgb(np.array([[1.0, 2.0]], np.float32), vmin=0.5, vmax=100.0)
+  # Both lie well inside [0.5 m, 100 m], so neither reaches the bright end of the map.
+  assert _luminance(clipped).max() < _luminance(rgb[0, 0])
+
+
+def test_palette_is_distinct_deterministic_and_prefix_stable():
+  colours = visualize.palette(256)
+  assert colours.shape == (256, 3) and colours.dtype == np.uint8
+  assert len({tuple(c) for c in colours}) == 256
+  assert _luminance(colours[0]) < 30  # background is black-ish
+  assert (colours[1:].max(axis=1) > 120).all()  # nothing else looks like background
+  # The first classes, the ones usually on screen, must be far apart, not just unequal.
+  first = colours[:8].astype(np.float64)
+  distances = np.linalg.norm(first[:, None] - first[None], axis=-1)
+  assert distances[~np.eye(8, dtype=bool)].min() > 60
+  np.testing.assert_array_equal(visualize.palette(256), colours)
+  np.testing.assert_array_equal(visualize.palette(5), colours[:5])
+
+
+def test_semseg_to_rgb_uses_the_palette():
+  semseg = np.array([[0, 1], [2, 2]], np.uint8)
+  rgb = visualize.semseg_to_rgb(semseg, num_classes=3)
+  colours = visualize.palette(3)
+  np.testing.assert_array_equal(rgb, colours[semseg])
+
+
+def test_features_to_rgb_separates_two_clusters():
+  features = np.zeros((4, 4, 16), np.float32)
+  features[:, :2, 0] = 5.0  # left half differs from the right half along one direction
+  rgb = visualize.features_to_rgb(features, 32)
+  assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
+  assert not np.array_equal(rgb[0, 0], rgb[0, -1])
+  # NEAREST upscaling: every patch is a flat 8x8 block.
+  assert (rgb[:8, :8] == rgb[0, 0]).all()
+
+
+# --------------------------------------------------------------------------------------
+# Boxes.
+
+
+def test_draw_boxes_changes_exactly_the_border():
+  image = np.full((64, 64, 3), 100, np.uint8)
+  boxes = np.array([[0.25, 0.5, 0.75, 0.875]], np.float32)  # pixels x 16..47, y 32..55
+  drawn = visualize.draw_boxes(image, boxes, ["cube"], line_width=1)
+  colour = np.array(visualize.class_colour("cube"), np.uint8)
+  x0, y0, x1, y1 = 16, 32, 47, 55
+  border = np.zeros((64, 64), bool)
+  border[y0, x0:x1 + 1] = border[y1, x0:x1 + 1] = True
+  border[y0:y1 + 1, x0] = border[y0:y1 + 1, x1] = True
+  assert (drawn[border] == colour).all()
+  # The label sits above the box, so inside the box and below/right of it nothing moves.
+  np.testing.assert_array_equal(drawn[y0 + 1:y1, x0 + 1:x1], image[y0 + 1:y1, x0 + 1:x1])
+  np.testing.assert_array_equal(drawn[y1 + 1:], image[y1 + 1:])
+  np.testing.assert_array_equal(drawn[:, x1 + 1:], image[:, x1 + 1:])
+  assert (drawn[y0 - 4, x0] == colour).all()  # the label's background
+  assert (image == 100).all()  # the input is not modified
+
+
+def test_draw_boxes_skips_invalid_rows_and_accepts_numpy_classes():
+  image = np.zeros((128, 128, 3), np.uint8)
+  boxes = np.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]], np.float32)
+  classes = np.array(["cube", "kept"], dtype=object)
+  drawn = visualize.draw_boxes(image, boxes, classes, valid=np.array([False, True]),
+                               line_width=1)
+  # The kept box and its label lie right of x = 64, the skipped one left of it.
+  assert (drawn[:, :64] == 0).all()
+  assert (drawn[127, 64:] == visualize.class_colour("kept")).all()
+  # All-zero padded rows are empty boxes and draw nothing either.
+  nothing = visualize.draw_boxes(image, np.zeros((3, 4)), np.array(["", "", ""]))
+  np.testing.assert_array_equal(nothing, image)
+
+
+def test_class_colour_is_stable():
+  assert visualize.class_colour("chair") == visualize.class_colour("chair")
+  assert visualize.class_colour("chair") != tuple(visualize.palette(1)[0])
+
+
+# --------------------------------------------------------------------------------------
+# Tiles and grid.
+
+
+def test_sample_tiles_order_and_size():
+  sample = _sample(zeta=np.arange(64, dtype=np.float32).reshape(8, 8),
+                   alpha=np.ones((8, 8, 5), np.float32), notes="text is not a tile",
+                   vector=np.ones(7), __name__="train/000001")
+  tiles = visualize.sample_tiles(sample, 48, CLASS_NAMES)
+  assert [name for name, _ in tiles] == ["rgb", "det", "depth", "normal", "semseg",
+                                         "instance", "clip", "alpha", "zeta"]
+  for _, image in tiles:
+    assert image.shape == (48, 48, 3) and image.dtype == np.uint8
+
+
+def test_label_maps_stay_exact_when_upscaled():
+  tiles = dict(visualize.sample_tiles(_sample(), 48))
+  allowed = {tuple(c) for c in visualize.palette(3)}
+  assert {tuple(c) for c in tiles["semseg"].reshape(-1, 3)} <= allowed
+
+
+def test_det_without_rgb_uses_a_grey_canvas():
+  sample = _sample()
+  del sample["rgb"]
+  det = dict(visualize.sample_tiles(sample, 64))["det"]
+  assert (det[40, 40] == visualize.CANVAS_COLOUR).all()
+  assert (det[16, 16:48] == visualize.class_colour("cube")).all()  # the top edge
+
+
+def test_unknown_array_is_shown_in_grey():
+  ramp = np.arange(16, dtype=np.float32).reshape(4, 4)
+  tiles = dict(visualize.sample_tiles({"mystery": ramp}, 32))
+  image = tiles["mystery"]
+  assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
+  assert image.min() == 0 and image.max() == 255
+
+
+def test_grid_size_follows_rows_and_columns():
+  def size(samples, tile):
+    return visualize.make_grid(samples, tile=tile).size
+
+  no_text = _sample()
+  del no_text["caption"]
+  width, height = size([no_text, no_text], 100)
+  num_columns = 7
+  assert width == 2 * visualize.PAD + num_columns * 100 + (num_columns - 1) * visualize.GAP
+  # One more row adds a tile and a row gap; a larger tile grows every row and column.
+  assert size([no_text] * 3, 100) == (width, height + 100 + visualize.ROW_GAP)
+  assert size([no_text, no_text], 120) == (width + num_columns * 20, height + 2 * 20)
+  # One more modality adds a column.
+  extra = dict(no_text, extra=np.zeros((4, 4), np.float32))
+  assert size([extra, no_text], 100) == (width + 100 + visualize.GAP, height)
+  # A caption adds lines under its row, never width.
+  with_caption = size([_sample(), no_text], 100)
+  assert with_caption[0] == width and with_caption[1] > height
+
+
+def test_missing_modality_gets_a_blank_tile():
+  tile = 64
+  full = _sample(caption=None)
+  missing = _sample(caption=None)
+  del missing["depth"]
+  grid = visualize.make_grid([full, missing], tile=tile)
+  pixels = np.asarray(grid)
+  # Both rows have the same height: tile + ROW_GAP apart. Depth is column 2.
+  header = visualize._line_height(visualize.font(visualize.TEXT_SIZE))
+  first_top = visualize.PAD + header
+  second_top = first_top + tile + visualize.ROW_GAP
+  left, _, right, _ = _tile_box(tile, grid, 2, 7, first_top)
+  present = pixels[first_top:first_top + tile, left:right]
+  blank = pixels[second_top:second_top + tile, left:right]
+  assert (blank == visualize.BLANK_COLOUR).all(axis=-1).mean() > 0.9
+  assert (present == visualize.BLANK_COLOUR).all(axis=-1).mean() < 0.1
+  # The tile really is the depth map of the first sample, upscaled.
+  expected = dict(visualize.sample_tiles(full, tile))["depth"]
+  np.testing.assert_array_equal(present, expected)
+
+
+def test_grid_with_names_title_caption_and_legend():
+  samples = [_sample(__name__="train/000000"), _sample(__name__="train/000001",
+                                                       caption="x " * 400)]
+  grid = visualize.make_grid(samples, tile=48, class_names=CLASS_NAMES, title="a title")
+  plain = visualize.make_grid([{k: v for k, v in s.items() if k != "__name__"}
+                               for s in samples], tile=48)
+  assert grid.mode == "RGB"
+  assert grid.width > plain.width  # room for the names
+  assert grid.height > plain.height  # title and legend
+  assert np.asarray(grid)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_empty_and_text_only_samples_do_not_crash():
+  assert visualize.make_grid([]).size[0] > 0
+  grid = visualize.make_grid([{"caption": "only words", "__name__": "a"}], tile=32)
+  assert grid.height > 32
+
+
+def test_save_grid_writes_a_png(tmp_path):
+  path = tmp_path / "nested" / "dir" / "grid.png"
+  written = visualize.save_grid([_sample(), _sample(rgb=None)], path, tile=40,
+                                class_names=CLASS_NAMES, title="t")
+  assert written == str(path)
+  with Image.open(written) as image:
+    assert image.format == "PNG"
+    assert image.mode == "RGB"
+    assert image.size == visualize.make_grid([_sample(), _sample(rgb=None)], tile=40,
+                                             class_names=CLASS_NAMES, title="t").size
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4,)), np.zeros((2, 2, 2, 2))])
+def test_colour_maps_reject_wrong_shapes(bad):
+  with pytest.raises(ValueError):
+    visualize.depth_to_rgb(bad)
+  with pytest.raises(ValueError):
+    visualize.normal_to_rgb(bad)
