@@ -55,6 +55,7 @@ class Flip(enum.StrEnum):
   """What a horizontal flip does to the *values* (the pixels always move)."""
   NONE = "none"
   NEGATE_X = "negate_x"          # vectors in the camera frame: x changes sign
+  SWAP_LEFT_RIGHT = "swap_left_right"  # text: "left of" becomes "right of"
 
 
 class Role(enum.StrEnum):
@@ -84,6 +85,8 @@ class RawSpec:
       raise ValueError(f"raw modality {self.name!r}: only images and feature maps resample")
     if self.flip == Flip.NEGATE_X and not (spatial and self.channels and self.channels >= 1):
       raise ValueError(f"raw modality {self.name!r}: negate_x needs a vector channel axis")
+    if self.flip == Flip.SWAP_LEFT_RIGHT and self.form != Form.TEXT:
+      raise ValueError(f"raw modality {self.name!r}: swap_left_right applies to text")
 
   @property
   def is_spatial(self) -> bool:
@@ -170,7 +173,8 @@ SEMSEG = RawSpec("semseg", Form.IMAGE, "uint8", resample=Resample.NEAREST)
 INSTANCE = RawSpec("instance", Form.IMAGE, "uint8", resample=Resample.NEAREST)
 CLIP = RawSpec("clip", Form.FEATURE_MAP, "float32", channels=None)
 DET = RawSpec("det", Form.BOXES, "boxes")
-CAPTION = RawSpec("caption", Form.TEXT, "str")
+# Captions describe spatial relations, which a horizontal flip mirrors.
+CAPTION = RawSpec("caption", Form.TEXT, "str", flip=Flip.SWAP_LEFT_RIGHT)
 # The sample's name: the image's path relative to the ingested folder, or "train/000042"
 # in the synthetic world. Jobs that fail on a sample report it.
 KEY = RawSpec("key", Form.TEXT, "str")

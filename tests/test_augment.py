@@ -82,3 +82,15 @@ def test_same_rng_same_result_and_configs_are_checked():
     np.testing.assert_array_equal(a[name], b[name])
   with pytest.raises(ValueError, match="crop_scale"):
     AugmentConfig(resolution=32, crop_scale=(0.0, 1.0))
+
+
+def test_flip_mirrors_spatial_words_in_captions():
+  assert augment.swap_left_right("A cube left of a cone. Right of it, the leftmost sphere.") == \
+      "A cube right of a cone. Left of it, the rightmost sphere."
+  assert augment.swap_left_right("a copyright notice, leftover paint") == \
+      "a copyright notice, leftover paint"
+  sample = striped_sample()
+  sample["caption"] = "a red cube to the left of a cone."
+  assert augment.apply_crop(sample, (0, 0, 1, 1), True, 16)["caption"] == \
+      "a red cube to the right of a cone."
+  assert augment.apply_crop(sample, (0, 0, 1, 1), False, 16)["caption"] == sample["caption"]

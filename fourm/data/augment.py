@@ -4,8 +4,8 @@ A crop is drawn once per sample as a box in normalised image coordinates and app
 to each modality by what its `RawSpec` says: dense images are resampled (bilinear with
 antialiasing for continuous values, nearest for labels), feature maps are resampled on
 their own patch grid (they keep their grid size), boxes are shifted, scaled, clipped
-and flipped, and a flip negates the x component of camera-frame vectors (normals).
-Text and vectors pass through. All randomness comes from the `rng` argument, which
+and flipped, a flip negates the x component of camera-frame vectors (normals) and swaps "left" and
+"right" in captions. Other text and vectors pass through. All randomness comes from the `rng` argument, which
 the pipeline derives from (seed, position in the sample stream).
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,6 +105,8 @@ def apply_crop(sample: Mapping[str, Any], box: Box, flip: bool, resolution: int,
       out[name] = _crop_dense(value, box, value.shape[:2], raw, flip)
     elif raw.form == Form.BOXES:
       out[name] = crop_boxes(value, box, flip, min_size=min_box_pixels / resolution)
+    elif flip and raw.flip == Flip.SWAP_LEFT_RIGHT:
+      out[name] = swap_left_right(value)
     else:
       out[name] = value
   return out
@@ -147,6 +150,22 @@ def resize_box(array: np.ndarray, pixel_box: tuple[float, float, float, float],
             for c in range(channels.shape[-1])]
   result = np.stack(planes, axis=-1)
   return result[..., 0] if array.ndim == 2 else result
+
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)(most)?\b", re.IGNORECASE)
+
+
+def swap_left_right(text: str) -> str:
+  """Mirrors a description: left <-> right (case kept), for horizontally flipped images."""
+  def swap(match: re.Match) -> str:
+    word = match.group(1)
+    other = {"left": "right", "right": "left"}[word.lower()]
+    if word.isupper():
+      other = other.upper()
+    elif word[0].isupper():
+      other = other.capitalize()
+    return other + (match.group(2) or "")
+  return _LEFT_RIGHT.sub(swap, text)
 
 
 def crop_boxes(det: Mapping[str, Any], box: Box, flip: bool, min_size: float) -> dict[str, Any]:
