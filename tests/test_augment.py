@@ -94,3 +94,20 @@ def test_flip_mirrors_spatial_words_in_captions():
   assert augment.apply_crop(sample, (0, 0, 1, 1), True, 16)["caption"] == \
       "a red cube to the right of a cone."
   assert augment.apply_crop(sample, (0, 0, 1, 1), False, 16)["caption"] == sample["caption"]
+
+
+@pytest.mark.parametrize("box, out", [((0, 0, 64, 48), (48, 64)),          # identity
+                                      ((5.5, 3.25, 50.0, 40.0), (16, 16)),  # shrink: antialiased
+                                      ((10.0, 8.0, 30.0, 20.0), (40, 40))])  # enlarge
+def test_float_resampling_matches_pils_bilinear(box, out):
+  from PIL import Image
+  image = np.random.default_rng(0).normal(size=(48, 64)).astype(np.float32)
+  ours = augment.resize_box(image, box, out, nearest=False)
+  pil = np.asarray(Image.fromarray(image).resize((out[1], out[0]), Image.Resampling.BILINEAR,
+                                                 box=box))
+  np.testing.assert_allclose(ours, pil, atol=2e-3)
+  labels = np.random.default_rng(1).integers(0, 9, size=(48, 64)).astype(np.int32)
+  ours = augment.resize_box(labels, box, out, nearest=True)
+  pil = np.asarray(Image.fromarray(labels).resize((out[1], out[0]), Image.Resampling.NEAREST,
+                                                  box=box))
+  assert (ours == pil).mean() > 0.97  # rounding of pixel centres may differ at a few edges

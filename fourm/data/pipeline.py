@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
+from absl import flags
 import numpy as np
 
 from fourm import modalities
@@ -157,6 +158,13 @@ def unbatch(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
   return samples
 
 
+def _ensure_absl_flags_parsed() -> None:
+  # grain's worker processes read absl flags; programs not started by absl.app (a plain
+  # script, a notebook, pytest) never parse them, and grain would refuse to start.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 class Pipeline:
   """Builds the per-process stream of batches; iterate it or call `iterator()`."""
 
@@ -198,6 +206,7 @@ class Pipeline:
     read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=4)
     ds = batches.to_iter_dataset(read)
     if config.worker_count > 0:
+      _ensure_absl_flags_parsed()
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
     return ds
 
