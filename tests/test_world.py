@@ -95,6 +95,9 @@ def test_cli_help_lists_the_subcommands_and_errors_are_one_line(tmp_path):
                           text=True, check=True)
   for command in ("synth", "ingest", "show", "info", "modalities"):
     assert command in result.stdout
+  result = subprocess.run([sys.executable, "-m", "fourm.cli", "modalities", "--layout", "small"],
+                          capture_output=True, text=True, check=True)
+  assert "tok_depth" in result.stdout and "8x8 grid" in result.stdout
   result = subprocess.run([sys.executable, "-m", "fourm.cli", "info", str(tmp_path)],
                           capture_output=True, text=True)
   assert result.returncode == 2

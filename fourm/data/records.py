@@ -254,22 +254,20 @@ class _ModalityStats:
   def add(self, sample: Mapping[str, Any]) -> None:
     for name, value in sample.items():
       dtype, shape = _describe(value)
-      entry = self.stats.setdefault(name, {"dtype": dtype, "shape": shape, "count": 0})
-      entry["count"] += 1
-      if entry["shape"] is not None and shape is not None and len(shape) == len(entry["shape"]):
-        entry["shape"] = [a if a == b else None for a, b in zip(entry["shape"], shape)]
-      elif entry["shape"] != shape:
-        entry["shape"] = None
+      self.merge({name: {"dtype": dtype, "shape": shape, "count": 1}})
 
-  def merge(self, other: dict[str, dict[str, Any]]) -> None:
+  def merge(self, other: Mapping[str, dict[str, Any]]) -> None:
     for name, entry in other.items():
       mine = self.stats.setdefault(name, dict(entry, count=0))
       mine["count"] += entry["count"]
-      if mine["shape"] is None or entry["shape"] is None or \
-          len(mine["shape"]) != len(entry["shape"]):
-        mine["shape"] = None if mine["shape"] != entry["shape"] else mine["shape"]
-      else:
-        mine["shape"] = [a if a == b else None for a, b in zip(mine["shape"], entry["shape"])]
+      mine["shape"] = _common_shape(mine["shape"], entry["shape"])
+
+
+def _common_shape(a: list | None, b: list | None) -> list | None:
+  """The shape two entries share: differing dimensions become None, differing ranks None."""
+  if a is None or b is None or len(a) != len(b):
+    return a if a == b else None
+  return [x if x == y else None for x, y in zip(a, b)]
 
 
 def _describe(value: Any) -> tuple[str, list[int | None] | None]:
@@ -362,7 +360,7 @@ class _Store:
     # Readers hold file handles: each process (grain worker) opens its own.
     return {**self.__dict__, "_readers": {}}
 
-  def read(self, index: int) -> tuple[bytes, str, int]:
+  def read(self, index: int) -> tuple[bytes, str]:
     shard = int(np.searchsorted(self.offsets, index, side="right")) - 1
     position = index - int(self.offsets[shard])
     path = self.paths[shard]
@@ -382,7 +380,7 @@ class _Store:
       self._readers.pop(shard, None)
       raise RecordError(f"cannot read record at position {position} of this shard "
                         f"({type(error).__name__}: {error})", path=path, record=index) from error
-    return data, path, position
+    return data, path
 
 
 class RecordSource:
@@ -442,7 +440,7 @@ class RecordSource:
       names = [m for m in self.modalities if self._owner[m] == i]
       if not names:
         continue
-      data, path, position = store.read(index)
+      data, path = store.read(index)
       sample.update(decode_sample(data, path=path, record=index, keep=names))
     missing = sorted(self._required - set(sample))
     if missing:
