@@ -132,3 +132,49 @@ def test_bad_configs_and_missing_modalities_fail_up_front(dataset):
     Pipeline(_config(dataset, modalities=("rgb", "tok_rgb")))
   with pytest.raises(RecordError, match="exceed max_boxes=0"):
     next(Pipeline(_config(dataset, max_boxes=0)).iterator())
+
+
+@pytest.fixture(scope="module")
+def token_dataset(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("tokens") / "data")
+  rng = np.random.default_rng(0)
+  samples = [{"tok_rgb": rng.integers(0, 16384, (8, 8)).astype(np.int32),
+              "tok_depth": rng.integers(0, 8192, (8, 8)).astype(np.int32),
+              "caption": f"sample {i}"} for i in range(12)]
+  write_dataset(directory, {"train": samples}, records_per_shard=5)
+  return directory
+
+
+def _count_tokens(sample, rng):
+  """A stand-in for the masking sampler: a nested dict per modality, random draws."""
+  return {"tok_rgb": {"tokens": sample["tok_rgb"].reshape(-1),
+                      "input_mask": rng.uniform(size=64) < 0.5},
+          "caption": sample["caption"]}
+
+
+def test_token_records_pass_through_and_the_transform_hook_masks_them(token_dataset):
+  config = _config(token_dataset, batch_size=4, augment=False, num_epochs=1)
+  batch = next(Pipeline(config, transform=_count_tokens).iterator())
+  assert batch["tok_rgb"]["tokens"].shape == (4, 64) and batch["tok_rgb"]["tokens"].dtype == np.int32
+  assert batch["tok_rgb"]["input_mask"].dtype == bool and batch["caption"].shape == (4,)
+  again = next(Pipeline(config, transform=_count_tokens).iterator())
+  np.testing.assert_array_equal(batch["tok_rgb"]["input_mask"], again["tok_rgb"]["input_mask"])
+  # The transform's draws are independent of the augmentation's (a separate stream).
+  raw = next(Pipeline(config).iterator())
+  np.testing.assert_array_equal(raw["tok_rgb"].reshape(4, 64), batch["tok_rgb"]["tokens"])
+  with pytest.raises(ValueError, match="cannot follow a random crop"):
+    next(Pipeline(_config(token_dataset, batch_size=4)).iterator())
+
+
+def test_transform_errors_name_the_record(token_dataset):
+  def refuse(sample, rng):
+    raise RecordError("token id 99999 is outside the vocabulary", field="tok_rgb")
+  with pytest.raises(RecordError, match=r"record \d+: field 'tok_rgb': token id 99999"):
+    next(Pipeline(_config(token_dataset, batch_size=4, augment=False), transform=refuse).iterator())
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_at_write_time(tmp_path):
+  bad = {"tok_semseg": np.full((8, 8), 4096, np.int32)}
+  with pytest.raises(RecordError, match=r"field 'tok_semseg': token id 4096 is outside the "
+                                        r"vocabulary \[0, 4096\)"):
+    write_dataset(str(tmp_path), {"train": [bad]})

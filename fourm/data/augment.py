@@ -71,19 +71,26 @@ def random_crop_box(rng: np.random.Generator, height: int, width: int,
   return center_crop_box(height, width)
 
 
-def image_size(sample: Mapping[str, Any]) -> tuple[int, int]:
-  """(H, W) shared by the sample's dense image modalities."""
+def image_size(sample: Mapping[str, Any]) -> tuple[int, int] | None:
+  """(H, W) shared by the sample's dense image modalities; None when it has none."""
   for name, value in sample.items():
     raw = modalities.RAW_MODALITIES.get(name)
     if raw is not None and raw.form == Form.IMAGE:
       return value.shape[:2]
-  raise UsageError(f"sample has no dense image modality to crop (has {sorted(sample)})")
+  return None
 
 
 def augment(sample: Mapping[str, Any], config: AugmentConfig,
             rng: np.random.Generator | None = None) -> dict[str, Any]:
   """Applies one crop (+ flip) to every modality of `sample`."""
-  height, width = image_size(sample)
+  tokens = [name for name in sample if name not in modalities.RAW_MODALITIES]
+  if config.train and tokens:
+    raise UsageError(f"token grids {tokens} were computed on the whole image and cannot follow "
+                     "a random crop: read token records with augment=False")
+  size = image_size(sample)
+  if size is None:  # nothing spatial to crop (e.g. token records with captions)
+    return dict(sample)
+  height, width = size
   if config.train:
     if rng is None:
       raise UsageError("training augmentation needs an rng")
@@ -98,6 +105,9 @@ def apply_crop(sample: Mapping[str, Any], box: Box, flip: bool, resolution: int,
                min_box_pixels: float = 1.0) -> dict[str, Any]:
   out = {}
   for name, value in sample.items():
+    if name not in modalities.RAW_MODALITIES:  # token ids (tok_rgb, ...): taken as they are
+      out[name] = value
+      continue
     raw = modalities.get_raw(name)
     if raw.form == Form.IMAGE:
       out[name] = _crop_dense(value, box, (resolution, resolution), raw, flip)

@@ -26,18 +26,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
 from absl import flags
 import numpy as np
 
-from fourm import modalities
 from fourm.errors import UsageError
 from fourm.data import augment as augment_lib
 from fourm.data.records import RecordError, RecordSource
-from fourm.modalities import Form
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +83,18 @@ class PipelineConfig:
         crop_ratio=self.crop_ratio, flip_prob=self.flip_prob)
 
 
+SampleTransform = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
+
+
 class _LoadSample(grain.transforms.MapWithIndex):
-  """Global position -> (record of that position, augmented with rng(seed, position))."""
+  """Global position -> (record of that position, augmented with rng(seed, position),
+  then transformed, e.g. masked, with rng(seed, position, 1))."""
 
   def __init__(self, source: RecordSource, order: grain.MapDataset, num_real: int,
-               config: PipelineConfig):
+               config: PipelineConfig, transform: SampleTransform | None):
     self.source, self.order, self.num_real, self.config = source, order, num_real, config
     self.augment_config = config.augment_config
+    self.transform = transform
 
   def map_with_index(self, position: int, _):
     num_records = len(self.source)
@@ -101,30 +104,36 @@ class _LoadSample(grain.transforms.MapWithIndex):
     record = int(self.order[position])
     rng = np.random.default_rng([self.config.seed, position])
     sample = augment_lib.augment(self.source[record], self.augment_config, rng)
+    if self.transform is not None:
+      try:
+        sample = self.transform(sample, np.random.default_rng([self.config.seed, position, 1]))
+      except RecordError as error:  # name the record the transform could not handle
+        raise RecordError(str(error), path=",".join(self.config.data), record=record) from error
     sample["meta"] = {"record": np.int64(record), "epoch": np.int32(position // num_records),
                       "valid": np.bool_(valid)}
     return sample
 
 
 def collate(samples: Sequence[Mapping[str, Any]], max_boxes: int) -> dict[str, Any]:
-  """Stacks samples into a static-shape batch (see the module docstring)."""
-  batch: dict[str, Any] = {}
-  for name in samples[0]:
-    values = [sample[name] for sample in samples]
-    if name == "meta":
-      batch[name] = {key: np.stack([v[key] for v in values]) for key in values[0]}
-      continue
-    form = modalities.get_raw(name).form
-    if form == Form.TEXT:
-      batch[name] = np.array(values, dtype=object)
-    elif form == Form.BOXES:
-      batch[name] = _pad_boxes(values, max_boxes, [s["meta"] for s in samples])
-    else:
-      batch[name] = np.stack(values)
-  return batch
+  """Stacks samples into a static-shape batch (see the module docstring).
+
+  Structural, so it serves raw samples and masked ones ({modality: {key: array}}) alike:
+  text becomes an object array, boxes are padded to `max_boxes`, nested dicts recurse.
+  """
+  def stack(values: list, path: str) -> Any:
+    first = values[0]
+    if isinstance(first, str):
+      return np.array(values, dtype=object)
+    if isinstance(first, Mapping) and "boxes" in first and "classes" in first:
+      return _pad_boxes(values, max_boxes, [s["meta"] for s in samples], path)
+    if isinstance(first, Mapping):
+      return {key: stack([v[key] for v in values], f"{path}.{key}") for key in first}
+    return np.stack(values)
+
+  return {name: stack([sample[name] for sample in samples], name) for name in samples[0]}
 
 
-def _pad_boxes(dets, max_boxes: int, metas) -> dict[str, np.ndarray]:
+def _pad_boxes(dets, max_boxes: int, metas, field: str) -> dict[str, np.ndarray]:
   boxes = np.zeros((len(dets), max_boxes, 4), np.float32)
   classes = np.full((len(dets), max_boxes), "", dtype=object)
   valid = np.zeros((len(dets), max_boxes), bool)
@@ -133,7 +142,7 @@ def _pad_boxes(dets, max_boxes: int, metas) -> dict[str, np.ndarray]:
     if count > max_boxes:
       raise RecordError(f"{count} boxes after augmentation exceed max_boxes={max_boxes}; "
                         "raise PipelineConfig.max_boxes", record=int(meta["record"]),
-                        field="det")
+                        field=field)
     boxes[row, :count] = det["boxes"]
     classes[row, :count] = det["classes"]
     valid[row, :count] = True
@@ -169,9 +178,14 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 class Pipeline:
-  """Builds the per-process stream of batches; iterate it or call `iterator()`."""
+  """Builds the per-process stream of batches; iterate it or call `iterator()`.
 
-  def __init__(self, config: PipelineConfig):
+  `transform(sample, rng)`, if given, runs on every augmented sample (the masking
+  sampler plugs in here); its rng stream is independent of the augmentation's.
+  It must be picklable when `worker_count > 0`.
+  """
+
+  def __init__(self, config: PipelineConfig, transform: SampleTransform | None = None):
     self.config = config
     self.source = RecordSource(config.data, config.split, config.modalities)
     num_records = len(self.source)
@@ -189,7 +203,8 @@ class Pipeline:
       # Pad to whole global batches so every process yields the same number of batches.
       self.num_positions = -(-num_real // config.batch_size) * config.batch_size
     positions = grain.MapDataset.range(self.num_positions)
-    samples = positions.map_with_index(_LoadSample(self.source, order, num_real, config))
+    samples = positions.map_with_index(
+        _LoadSample(self.source, order, num_real, config, transform))
     self.samples = samples[config.process_index::config.process_count]
 
   @property

@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 
 from fourm import modalities
 from fourm.errors import RecordError
-from fourm.modalities import Form
+from fourm.modalities import Form, Kind
 
 FORMAT_NAME = "fourm-records"
 FORMAT_VERSION = 1
@@ -127,10 +127,14 @@ def decode_image(data: bytes) -> np.ndarray:
 # ------------------------------------------------------------------------ validation
 def validate_field(name: str, value: Any, *, image_hw: tuple[int, int] | None = None,
                    path: str | None = None, record: int | None = None) -> None:
-  """Checks one raw modality against its `RawSpec` (dtype, rank, channels, ranges)."""
+  """Checks one field: a raw modality against its `RawSpec` (dtype, rank, channels,
+  ranges), or the token ids of a tokenized modality (`tok_rgb`, ...) against its vocab."""
   def fail(message: str):
     raise RecordError(message, path=path, record=record, field=name)
 
+  if name not in modalities.RAW_MODALITIES and name in modalities.MODALITIES:
+    _validate_token_ids(modalities.get(name), value, fail)
+    return
   try:
     raw = modalities.get_raw(name)
   except KeyError as error:
@@ -167,6 +171,19 @@ def validate_field(name: str, value: Any, *, image_hw: tuple[int, int] | None = 
     fail(f"size {list(value.shape[:2])} does not match the sample's other images {list(image_hw)}")
   if value.dtype.kind == "f" and not np.isfinite(value).all():
     fail("contains NaN or Inf")
+
+
+def _validate_token_ids(spec: modalities.ModalitySpec, value: Any, fail) -> None:
+  if spec.vocab_size is None or spec.kind not in (Kind.IMAGE_TOKENS, Kind.GLOBAL):
+    fail(f"modality {spec.name!r} of kind {spec.kind} is not stored as token ids")
+  if not isinstance(value, np.ndarray) or value.dtype != np.int32:
+    fail(f"token ids must be an int32 array, got {getattr(value, 'dtype', type(value).__name__)}")
+  square = value.ndim == 2 and value.shape[0] == value.shape[1]
+  if not (value.ndim == 1 or square) or value.size == 0:
+    fail(f"token ids must be [N] or a square grid [G, G], got shape {list(value.shape)}")
+  if value.min() < 0 or value.max() >= spec.vocab_size:
+    bad = int(value.max() if value.max() >= spec.vocab_size else value.min())
+    fail(f"token id {bad} is outside the vocabulary [0, {spec.vocab_size})")
 
 
 def _validate_boxes(value: Any, fail) -> None:
