@@ -1,0 +1,66 @@
+"""Model hyperparameters and the reference 4M sizes (SwiGLU, bias-free variants)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class FourMConfig:
+  """Sizes and numerics of a 4M encoder-decoder.
+
+  The architecture is fixed to the reference's `fm_*_swiglu_nobias` models: pre-norm
+  blocks, bias-free LayerNorm (eps 1e-6), bias-free attention and SwiGLU MLP.
+  """
+  dim: int = 768
+  encoder_depth: int = 12
+  decoder_depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  norm_eps: float = 1e-6
+  # One modality embedding per modality, used by both encoder and decoder (reference
+  # default). False gives the decoder its own.
+  share_modality_embeddings: bool = True
+  # The reference's rgb patch projection has no bias; kept switchable for experiments.
+  patch_embed_bias: bool = False
+  dtype: Any = jnp.float32          # compute dtype (e.g. jnp.bfloat16)
+  param_dtype: Any = jnp.float32    # storage dtype of the parameters
+  remat: bool = False               # recompute each block's activations in the backward pass
+  attention_impl: str | None = None  # passed to jax.nn.dot_product_attention ("cudnn", "xla")
+
+  def __post_init__(self):
+    if self.dim % self.num_heads:
+      raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+    if self.dim % 4:
+      raise ValueError(f"dim {self.dim} must be divisible by 4 for 2D sin-cos positions")
+
+
+def fourm_tiny(**overrides) -> FourMConfig:
+  """4M-T: 6 + 6 blocks, dim 384, 6 heads."""
+  return FourMConfig(**{**dict(dim=384, encoder_depth=6, decoder_depth=6, num_heads=6),
+                        **overrides})
+
+
+def fourm_base(**overrides) -> FourMConfig:
+  """4M-B: 12 + 12 blocks, dim 768, 12 heads."""
+  return FourMConfig(**{**dict(dim=768, encoder_depth=12, decoder_depth=12, num_heads=12),
+                        **overrides})
+
+
+def fourm_large(**overrides) -> FourMConfig:
+  """4M-L: 24 + 24 blocks, dim 1024, 16 heads."""
+  return FourMConfig(**{**dict(dim=1024, encoder_depth=24, decoder_depth=24, num_heads=16),
+                        **overrides})
+
+
+def fourm_xlarge(**overrides) -> FourMConfig:
+  """4M-XL: 24 + 24 blocks, dim 2048, 32 heads."""
+  return FourMConfig(**{**dict(dim=2048, encoder_depth=24, decoder_depth=24, num_heads=32),
+                        **overrides})
+
+
+PRESETS = {"tiny": fourm_tiny, "base": fourm_base, "large": fourm_large,
+           "xlarge": fourm_xlarge}

@@ -1,0 +1,246 @@
+"""Per-modality embeddings: what turns a modality's batch entry into vectors, and back.
+
+Encoder side, one module per input modality, by kind:
+  IMAGE_TOKENS / GLOBAL / SEQUENCE -> `TokenEncoderEmbedding` (a vocab x dim table)
+  PIXELS                           -> `PatchEncoderEmbedding` (linear patch projection)
+  FEATURE_MAP                      -> `FeatureEncoderEmbedding` (linear projection)
+Decoder side, one `DecoderEmbedding` per target modality: a token table that embeds the
+teacher-forcing inputs of sequences and, tied, is the modality's output head.
+
+Every module returns its content vectors [B, N, D] apart from the "position +
+modality" vectors [N, D]: the latter do not depend on the sample, and 4M adds them
+again to the encoder output before the decoder reads it.
+
+Initialisation follows the reference's `init_weights` as it actually runs: encoder
+token tables N(0, 0.02); decoder token tables xavier-uniform (the tied `to_logits`
+Linear is initialised after the table and overwrites it); projections xavier-uniform;
+modality embeddings N(0, 0.02).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fourm import modalities
+from fourm.models import sharding
+from fourm.models.layers import Dense, normal_init, uniform_init, xavier_bound
+
+Kind = modalities.Kind
+INIT_STD = 0.02
+
+
+# Fixed sin-cos positions ---------------------------------------------------------------
+
+
+@functools.cache
+def sincos_1d(length: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
+  """[length, dim]: [sin(p w_k), cos(p w_k)] with w_k = temperature^(-k / (dim/2))."""
+  if dim % 2:
+    raise ValueError(f"1D sin-cos positions need an even dim, got {dim}")
+  omega = 1.0 / temperature ** (np.arange(dim // 2, dtype=np.float32) / (dim // 2))
+  angles = np.arange(length, dtype=np.float32)[:, None] * omega[None, :]
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
+
+
+@functools.cache
+def sincos_2d(grid: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
+  """[grid*grid, dim] for a square grid flattened row-major.
+
+  The first half of each vector encodes the row and the second the column, each as
+  [sin, cos] with w_k = temperature^(-k / (dim/4)): the reference's (MoCo-v3) layout,
+  whose meshgrid names the row axis "w"; on a square grid the two agree exactly.
+  """
+  if dim % 4:
+    raise ValueError(f"2D sin-cos positions need dim divisible by 4, got {dim}")
+  omega = 1.0 / temperature ** (np.arange(dim // 4, dtype=np.float32) / (dim // 4))
+  rows, cols = np.meshgrid(np.arange(grid, dtype=np.float32),
+                           np.arange(grid, dtype=np.float32), indexing="ij")
+  row_angles = rows.reshape(-1, 1) * omega[None, :]
+  col_angles = cols.reshape(-1, 1) * omega[None, :]
+  return np.concatenate([np.sin(row_angles), np.cos(row_angles),
+                         np.sin(col_angles), np.cos(col_angles)], axis=1).astype(np.float32)
+
+
+def positions_for(spec: modalities.ModalitySpec, layout: modalities.Layout,
+                  dim: int) -> np.ndarray:
+  """The fixed positions of a modality's N tokens: [N, dim]."""
+  if spec.positions == "2d":
+    return sincos_2d(layout.grid, dim)
+  return sincos_1d(spec.num_tokens(layout), dim)
+
+
+# Small pieces shared by both sides -------------------------------------------------------
+
+
+def modality_embedding(dim: int, param_dtype, rngs: nnx.Rngs) -> nnx.Param:
+  return sharding.param(normal_init(INIT_STD), rngs.params(), (dim,), param_dtype,
+                        ("embed",))
+
+
+class TokenTable(nnx.Module):
+  """A vocab x dim table; `lookup` embeds ids, `attend` scores vectors against every row."""
+
+  def __init__(self, vocab_size: int, dim: int, *, init, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.embedding = sharding.param(init, rngs.params(), (vocab_size, dim), param_dtype,
+                                    ("vocab", "embed"))
+
+  def lookup(self, ids: jax.Array) -> jax.Array:
+    # Gather the FSDP shards of the table first (as for any weight): a lookup into a
+    # table split along the model dimension would come out split the same way and
+    # have to be resharded onto the batch, which XLA can only do by replicating it.
+    table = sharding.constrain(self.embedding[...], ("vocab", None))
+    vectors = jnp.take(table, ids, axis=0).astype(self.dtype)
+    return sharding.constrain(vectors, ("act_batch", "act_len", "act_embed"))
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    # Flat token axis for the same XLA:CPU reason as in layers.Dense.
+    flat = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+    scores = jnp.einsum("td,vd->tv", flat, self.embedding[...].astype(self.dtype))
+    return scores.reshape(x.shape[:-1] + scores.shape[-1:])
+
+
+def position_and_modality(spec: modalities.ModalitySpec, layout: modalities.Layout,
+                          mod_emb: jax.Array, dtype) -> jax.Array:
+  """The sample-independent half of an embedding: fixed positions + modality, [N, D]."""
+  positions = jnp.asarray(positions_for(spec, layout, mod_emb.shape[-1]))
+  # Replicated, like the activations it is added to (mod_emb itself is FSDP-sharded).
+  return sharding.constrain((positions + mod_emb).astype(dtype), ("act_len", "act_embed"))
+
+
+# Encoder side ------------------------------------------------------------------------------
+
+
+class TokenEncoderEmbedding(nnx.Module):
+  """Token ids (VQ grids, global tokens, text) -> table rows."""
+
+  def __init__(self, spec: modalities.ModalitySpec, layout: modalities.Layout, dim: int, *,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.spec, self.layout, self.dtype = spec, layout, dtype
+    # Sequences keep their visible text under "input_tokens"; dense kinds under "tokens".
+    self.tokens_key = "input_tokens" if spec.kind == Kind.SEQUENCE else "tokens"
+    self.mod_emb = modality_embedding(dim, param_dtype, rngs)
+    self.token_emb = TokenTable(spec.vocab_size, dim, init=normal_init(INIT_STD), dtype=dtype,
+                                param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, entry: dict) -> jax.Array:
+    return self.token_emb.lookup(entry[self.tokens_key])
+
+  def position_and_modality(self) -> jax.Array:
+    return position_and_modality(self.spec, self.layout, self.mod_emb[...], self.dtype)
+
+
+class PatchEncoderEmbedding(nnx.Module):
+  """An image [B, R, R, C] in [-1, 1] -> one linear projection per patch.
+
+  Patches flatten in (row-in-patch, col-in-patch, channel) order, as the reference's
+  rearrange 'b c (nh ph) (nw pw) -> b (nh nw) (ph pw c)'. The reference's projection
+  has no bias ("the modality embedding is the bias"); `bias` is there for experiments.
+  """
+
+  def __init__(self, spec: modalities.ModalitySpec, layout: modalities.Layout, dim: int, *,
+               channels: int = 3, bias: bool = False, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.spec, self.layout, self.dtype = spec, layout, dtype
+    self.channels = channels
+    patch_features = layout.patch_size * layout.patch_size * channels
+    self.mod_emb = modality_embedding(dim, param_dtype, rngs)
+    self.proj = Dense((patch_features,), (dim,), logical_axes=("patch", "embed"),
+                      use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, entry: dict) -> jax.Array:
+    image = entry["tokens"]
+    batch, grid, patch = image.shape[0], self.layout.grid, self.layout.patch_size
+    patches = image.reshape(batch, grid, patch, grid, patch, self.channels)
+    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid * grid, -1)
+    return self.proj(patches)
+
+  def position_and_modality(self) -> jax.Array:
+    return position_and_modality(self.spec, self.layout, self.mod_emb[...], self.dtype)
+
+
+class FeatureEncoderEmbedding(nnx.Module):
+  """Continuous per-patch vectors [B, N, F] -> a bias-free linear projection."""
+
+  def __init__(self, spec: modalities.ModalitySpec, layout: modalities.Layout, dim: int, *,
+               feature_dim: int, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.spec, self.layout, self.dtype = spec, layout, dtype
+    self.mod_emb = modality_embedding(dim, param_dtype, rngs)
+    self.proj = Dense((feature_dim,), (dim,), logical_axes=("patch", "embed"),
+                      dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, entry: dict) -> jax.Array:
+    return self.proj(entry["tokens"])
+
+  def position_and_modality(self) -> jax.Array:
+    return position_and_modality(self.spec, self.layout, self.mod_emb[...], self.dtype)
+
+
+def encoder_embedding(spec: modalities.ModalitySpec, layout: modalities.Layout, dim: int, *,
+                      patch_bias: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
+                      rngs: nnx.Rngs) -> nnx.Module:
+  """The encoder embedding module for a modality's kind."""
+  common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  if spec.kind in (Kind.IMAGE_TOKENS, Kind.GLOBAL, Kind.SEQUENCE):
+    return TokenEncoderEmbedding(spec, layout, dim, **common)
+  if spec.kind == Kind.PIXELS:
+    return PatchEncoderEmbedding(spec, layout, dim, channels=spec.source.channels or 3,
+                                 bias=patch_bias, **common)
+  if spec.kind == Kind.FEATURE_MAP:
+    if not spec.source.channels:
+      raise ValueError(f"feature map {spec.name!r}: its raw source {spec.source.name!r} "
+                       "must say how many channels a feature vector has")
+    return FeatureEncoderEmbedding(spec, layout, dim, feature_dim=spec.source.channels,
+                                   **common)
+  raise ValueError(f"no encoder embedding for kind {spec.kind}")
+
+
+# Decoder side ------------------------------------------------------------------------------
+
+
+class DecoderEmbedding(nnx.Module):
+  """A target modality's token table (teacher-forcing inputs + tied head) and positions.
+
+  With `own_modality_embedding=False` the modality embedding is the encoder's (the
+  reference shares them between the two sides by default) and is passed in.
+  """
+
+  def __init__(self, spec: modalities.ModalitySpec, layout: modalities.Layout, dim: int, *,
+               own_modality_embedding: bool = True, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    if not spec.can_target or spec.vocab_size is None:
+      raise ValueError(f"modality {spec.name!r} cannot be a decoder target")
+    self.spec, self.layout, self.dtype = spec, layout, dtype
+    self.mod_emb = modality_embedding(dim, param_dtype, rngs) if own_modality_embedding else None
+    self.token_emb = TokenTable(
+        spec.vocab_size, dim, init=uniform_init(xavier_bound(dim, spec.vocab_size)),
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  @property
+  def is_sequence(self) -> bool:
+    return self.spec.kind == Kind.SEQUENCE
+
+  def __call__(self, entry: dict) -> jax.Array:
+    """Teacher-forcing inputs of a sequence target: [B, L, D]."""
+    return self.token_emb.lookup(entry["target_tokens"])
+
+  def labels(self, entry: dict) -> jax.Array:
+    """What each of the modality's N decoder positions predicts: [B, N]."""
+    return entry["target_labels"] if self.is_sequence else entry["tokens"]
+
+  def position_and_modality(self, shared_mod_emb: jax.Array | None = None) -> jax.Array:
+    mod_emb = self.mod_emb[...] if self.mod_emb is not None else shared_mod_emb
+    if mod_emb is None:
+      raise ValueError(f"{self.spec.name!r}: no modality embedding of its own, none passed")
+    return position_and_modality(self.spec, self.layout, mod_emb, self.dtype)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """The tied output head: hidden @ token_table^T, [..., vocab]."""
+    return self.token_emb.attend(hidden)

@@ -1,0 +1,210 @@
+"""The 4M any-to-any masked model: encoder over visible tokens, decoder over targets.
+
+One forward pass (batches follow fourm/models/CONTRACT.md):
+  1. every input modality is embedded; `input_budget` encoder slots per sample are
+     gathered from the `input_mask` positions of all modalities concatenated;
+  2. the encoder (pre-norm blocks + final norm) runs over its slots, padding slots
+     masked out as keys;
+  3. the context the decoder reads is `decoder_proj_context(encoder output)` plus the
+     encoder slots' position + modality embeddings, added again;
+  4. `target_budget` decoder slots are gathered from the `target_mask` positions.
+     Dense targets are queried with the learned mask token, sequences with their
+     teacher-forcing tokens; each slot adds its position + modality embedding;
+  5. decoder blocks: self-attention within a modality only (causal for sequences),
+     cross-attention to valid encoder slots; final norm.
+The forward returns the decoder hidden states per slot; output heads are applied by the
+caller (`FourM.logits`), who knows which slots need which head.
+
+Parameter names mirror the reference (encoder.{i}.attn.qkv, decoder.{i}.cross_attn.kv,
+decoder_proj_context, mask_token, encoder_embeddings.{m}.token_emb, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fourm import modalities
+from fourm.models import sharding, slots
+from fourm.models.blocks import DecoderBlock, EncoderBlock
+# The presets are re-exported: `fourm_model.fourm_base(dtype=...)` reads naturally.
+from fourm.models.config import (PRESETS, FourMConfig, fourm_base,  # noqa: F401
+                                 fourm_large, fourm_tiny, fourm_xlarge)
+from fourm.models.embeddings import INIT_STD, DecoderEmbedding, encoder_embedding
+from fourm.models.layers import Dense, LayerNorm, normal_init
+
+_RESIDUAL_AXES = ("act_batch", "act_len", "act_embed")
+
+
+@flax.struct.dataclass
+class DecoderOutput:
+  """Per decoder slot: hidden state, modality, label, and whether the slot is used."""
+  hidden: jax.Array          # [B, T, D] after the final decoder norm
+  modality_index: jax.Array  # [B, T] int32 index into FourM.modality_names; -1 = padding
+  labels: jax.Array          # [B, T] int32 token to predict (0 on padding slots)
+  valid: jax.Array           # [B, T] bool
+
+
+def _call_block(block, *args):
+  return block(*args)
+
+
+class FourM(nnx.Module):
+  """4M encoder-decoder over the named modalities at a layout, with static token budgets."""
+
+  def __init__(self, config: FourMConfig, modality_names: Sequence[str],
+               layout: modalities.Layout, input_budget: int, target_budget: int, *,
+               rngs: nnx.Rngs):
+    self.config = config
+    self.modality_names = tuple(modality_names)
+    self.layout = layout
+    self.input_budget, self.target_budget = input_budget, target_budget
+    specs = [modalities.get(name) for name in self.modality_names]
+    if len(set(self.modality_names)) != len(specs):
+      raise ValueError(f"modality names repeat: {self.modality_names}")
+    self.input_names = tuple(spec.name for spec in specs if spec.can_input)
+    self.target_names = tuple(spec.name for spec in specs if spec.can_target)
+    if not self.input_names or not self.target_names:
+      raise ValueError("4M needs at least one input and one target modality, got "
+                       f"{self.modality_names}")
+
+    dim, dtype, param_dtype = config.dim, config.dtype, config.param_dtype
+    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    block_args = dict(eps=config.norm_eps, attention_impl=config.attention_impl, **common)
+
+    self.encoder_embeddings = nnx.Dict({
+        spec.name: encoder_embedding(spec, layout, dim, patch_bias=config.patch_embed_bias,
+                                     **common)
+        for spec in specs if spec.can_input})
+    self.decoder_embeddings = nnx.Dict({
+        spec.name: DecoderEmbedding(
+            spec, layout, dim,
+            own_modality_embedding=not (config.share_modality_embeddings and spec.can_input),
+            **common)
+        for spec in specs if spec.can_target})
+
+    self.encoder = nnx.List([
+        EncoderBlock(dim, config.num_heads, config.mlp_ratio, **block_args)
+        for _ in range(config.encoder_depth)])
+    self.encoder_norm = LayerNorm(dim, eps=config.norm_eps, **common)
+    # The one biased layer: maps encoder outputs into the decoder's context.
+    self.decoder_proj_context = Dense((dim,), (dim,), logical_axes=("embed", None),
+                                      use_bias=True, **common)
+    self.decoder = nnx.List([
+        DecoderBlock(dim, config.num_heads, config.mlp_ratio, **block_args)
+        for _ in range(config.decoder_depth)])
+    self.decoder_norm = LayerNorm(dim, eps=config.norm_eps, **common)
+    self.mask_token = sharding.param(normal_init(INIT_STD), rngs.params(), (dim,),
+                                     param_dtype, ("embed",))
+
+  # Public API ------------------------------------------------------------------------------
+
+  def __call__(self, batch: Mapping[str, Mapping[str, jax.Array]]) -> DecoderOutput:
+    context, context_valid = self.encode(batch)
+    return self.decode(batch, context, context_valid)
+
+  def can_predict(self, name: str) -> bool:
+    return name in self.target_names
+
+  def logits(self, name: str, hidden: jax.Array) -> jax.Array:
+    """Modality `name`'s tied output head on hidden states [..., D] -> [..., vocab]."""
+    if not self.can_predict(name):
+      raise ValueError(f"{name!r} is not a target modality of this model "
+                       f"({self.target_names})")
+    logits = self.decoder_embeddings[name].logits(hidden)
+    if logits.ndim == 3:
+      logits = sharding.constrain(logits, ("act_batch", "act_len", "act_vocab"))
+    return logits
+
+  # Encoder ---------------------------------------------------------------------------------
+
+  def encode(self, batch) -> tuple[jax.Array, jax.Array]:
+    """The decoder's context [B, input_budget, D] and which of its slots are valid."""
+    names = [name for name in self.input_names if name in batch]
+    if not names:
+      raise ValueError(f"the batch has none of the input modalities {self.input_names}")
+    embeddings = [self.encoder_embeddings[name] for name in names]
+    content = jnp.concatenate(
+        [emb(batch[name]) for name, emb in zip(names, embeddings, strict=True)], axis=1)
+    content = sharding.constrain(content, _RESIDUAL_AXES)
+    position_and_modality = jnp.concatenate(
+        [emb.position_and_modality() for emb in embeddings], axis=0)
+    input_mask = jnp.concatenate([jnp.asarray(batch[name]["input_mask"]) for name in names],
+                                 axis=1)
+
+    indices, valid = slots.select(input_mask, self.input_budget)
+    keep = valid[..., None]
+    # Padding slots carry zeros, as in the reference: they are masked as keys, and
+    # zeroing keeps whatever token happened to be gathered there from mattering at all.
+    x = jnp.where(keep, slots.gather(content, indices), 0)
+    emb = jnp.where(keep, position_and_modality[indices], 0)
+    x = sharding.constrain(x + emb, _RESIDUAL_AXES)
+
+    mask = slots.key_mask(valid)
+    for block in self.encoder:
+      x = self._run_block(block, x, mask)
+    x = self.encoder_norm(x)
+
+    context = self.decoder_proj_context(x) + emb
+    return sharding.constrain(context, _RESIDUAL_AXES), valid
+
+  # Decoder ---------------------------------------------------------------------------------
+
+  def decode(self, batch, context: jax.Array, context_valid: jax.Array) -> DecoderOutput:
+    names = [name for name in self.target_names if name in batch]
+    if not names:
+      raise ValueError(f"the batch has none of the target modalities {self.target_names}")
+    batch_size = context.shape[0]
+    mask_token = sharding.constrain(self.mask_token[...].astype(self.config.dtype),
+                                    ("act_embed",))
+
+    queries, position_and_modality, labels, target_masks = [], [], [], []
+    modality_ids, positions, causal = [], [], []  # per token, known before tracing
+    for name in names:
+      embedding, entry = self.decoder_embeddings[name], batch[name]
+      num_tokens = modalities.get(name).num_tokens(self.layout)
+      if embedding.is_sequence:
+        queries.append(embedding(entry))
+      else:
+        # Dense targets are asked for with the mask token; their own tokens stay hidden.
+        queries.append(jnp.broadcast_to(mask_token, (batch_size, num_tokens, mask_token.size)))
+      shared = (self.encoder_embeddings[name].mod_emb[...]
+                if embedding.mod_emb is None else None)
+      position_and_modality.append(embedding.position_and_modality(shared))
+      labels.append(jnp.asarray(embedding.labels(entry), jnp.int32))
+      target_masks.append(jnp.asarray(entry["target_mask"]))
+      modality_ids.append(np.full(num_tokens, self.modality_names.index(name), np.int32))
+      positions.append(np.arange(num_tokens, dtype=np.int32))
+      causal.append(np.full(num_tokens, embedding.is_sequence))
+
+    indices, valid = slots.select(jnp.concatenate(target_masks, axis=1), self.target_budget)
+    keep = valid[..., None]
+    query = sharding.constrain(jnp.concatenate(queries, axis=1), _RESIDUAL_AXES)
+    query = slots.gather(query, indices)
+    emb = jnp.concatenate(position_and_modality, axis=0)[indices]
+    y = sharding.constrain(jnp.where(keep, query + emb, 0), _RESIDUAL_AXES)
+
+    modality = jnp.asarray(np.concatenate(modality_ids))[indices]
+    self_mask = slots.decoder_self_mask(
+        modality, jnp.asarray(np.concatenate(positions))[indices],
+        jnp.asarray(np.concatenate(causal))[indices], valid)
+    cross_mask = slots.key_mask(context_valid)
+    for block in self.decoder:
+      y = self._run_block(block, y, context, self_mask, cross_mask)
+    y = self.decoder_norm(y)
+
+    return DecoderOutput(
+        hidden=y,
+        modality_index=jnp.where(valid, modality, -1),
+        labels=jnp.where(valid, slots.gather(jnp.concatenate(labels, axis=1), indices), 0),
+        valid=valid)
+
+  def _run_block(self, block, *args):
+    if self.config.remat:
+      return nnx.remat(_call_block)(block, *args)
+    return block(*args)

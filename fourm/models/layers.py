@@ -1,0 +1,186 @@
+"""The layers of a 4M transformer block: bias-free LayerNorm, attention, SwiGLU.
+
+Parameter layout mirrors the reference PyTorch model (apple/ml-4m, fm_utils.py) so a
+checkpoint converts by transposing and reshaping only:
+
+  reference (torch, [out, in])            here
+  attn.qkv.weight   [3*D, D]              attn.qkv.kernel    [D, 3, H, Dh]
+  attn.proj.weight  [D, D]                attn.proj.kernel   [H, Dh, D]
+  cross_attn.q      [D, D]                cross_attn.q.kernel  [D, H, Dh]
+  cross_attn.kv     [2*D, D]              cross_attn.kv.kernel [D, 2, H, Dh]
+  mlp.fc1 / fc3     [F, D]                mlp.fc1 / fc3.kernel [D, F]
+  mlp.fc2           [D, F]                mlp.fc2.kernel     [F, D]
+  normX.weight      [D]                   normX.scale        [D]
+
+(The torch fused axis 3*D is (3, H, Dh) row-major, exactly as the reference reshapes it.)
+Weights keep heads as their own axis so tensor parallelism splits whole heads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fourm.models import sharding
+
+
+def uniform_init(bound: float):
+  """U(-bound, bound): the reference's xavier_uniform with explicit fans (see below)."""
+  def init(key, shape, dtype):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def xavier_bound(fan_in: int, fan_out: int) -> float:
+  # The reference initialises every Linear with xavier_uniform, treating the q, k, v
+  # (or k, v) blocks of a fused projection as separate matrices: fan_out = D, not 3*D.
+  return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+def normal_init(std: float):
+  def init(key, shape, dtype):
+    return std * jax.random.normal(key, shape, dtype)
+  return init
+
+
+def zeros_init(key, shape, dtype):
+  del key
+  return jnp.zeros(shape, dtype)
+
+
+class Dense(nnx.Module):
+  """x @ kernel over x's trailing `in_shape` axes, producing `out_shape` axes."""
+
+  def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], *,
+               logical_axes: Sequence[str | None], use_bias: bool = False,
+               fused: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+    self.dtype = dtype
+    fan_in = math.prod(self.in_shape)
+    # fused: out_shape[0] stacks separate matrices (the 3 of qkv, the 2 of kv), which
+    # the reference initialises one by one, so it does not count toward fan-out.
+    fan_out = math.prod(self.out_shape[1:] if fused else self.out_shape)
+    self.kernel = sharding.param(
+        uniform_init(xavier_bound(fan_in, fan_out)), rngs.params(),
+        self.in_shape + self.out_shape, param_dtype, logical_axes)
+    if use_bias:
+      out_axes = tuple(logical_axes)[len(self.in_shape):]
+      self.bias = sharding.param(zeros_init, rngs.params(), self.out_shape, param_dtype,
+                                 out_axes)
+    else:
+      self.bias = None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n_in = len(self.in_shape)
+    leading = x.shape[:x.ndim - n_in]
+    # One flat token axis: XLA:CPU computes the weight gradient of a dot that
+    # contracts [B, T] about twice as slowly as one contracting [B*T] (GPU/TPU don't
+    # mind). Merging a batch-sharded axis with the one after it keeps the sharding.
+    x = x.reshape((-1,) + self.in_shape).astype(self.dtype)
+    contract = (tuple(range(1, n_in + 1)), tuple(range(n_in)))
+    y = jax.lax.dot_general(x, self.kernel[...].astype(self.dtype), (contract, ((), ())))
+    y = y.reshape(leading + self.out_shape)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm with a scale and no bias (the reference's `LayerNorm(bias=False)`).
+
+  Statistics are taken in float32 whatever the compute dtype, as torch autocast does.
+  """
+
+  def __init__(self, dim: int, *, eps: float = 1e-6, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    del rngs  # the scale starts at one
+    self.eps, self.dtype = eps, dtype
+    self.scale = sharding.param(lambda k, s, d: jnp.ones(s, d), None, (dim,), param_dtype,
+                                ("norm",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+def _attend(q, k, v, mask, implementation):
+  """Multi-head attention over [B, T, H, Dh] with a boolean mask [B, 1, T|1, S]."""
+  # cuDNN's kernel takes no mask broadcast over queries: spell out [B, 1, T, S].
+  mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
+  q = sharding.constrain(q, ("act_batch", "act_len", "act_heads", "act_kv"))
+  k = sharding.constrain(k, ("act_batch", "act_len", "act_heads", "act_kv"))
+  v = sharding.constrain(v, ("act_batch", "act_len", "act_heads", "act_kv"))
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  return sharding.constrain(out, ("act_batch", "act_len", "act_heads", "act_kv"))
+
+
+class Attention(nnx.Module):
+  """Self-attention with a fused, bias-free qkv projection and a bias-free output."""
+
+  def __init__(self, dim: int, num_heads: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
+    head_dim = dim // num_heads
+    self.attention_impl = attention_impl
+    self.qkv = Dense((dim,), (3, num_heads, head_dim),
+                     logical_axes=("embed", None, "heads", "kv"), fused=True,
+                     dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.proj = Dense((num_heads, head_dim), (dim,), logical_axes=("heads", "kv", "embed"),
+                      dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    qkv = self.qkv(x)  # [B, T, 3, H, Dh]
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    return self.proj(_attend(q, k, v, mask, self.attention_impl))
+
+
+class CrossAttention(nnx.Module):
+  """Attention from queries x to a context, with separate q and fused kv projections."""
+
+  def __init__(self, dim: int, num_heads: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
+    head_dim = dim // num_heads
+    self.attention_impl = attention_impl
+    self.q = Dense((dim,), (num_heads, head_dim), logical_axes=("embed", "heads", "kv"),
+                   dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.kv = Dense((dim,), (2, num_heads, head_dim),
+                    logical_axes=("embed", None, "heads", "kv"), fused=True,
+                    dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.proj = Dense((num_heads, head_dim), (dim,), logical_axes=("heads", "kv", "embed"),
+                      dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, context: jax.Array, mask: jax.Array) -> jax.Array:
+    q = self.q(x)
+    kv = self.kv(context)  # [B, S, 2, H, Dh]
+    return self.proj(_attend(q, kv[:, :, 0], kv[:, :, 1], mask, self.attention_impl))
+
+
+def swiglu_hidden_dim(dim: int, mlp_ratio: float) -> int:
+  # The reference's GatedMlp shrinks the hidden width by 2/3 to pay for the extra matmul.
+  return int(2 * int(dim * mlp_ratio) / 3)
+
+
+class GatedMlp(nnx.Module):
+  """SwiGLU feed-forward, bias-free: fc2(silu(fc1(x)) * fc3(x)), named as the reference."""
+
+  def __init__(self, dim: int, mlp_ratio: float, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    hidden = swiglu_hidden_dim(dim, mlp_ratio)
+    self.fc1 = Dense((dim,), (hidden,), logical_axes=("embed", "mlp"), dtype=dtype,
+                     param_dtype=param_dtype, rngs=rngs)
+    self.fc3 = Dense((dim,), (hidden,), logical_axes=("embed", "mlp"), dtype=dtype,
+                     param_dtype=param_dtype, rngs=rngs)
+    self.fc2 = Dense((hidden,), (dim,), logical_axes=("mlp", "embed"), dtype=dtype,
+                     param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    gated = jax.nn.silu(self.fc1(x)) * self.fc3(x)
+    gated = sharding.constrain(gated, ("act_batch", "act_len", "act_mlp"))
+    return self.fc2(gated)
