@@ -202,7 +202,7 @@ def test_forward_slots_labels_and_heads(model):
   assert model.logits("caption", out.hidden).shape == (4, TARGET_BUDGET, 30_000)
   assert model.logits("test_global", out.hidden).shape == (4, TARGET_BUDGET, 32)
   assert not model.can_predict("rgb") and not model.can_predict("test_features")
-  loss, metrics = nnx.jit(lambda m, o: fourm_loss(m, o, NAMES))(model, out)
+  loss, metrics = nnx.jit(lambda m, o: fourm_loss(m, o))(model, out)
   assert np.isfinite(loss) and metrics["tokens/tok_rgb"] > 0
 
 
@@ -375,7 +375,7 @@ def test_remat_gives_identical_outputs_and_gradients(model):
 
   @nnx.jit
   def loss_and_grads(model, batch):
-    return nnx.value_and_grad(lambda m: fourm_loss(m, m(batch), NAMES)[0])(model)
+    return nnx.value_and_grad(lambda m: fourm_loss(m, m(batch))[0])(model)
 
   loss, grads = loss_and_grads(model, batch)
   remat_loss, remat_grads = loss_and_grads(remat, batch)

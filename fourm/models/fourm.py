@@ -121,6 +121,13 @@ class FourM(nnx.Module):
       logits = sharding.constrain(logits, ("act_batch", "act_len", "act_vocab"))
     return logits
 
+  def head_table(self, name: str) -> jax.Array:
+    """Modality `name`'s output head [vocab, D]: its decoder token table, tied."""
+    if not self.can_predict(name):
+      raise ValueError(f"{name!r} is not a target modality of this model "
+                       f"({self.target_names})")
+    return self.decoder_embeddings[name].token_emb.embedding[...]
+
   # Encoder ---------------------------------------------------------------------------------
 
   def encode(self, batch) -> tuple[jax.Array, jax.Array]:

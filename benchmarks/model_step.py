@@ -1,0 +1,146 @@
+"""Forward and training-step speed of the 4M model on the workload the reference was timed on.
+
+    python benchmarks/model_step.py                      # tiny, fp32, CPU: the reference's bar
+    python benchmarks/model_step.py --size base --dtype bfloat16 --batch 64   # e.g. on a GPU
+
+The workload (issue 5): modalities tok_rgb (196 tokens, vocab 16384), tok_depth (196,
+vocab 8192) and caption (max length 256, vocab 30000) at the 224 px layout; batch 8;
+128 input and 128 target tokens split rgb 48 / depth 48 / caption 32 for both; fp32.
+The PyTorch reference takes about 0.62 s per forward pass and 2.0 s per training step
+(forward + backward + AdamW) for it on a 2-core CPU.
+
+Prints one table: seconds per call (median of --repeats after a compile and a warm-up
+call), tokens/s (encoder + decoder slots) and achieved GFLOP/s of model FLOPs
+(`fourm/models/flops.py`: the useful work, a train step counted as 3 forwards), for
+the grouped output heads (the default) and the dense ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from fourm import modalities
+from fourm.models import flops
+from fourm.models import fourm as fourm_model
+from fourm.models.loss import fourm_loss
+
+NAMES = ("tok_rgb", "tok_depth", "caption")
+SPLIT = {"tok_rgb": 48, "tok_depth": 48, "caption": 32}
+
+
+def fixed_split_batch(batch_size: int, layout: modalities.Layout, seed: int = 0) -> dict:
+  """A batch following the masked-batch contract with the benchmark's fixed split."""
+  rng = np.random.default_rng(seed)
+  batch = {}
+  for name in NAMES:
+    spec = modalities.get(name)
+    n = spec.num_tokens(layout)
+    if spec.kind == modalities.Kind.SEQUENCE:
+      length = SPLIT[name]
+      input_mask = np.zeros((batch_size, n), bool)
+      target_mask = np.zeros((batch_size, n), bool)
+      input_mask[:, :length] = True
+      target_mask[:, :length] = True
+      batch[name] = {
+          "input_tokens": rng.integers(4, spec.vocab_size, (batch_size, n)).astype(np.int32),
+          "input_mask": input_mask,
+          "target_tokens": rng.integers(4, spec.vocab_size, (batch_size, n)).astype(np.int32),
+          "target_labels": rng.integers(4, spec.vocab_size, (batch_size, n)).astype(np.int32),
+          "target_mask": target_mask,
+      }
+    else:
+      order = np.argsort(rng.uniform(size=(batch_size, n)), axis=1)
+      ranks = np.argsort(order, axis=1)
+      batch[name] = {
+          "tokens": rng.integers(0, spec.vocab_size, (batch_size, n)).astype(np.int32),
+          "input_mask": ranks < SPLIT[name],
+          "target_mask": (ranks >= SPLIT[name]) & (ranks < 2 * SPLIT[name]),
+      }
+  return jax.tree.map(jnp.asarray, batch)
+
+
+def _time(fn, *args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))  # compile
+  jax.block_until_ready(fn(*args))  # warm-up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def build(config, heads: str):
+  """Jitted forward (+ loss) and train step (+ AdamW) over split NNX state."""
+  model = fourm_model.FourM(config, NAMES, modalities.REFERENCE_LAYOUT, input_budget=128,
+                            target_budget=128, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=0.05),
+                            wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+
+  def loss_fn(model, batch):
+    return fourm_loss(model, model(batch), heads=heads)[0]
+
+  @jax.jit
+  def forward(state, batch):
+    model, _ = nnx.merge(graphdef, state)
+    return loss_fn(model, batch)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state, batch):
+    model, optimizer = nnx.merge(graphdef, state)
+    loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
+    optimizer.update(model, grads)
+    return nnx.state((model, optimizer)), loss
+
+  return state, forward, train_step
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--size", choices=sorted(fourm_model.PRESETS), default="tiny")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("--heads", choices=("grouped", "dense", "both"), default="both")
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+
+  config = fourm_model.PRESETS[args.size](dtype=jnp.dtype(args.dtype))
+  batch = fixed_split_batch(args.batch, modalities.REFERENCE_LAYOUT)
+  step_tokens = args.batch * 256
+  forward = args.batch * flops.forward_flops(config, 128, 128, SPLIT)
+  rows = []
+  for heads in (("grouped", "dense") if args.heads == "both" else (args.heads,)):
+    state, forward_fn, train_step = build(config, heads)
+    forward_s = _time(forward_fn, state, batch, repeats=args.repeats)
+
+    def run_step(batch):
+      nonlocal state
+      state, loss = train_step(state, batch)
+      return loss
+
+    step_s = _time(run_step, batch, repeats=args.repeats)
+    for what, seconds, work in (("forward + loss", forward_s, forward),
+                                ("train step (fwd + bwd + AdamW)", step_s, 3 * forward)):
+      rows.append((f"{what}, {heads} heads", seconds, step_tokens / seconds,
+                   work / seconds / 1e9))
+
+  print(f"4M {args.size}, {args.dtype}, batch {args.batch}, 128 input + 128 target tokens, "
+        f"on {jax.devices()[0].device_kind} x{jax.device_count()}")
+  print(f"model GFLOP per forward: {forward / 1e9:.1f}")
+  print(f"{'what':<46} {'s/call':>8} {'tokens/s':>10} {'GFLOP/s':>9}")
+  for what, seconds, tokens, gflops in rows:
+    print(f"{what:<46} {seconds:>8.3f} {tokens:>10,.0f} {gflops:>9,.0f}")
+
+
+if __name__ == "__main__":
+  main()
