@@ -14,11 +14,7 @@ from collections.abc import Mapping
 
 from fourm import modalities
 from fourm.models.config import FourMConfig
-
-
-def mlp_hidden(config: FourMConfig) -> int:
-  """SwiGLU hidden width, as the reference computes it."""
-  return int(2 * config.mlp_ratio * config.dim / 3)
+from fourm.models.layers import swiglu_hidden_dim
 
 
 def forward_flops(config: FourMConfig, input_tokens: int, target_tokens: int,
@@ -28,7 +24,7 @@ def forward_flops(config: FourMConfig, input_tokens: int, target_tokens: int,
   `target_tokens_by_modality` says how many decoder slots each head scores (the
   vocabularies come from the registry).
   """
-  dim, hidden = config.dim, mlp_hidden(config)
+  dim, hidden = config.dim, swiglu_hidden_dim(config.dim, config.mlp_ratio)
   enc, dec = input_tokens, target_tokens
   mlp = 3 * dim * hidden  # gate, up and down projections, multiply-adds per token
   encoder_block = 2 * (enc * (4 * dim * dim + mlp) + 2 * enc * enc * dim)
