@@ -18,13 +18,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job on the embedded default dataset: render the synthetic world, summarise
-# it, and draw its samples (raw, and as the training pipeline augments them).
+# The main job on the embedded default dataset: render the synthetic world, draw its
+# samples, tokenize it, and train the tiny 4M model on it (resumed if already started).
 demo: $(STAMP)
 	$(BIN)/fourm synth --out $(DEMO)/world --num 1000 --resolution 64 --seed 0
 	$(BIN)/fourm show $(DEMO)/world --num 4 --out $(DEMO)/world_grid.png
 	$(BIN)/fourm show $(DEMO)/world --num 4 --augmented --out $(DEMO)/augmented_grid.png
-	@echo "demo outputs are in $(DEMO)/: world/ (records), world_grid.png, augmented_grid.png"
+	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens --method patches
+	$(BIN)/fourm train --config configs/tiny_synthetic.py --workdir $(DEMO)/train
+	@echo "demo outputs are in $(DEMO)/: world/ (records), world_grid.png, augmented_grid.png,"
+	@echo "  tokens/ (patch tokens), train/ (checkpoints/, tensorboard/: tensorboard --logdir $(DEMO)/train)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)

@@ -71,6 +71,33 @@ def _modalities(args: argparse.Namespace) -> None:
   print(modalities.describe(layout))
 
 
+def _tokenize(args: argparse.Namespace) -> None:
+  from fourm import modalities
+  from fourm.data import patch_tokens
+  from fourm.errors import UsageError
+  if args.method != "patches":
+    raise UsageError(f"--method {args.method}: only 'patches' (ground-truth patch "
+                     "quantisers) exists so far; VQ-VAE tokenizers come with their issue")
+  names = tuple(args.modalities.split(",")) if args.modalities else tuple(patch_tokens.QUANTIZERS)
+  info = patch_tokens.write_patch_tokens(args.data, args.out, modalities.LAYOUTS[args.layout],
+                                         names, progress=not args.quiet)
+  print(_summary(args.out, info))
+
+
+def _train_text(args: argparse.Namespace) -> None:
+  from tokenizers_vq import text_train
+  text_train.run(args)
+
+
+def _train(args: argparse.Namespace) -> None:
+  from fourm.train import distributed
+  distributed.initialize_from_env()
+  from fourm.train import config as config_lib
+  from fourm.train import loop
+  config = config_lib.load_config(args.config, args.overrides)
+  loop.train(config, args.workdir, stop_after=args.stop_after)
+
+
 def _summary(directory: str, info) -> str:
   lines = [f"dataset {info.name} at {directory}"]
   for split, split_info in info.splits.items():
@@ -126,6 +153,33 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(run=_show)
 
+  p = sub.add_parser("tokenize", help="write the token records of a dataset, side by side")
+  p.add_argument("--data", required=True, help="the dataset directory to tokenize")
+  p.add_argument("--out", required=True, help="the token dataset directory (read beside --data)")
+  p.add_argument("--method", default="patches",
+                 help="'patches': ground-truth patch quantisers (no training needed)")
+  p.add_argument("--modalities", default="", help="comma-separated, default: all the method has")
+  p.add_argument("--layout", choices=("small", "reference"), default="small")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(run=_tokenize)
+
+  p = sub.add_parser("tokenizer", help="train tokenizers (text WordPiece; VQ-VAEs to come)")
+  tokenizer_sub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="WHAT")
+  q = tokenizer_sub.add_parser("train-text", help="train a WordPiece vocabulary on captions, "
+                               "with the reference's special, sentinel and box tokens")
+  from tokenizers_vq import text_train
+  text_train.add_arguments(q)
+  q.set_defaults(run=_train_text)
+
+  p = sub.add_parser("train", help="train a 4M model (resumes from --workdir)",
+                     description="Train a 4M model. Override any config field with "
+                                 "--config.FIELD=VALUE (e.g. --config.batch_size=64).")
+  p.add_argument("--config", required=True, help="config file, optionally FILE:VARIANT")
+  p.add_argument("--workdir", required=True, help="checkpoints and TensorBoard logs go here")
+  p.add_argument("--stop-after", type=int, default=None,
+                 help="end this invocation after N steps with a checkpoint (time-limited jobs)")
+  p.set_defaults(run=_train, overrides=[])
+
   p = sub.add_parser("info", help="summarise a dataset directory")
   p.add_argument("data")
   p.set_defaults(run=_info)
@@ -137,7 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  # Config overrides (--config.a.b=value) are free-form: take them out before argparse.
+  overrides = [a.removeprefix("--config.") for a in argv if a.startswith("--config.")]
+  args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+  if overrides:
+    if args.command != "train":
+      print(f"fourm {args.command}: error: --config.* overrides are for fourm train",
+            file=sys.stderr)
+      return 2
+    args.overrides = overrides
   from fourm.errors import FourmError
   try:
     args.run(args)

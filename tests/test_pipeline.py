@@ -178,3 +178,18 @@ def test_token_ids_outside_the_vocabulary_are_refused_at_write_time(tmp_path):
   with pytest.raises(RecordError, match=r"field 'tok_semseg': token id 4096 is outside the "
                                         r"vocabulary \[0, 4096\)"):
     write_dataset(str(tmp_path), {"train": [bad]})
+
+
+def test_starting_at_a_batch_continues_the_stream_on_any_process_count(dataset):
+  whole = Pipeline(_config(dataset, batch_size=4)).iterator()
+  expected = [next(whole) for _ in range(5)][3:]
+  for process_count in (1, 2):
+    parts = [Pipeline(_config(dataset, batch_size=4, process_index=i,
+                              process_count=process_count)).iterator(start_batch=3)
+             for i in range(process_count)]
+    for batch in expected:
+      got = [next(part) for part in parts]
+      records = sorted(r for g in got for r in g["meta"]["record"].tolist())
+      assert records == sorted(batch["meta"]["record"].tolist())
+      rgb = np.concatenate([g["rgb"] for g in got])
+      assert sorted(map(bytes, rgb)) == sorted(map(bytes, batch["rgb"]))  # same augmentation

@@ -214,13 +214,23 @@ class Pipeline:
       return None
     return self.num_positions // self.config.batch_size
 
-  def dataset(self) -> grain.IterDataset:
+  def dataset(self, start_batch: int = 0) -> grain.IterDataset:
+    """The stream from global batch `start_batch` on.
+
+    Batch k is the same set of samples on any number of processes, so a run resumed
+    after k steps, on this process count or another, continues with `start_batch=k`.
+    """
     config = self.config
+    if start_batch < 0 or (self.num_batches is not None and start_batch > self.num_batches):
+      raise UsageError(f"start_batch {start_batch} is outside the stream's "
+                       f"{self.num_batches} batches")
     # Batch before going iterable: each element is then a whole batch, so worker
     # processes hand out complete batches in order and the batches do not depend on
     # the number of workers (grain splits an iterable stream across workers).
     batches = self.samples.batch(config.per_process_batch, drop_remainder=False,
                                  batch_fn=functools.partial(collate, max_boxes=config.max_boxes))
+    if start_batch:
+      batches = batches[start_batch:]
     read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=4)
     ds = batches.to_iter_dataset(read)
     if config.worker_count > 0:
@@ -228,9 +238,9 @@ class Pipeline:
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
     return ds
 
-  def iterator(self) -> grain.DatasetIterator:
-    """A checkpointable iterator (`get_state` / `set_state`)."""
-    return iter(self.dataset())
+  def iterator(self, start_batch: int = 0) -> grain.DatasetIterator:
+    """A checkpointable iterator (`get_state` / `set_state`) from `start_batch` on."""
+    return iter(self.dataset(start_batch))
 
   def __iter__(self):
     return self.iterator()

@@ -1,0 +1,50 @@
+"""4M tiny-architecture run on the synthetic world, small enough for a 2-core CPU.
+
+    fourm synth --out demo_out/world --num 1000 --resolution 64
+    fourm tokenize --data demo_out/world --out demo_out/tokens --method patches
+    fourm train --config configs/tiny_synthetic.py --workdir demo_out/train
+
+A 4+4-block, 256-wide model (the tiny layout, narrower) for 240 steps of batch 32: a few
+minutes on 2 cores. `--config.model.dim=384 --config.model.encoder_depth=6 ...` gives
+the reference tiny size. Variant `configs/tiny_synthetic.py:smoke`: a few steps of a
+2-block model, for tests. Tokens are the ground-truth patch tokens
+(fourm/data/patch_tokens.py) until the VQ-VAE tokenizers replace them.
+"""
+
+from fourm.train.config import default_config
+
+
+def get_config(variant: str = ""):
+  config = default_config()
+  config.modalities = ("rgb", "tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "caption",
+                      "det")
+  config.layout = "small"
+  config.input_budget = 64
+  config.target_budget = 64
+  config.model.size = "tiny"
+  config.model.dim = 256
+  config.model.encoder_depth = 4
+  config.model.decoder_depth = 4
+  config.model.num_heads = 4
+  config.batch_size = 32
+  config.total_steps = 240
+  config.optimizer.base_lr = 8e-4 * 256 / 32  # 8e-4 at batch 32: a short run needs a high lr
+  config.optimizer.warmup_steps = 24
+  config.log_every = 20
+  config.eval_every = 80
+  config.eval_batches = 3
+  config.checkpoint.every = 80
+  if variant == "smoke":
+    config.model.dim = 64
+    config.model.encoder_depth = 2
+    config.model.decoder_depth = 2
+    config.batch_size = 8
+    config.total_steps = 6
+    config.optimizer.warmup_steps = 2
+    config.log_every = 2
+    config.eval_every = 3
+    config.eval_batches = 1
+    config.checkpoint.every = 3
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} of tiny_synthetic (known: smoke)")
+  return config

@@ -1,0 +1,1 @@
+"""Training: config loading, optimizer, sharded train step, checkpoints, the loop."""

@@ -1,0 +1,66 @@
+"""Checkpoints with orbax: the train state, where the data stream stands, and the config,
+saved together, asynchronously, every N steps; the last K kept.
+
+The data stream's state is one number: batches consumed (= the step). The pipeline's
+batch k is a function of (seed, k) alone, on any number of processes, so this is all a
+resume needs, on the same mesh or another. The config is saved beside it as JSON so a
+run can be inspected (and its shapes checked) without the file it came from.
+
+Restoring takes the newest checkpoint that reads back whole; one that does not (a
+truncated or corrupted file) is reported and the one before it is used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from fourm.train.state import TrainState, abstract
+
+
+class Checkpoints:
+  """The checkpoints of one run directory (`WORKDIR/checkpoints`)."""
+
+  def __init__(self, workdir: str, *, every: int, keep: int, async_save: bool = True,
+               log: Callable[[str], None] = print):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.every, self.log = max(every, 1), log
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(every, 1), max_to_keep=keep,
+        enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "meta"))
+
+  def save(self, state: TrainState, meta: Mapping[str, Any], *, force: bool = False) -> bool:
+    """Saves if the step is due (or `force`); returns whether a save started."""
+    step = int(state.step)
+    if not force and step % self.every:
+      return False
+    if step == self.manager.latest_step():
+      return False
+    return self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))), force=force)
+
+  def restore_latest(self, like: TrainState) -> tuple[TrainState, dict] | None:
+    """The newest readable checkpoint restored onto `like`'s shardings, or None."""
+    target = abstract(like)
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+      except Exception as error:  # orbax raises many kinds for a damaged checkpoint
+        self.log(f"checkpoint at step {step} in {self.directory} cannot be read "
+                 f"({type(error).__name__}: {str(error)[:200]}); trying the one before")
+        continue
+      return restored["state"], dict(restored["meta"])
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

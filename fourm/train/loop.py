@@ -1,0 +1,264 @@
+"""`fourm train --config FILE --workdir DIR`: the training loop, top to bottom.
+
+mesh -> data (masked, sharded by process) -> model and optimizer state, born sharded ->
+resume from the newest readable checkpoint in WORKDIR -> donated jitted step -> every
+`log_every` steps a progress line and TensorBoard scalars, every `eval_every` the held-out
+loss per modality, every `checkpoint.every` an asynchronous checkpoint. SIGTERM (a
+preemption) saves and exits cleanly; too many non-finite steps in a row stop the run with
+the last good checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from fourm.data.masking import AlphasMixture, MaskSample
+from fourm.data.pipeline import Pipeline, PipelineConfig
+from fourm.errors import FourmError, UsageError
+from fourm.train import mesh as mesh_lib
+from fourm.train import metrics as metrics_lib
+from fourm.train.checkpoint import Checkpoints
+from fourm.train.optimizer import make_optimizer
+from fourm.train.state import create_train_state, layout, model_factory, num_params
+from fourm.train.step import make_eval_step, make_train_step
+
+# Config fields a resumed run must share with the checkpoint it resumes.
+_FIXED_ON_RESUME = ("modalities", "layout", "input_budget", "target_budget", "model")
+
+
+class TrainingStopped(FourmError):
+  """The run cannot go on (e.g. the loss stopped being finite); the message says why."""
+
+
+def _alphas(config: ml_collections.ConfigDict) -> AlphasMixture:
+  names = tuple(config.modalities)
+  alphas = config.alphas
+  if alphas.kind == "all2all":
+    return AlphasMixture.uniform(names, alphas.alpha, alphas.alpha)
+  if alphas.kind == "rgb2all_and_all2all":
+    return AlphasMixture.rgb_to_all_plus_all_to_all(names, alphas.alpha)
+  if alphas.kind == "reference_yaml":
+    import yaml  # the reference's alphas files are YAML
+    with open(alphas.path) as f:
+      return AlphasMixture.from_reference_config(yaml.safe_load(f), names=names)
+  raise UsageError(f"config.alphas.kind is {alphas.kind!r}, expected all2all, "
+                   "rgb2all_and_all2all or reference_yaml")
+
+
+def _sequence_encoders(config: ml_collections.ConfigDict) -> dict[str, Callable]:
+  from tokenizers_vq.boxes import BoxEncoder
+  from tokenizers_vq.text import TextEncoder
+  vocab = config.text_tokenizer or None
+  encoders = {}
+  if "caption" in config.modalities:
+    encoders["caption"] = TextEncoder(vocab)
+  if "det" in config.modalities:
+    encoders["det"] = BoxEncoder(vocab)
+  return encoders
+
+
+def make_pipeline(config: ml_collections.ConfigDict, *, split: str, train: bool,
+                  batch_size: int) -> Pipeline:
+  grid_layout = layout(config)
+  masker = MaskSample(tuple(config.modalities), grid_layout, config.input_budget,
+                      config.target_budget, _alphas(config),
+                      sequence_encoders=_sequence_encoders(config),
+                      pixel_normalization=config.pixel_normalization)
+  pipeline_config = PipelineConfig(
+      data=tuple(config.data.paths), split=split, batch_size=batch_size,
+      resolution=grid_layout.resolution,
+      # Training and eval masks come from different streams; eval's are the same each time.
+      seed=config.seed if train else config.seed + 1,
+      shuffle=train, num_epochs=None if train else 1, augment=train and config.data.augment,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      worker_count=config.data.worker_count if train else 0)
+  return Pipeline(pipeline_config, transform=masker)
+
+
+def model_inputs(local: Mapping[str, Any]) -> dict[str, Any]:
+  """A pipeline batch -> what the model reads: padding rows (meta.valid False) get no
+  targets, so they add nothing to any loss."""
+  valid = np.asarray(local["meta"]["valid"])
+  batch = {}
+  for name, entry in local.items():
+    if name == "meta":
+      continue
+    entry = dict(entry)
+    entry["target_mask"] = entry["target_mask"] & valid[:, None]
+    batch[name] = entry
+  return batch
+
+
+def evaluate(config, eval_step, params, mesh) -> dict[str, float]:
+  """Held-out loss per modality (token-weighted over the eval batches) and their mean."""
+  pipeline = make_pipeline(config, split=config.data.eval_split, train=False,
+                           batch_size=config.eval_batch_size or config.batch_size)
+  totals: dict[str, list[float]] = {}
+  for index, local in enumerate(pipeline.iterator()):
+    if config.eval_batches and index >= config.eval_batches:
+      break
+    sums = jax.device_get(eval_step(params, mesh_lib.global_batch(model_inputs(local), mesh)))
+    for name, (total, count) in sums.items():
+      entry = totals.setdefault(name, [0.0, 0.0])
+      entry[0] += float(total)
+      entry[1] += float(count)
+  losses = {f"eval/loss/{name}": total / count for name, (total, count) in totals.items()
+            if count}
+  if losses:
+    losses["eval/loss"] = float(np.mean(list(losses.values())))
+  return losses
+
+
+def _check_resumable(saved: Mapping[str, Any], config: ml_collections.ConfigDict,
+                     workdir: str) -> None:
+  current = json.loads(config.to_json())
+  for key in _FIXED_ON_RESUME:
+    if saved.get(key) != current.get(key):
+      raise UsageError(f"{workdir} holds a run with {key} = {saved.get(key)}, this config "
+                       f"says {current.get(key)}; use a new --workdir or the same config")
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+  return {name: float(value) for name, value in jax.device_get(dict(metrics)).items()}
+
+
+def _batches(iterator: Iterator, mesh) -> Iterator:
+  for local in iterator:
+    yield mesh_lib.global_batch(model_inputs(local), mesh)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          log: Callable[[str], None] | None = None, stop_after: int | None = None
+          ) -> dict[str, float]:
+  """Trains (or resumes) the run in `workdir`; returns the last logged and eval scalars.
+
+  `stop_after` ends this invocation after that many steps, with a checkpoint, as a job
+  with a time limit would (the schedule still spans `total_steps`; rerun to go on).
+  """
+  is_chief = jax.process_index() == 0
+  log = log or (print if is_chief else (lambda _: None))
+  os.makedirs(workdir, exist_ok=True)
+  total_steps = int(config.total_steps)
+
+  mesh = mesh_lib.make_mesh(config.mesh)
+  mesh_lib.check_batch_divides(mesh, config.batch_size)
+  pipeline = make_pipeline(config, split=config.data.train_split, train=True,
+                           batch_size=config.batch_size)
+  tx, schedule = make_optimizer(config.optimizer, config.batch_size, total_steps)
+  graphdef, state = create_train_state(model_factory(config), tx, mesh)
+  log(f"model: {config.model.size}, {num_params(state):,} parameters; mesh "
+      f"{dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)")
+
+  checkpoints = Checkpoints(workdir, every=config.checkpoint.every, keep=config.checkpoint.keep,
+                            async_save=config.checkpoint.async_save, log=log)
+  restored = checkpoints.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
+    _check_resumable(meta["config"], config, workdir)
+    log(f"resumed from the checkpoint at step {int(state.step)} in {checkpoints.directory}")
+  start = int(state.step)
+
+  def meta() -> dict[str, Any]:
+    return {"step": int(state.step),
+            "data": {"batches_consumed": int(state.step), "seed": config.seed,
+                     "batch_size": config.batch_size},
+            "config": json.loads(config.to_json())}
+
+  # The first batch is read before anything compiles: bad records, token ids outside a
+  # vocabulary or grids of the wrong shape fail now, naming the file and field.
+  batches = _batches(pipeline.iterator(start_batch=start), mesh)
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  train_step = make_train_step(graphdef, tx, schedule, mesh, state_shardings,
+                               loss_type=config.loss_type)
+  eval_step = make_eval_step(graphdef, mesh)
+  writer = (metrics_lib.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
+            if is_chief else metrics_lib.NullWriter())
+  tokens_per_step = config.batch_size * (config.input_budget + config.target_budget)
+  profile = tuple(config.profile_steps or ())
+  last: dict[str, float] = {}
+
+  with _Preemption() as preemption:
+    window_start, window_steps = time.perf_counter(), 0
+    for step in range(start, total_steps):
+      if profile and step == profile[0]:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+      state, metrics = train_step(state, next(batches))
+      window_steps += 1
+      if profile and step + 1 == profile[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+      streak = int(state.nonfinite_streak)
+      if streak >= config.max_consecutive_nonfinite:
+        checkpoints.wait()
+        good = checkpoints.manager.latest_step()
+        raise TrainingStopped(
+            f"the loss or gradient was not finite for {streak} steps in a row (up to step "
+            f"{step + 1}); stopping. Updates of those steps were skipped; the last good "
+            f"checkpoint is step {good} in {checkpoints.directory}. Lower the learning rate "
+            "or check the data, then resume.")
+      done = step + 1
+      if done % config.log_every == 0 or done == total_steps:
+        last = _scalars(metrics)
+        last["nonfinite_total"] = float(state.nonfinite_total)
+        elapsed = time.perf_counter() - window_start
+        tokens_per_s = tokens_per_step * window_steps / max(elapsed, 1e-9)
+        last["tokens_per_s"] = tokens_per_s
+        writer.write_scalars(done, last)
+        log(metrics_lib.format_progress(done, total_steps, last, tokens_per_s,
+                                        (total_steps - done) * elapsed / window_steps))
+        window_start, window_steps = time.perf_counter(), 0
+      if config.eval_every and (done % config.eval_every == 0 or done == total_steps):
+        scores = evaluate(config, eval_step, state.params, mesh)
+        writer.write_scalars(done, scores)
+        last.update(scores)
+        log("eval " + "  ".join(f"{k.removeprefix('eval/')}={v:.4f}" for k, v in scores.items()))
+      writer.flush()
+      stopping = stop_after is not None and done - start >= stop_after
+      checkpoints.save(state, meta(), force=done == total_steps or stopping)
+      if stopping:
+        log(f"stopping after {stop_after} steps at step {done}, as asked; run again to resume")
+        break
+      if preemption.requested:
+        checkpoints.save(state, meta(), force=True)
+        checkpoints.wait()
+        log(f"SIGTERM: saved the checkpoint at step {done} in {checkpoints.directory}; "
+            "run the same command to resume")
+        break
+  checkpoints.close()
+  writer.close()
+  if is_chief:
+    log(f"checkpoints: {checkpoints.directory}\ntensorboard: "
+        f"{os.path.join(os.path.abspath(workdir), 'tensorboard')}")
+  return last

@@ -1,0 +1,81 @@
+"""The device mesh of a run and global batches built from each process's shard.
+
+A mesh config names the size of each axis, `data`, `fsdp` and `tensor`, one of which
+may be -1 (all devices left). The batch is split over `data` x `fsdp`; parameters follow
+the logical-axis table of `fourm/models/sharding.py`. Only the mesh changes between a
+laptop, an 8-device test, a GPU node and a TPU pod slice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from fourm.errors import UsageError
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+  sizes = [int(config[axis]) for axis in AXES]
+  free = [i for i, size in enumerate(sizes) if size == -1]
+  if len(free) > 1 or any(size == 0 or size < -1 for size in sizes):
+    raise UsageError(f"mesh {dict(zip(AXES, sizes))}: sizes must be positive, with at most "
+                     "one -1 (= the devices left)")
+  known = math.prod(size for size in sizes if size != -1)
+  if free:
+    if num_devices % known:
+      raise UsageError(f"mesh {dict(zip(AXES, sizes))}: {num_devices} devices do not divide "
+                       f"by {known}")
+    sizes[free[0]] = num_devices // known
+  if math.prod(sizes) > num_devices:
+    raise UsageError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, "
+                     f"this run has {num_devices}; change config.mesh")
+  return tuple(sizes)
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """The run's mesh. Explicit sizes that need fewer devices than there are use the
+  first ones (a single-device run on a multi-device host, say); -1 takes them all."""
+  shape = mesh_shape(config, jax.device_count())
+  count = math.prod(shape)
+  if count < jax.device_count() and jax.process_count() > 1:
+    raise UsageError(f"mesh {dict(zip(AXES, shape))} uses {count} of "
+                     f"{jax.device_count()} devices; a multi-process run must use them all")
+  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES),
+                       devices=jax.devices()[:count])
+
+
+def check_batch_divides(mesh: jax.sharding.Mesh, global_batch: int) -> None:
+  shards = math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+  if global_batch % shards:
+    raise UsageError(f"batch_size {global_batch} does not split over the mesh's "
+                     f"data x fsdp = {shards} batch shards; make it a multiple of {shards}")
+  if global_batch % jax.process_count():
+    raise UsageError(f"batch_size {global_batch} does not split over "
+                     f"{jax.process_count()} processes")
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def global_batch(local: Mapping, mesh: jax.sharding.Mesh):
+  """Each process's rows -> one global array per leaf, split over data x fsdp.
+
+  The rows of process i become global rows [i * B/P, (i + 1) * B/P) on its devices. The
+  pipeline gives every process its share of the same global batch, so the batch holds
+  the same samples on any process count (in another row order, which no loss sees).
+  """
+  def to_global(x):
+    x = np.asarray(x)
+    spec = PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1)))
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x)
+
+  return jax.tree.map(to_global, dict(local))

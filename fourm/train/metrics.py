@@ -1,0 +1,94 @@
+"""Where training metrics go: TensorBoard event files and the console.
+
+`clu.metric_writers` needs TensorFlow for its TensorBoard writer (it imports it at
+package import), which would make TF a dependency of every run. TensorBoard's own
+package writes the same event files with no TensorFlow, so the writer here uses it,
+behind the same small interface (`write_scalars(step, {name: value})`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+class TensorBoardWriter:
+  """Scalars into `logdir` as TensorBoard event files (one file per writer)."""
+
+  def __init__(self, logdir: str):
+    os.makedirs(logdir, exist_ok=True)
+    self.logdir = logdir
+    self._writer = EventFileWriter(logdir)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=name, simple_value=float(value))
+        for name, value in scalars.items()])
+    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                           summary=summary))
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+class MultiWriter:
+  def __init__(self, writers: Sequence):
+    self.writers = list(writers)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    for writer in self.writers:
+      writer.write_scalars(step, scalars)
+
+  def flush(self) -> None:
+    for writer in self.writers:
+      writer.flush()
+
+  def close(self) -> None:
+    for writer in self.writers:
+      writer.close()
+
+
+class NullWriter:
+  """What processes other than the first write: nothing (one process logs a run)."""
+
+  def write_scalars(self, step, scalars) -> None:
+    del step, scalars
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar in the event files of `logdir`: {tag: [(step, value), ...]} (tests, notebooks)."""
+  from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  for name in sorted(os.listdir(logdir)):
+    if "tfevents" not in name:
+      continue
+    for event in EventFileLoader(os.path.join(logdir, name)).Load():
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def format_progress(step: int, total: int, scalars: Mapping[str, float], tokens_per_s: float,
+                    eta_s: float) -> str:
+  """One console line: step, loss and per-modality losses, tokens/s, ETA."""
+  losses = " ".join(f"{name.removeprefix('loss/')}={value:.3f}"
+                    for name, value in scalars.items() if name.startswith("loss/"))
+  eta = time.strftime("%H:%M:%S", time.gmtime(max(eta_s, 0)))
+  return (f"step {step}/{total}  loss {scalars.get('loss', float('nan')):.4f}  [{losses}]  "
+          f"{tokens_per_s:,.0f} tok/s  ETA {eta}")
+
+
+Log = Callable[[str], None]

@@ -1,0 +1,93 @@
+"""The train state, and building the model and its state on a mesh."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from fourm import modalities
+from fourm.errors import UsageError
+from fourm.models import fourm as fourm_model
+from fourm.models import sharding
+
+LAYOUTS = {"small": modalities.SMALL_LAYOUT, "reference": modalities.REFERENCE_LAYOUT}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array              # int32: steps taken = batches consumed (skipped ones too)
+  params: nnx.State            # the model's nnx.Param leaves
+  opt_state: optax.OptState
+  nonfinite_streak: jax.Array  # int32: consecutive steps whose loss or gradient was not finite
+  nonfinite_total: jax.Array   # int32: such steps over the whole run (their updates skipped)
+
+
+def layout(config: ml_collections.ConfigDict) -> modalities.Layout:
+  if config.layout not in LAYOUTS:
+    raise UsageError(f"config.layout is {config.layout!r}, expected one of {sorted(LAYOUTS)}")
+  return LAYOUTS[config.layout]
+
+
+def model_config(config: ml_collections.ConfigDict) -> fourm_model.FourMConfig:
+  model = config.model
+  if model.size not in fourm_model.PRESETS:
+    raise UsageError(f"config.model.size is {model.size!r}, expected one of "
+                     f"{sorted(fourm_model.PRESETS)}")
+  for field in ("dtype", "param_dtype"):
+    if model[field] not in DTYPES:
+      raise UsageError(f"config.model.{field} is {model[field]!r}, expected one of "
+                       f"{sorted(DTYPES)}")
+  overrides = {key: model[key] for key in ("dim", "encoder_depth", "decoder_depth",
+                                           "num_heads") if model.get(key)}
+  return fourm_model.PRESETS[model.size](
+      dtype=DTYPES[model.dtype], param_dtype=DTYPES[model.param_dtype], remat=model.remat,
+      **overrides)
+
+
+def model_factory(config: ml_collections.ConfigDict) -> Callable[[], fourm_model.FourM]:
+  """A function that builds the run's model (call it under the mesh to shard it)."""
+  for name in config.modalities:
+    if name not in modalities.MODALITIES:
+      raise UsageError(f"config.modalities names {name!r}; known: {sorted(modalities.MODALITIES)}")
+  architecture = model_config(config)
+  grid_layout = layout(config)
+
+  def build() -> fourm_model.FourM:
+    return fourm_model.FourM(architecture, tuple(config.modalities), grid_layout,
+                             config.input_budget, config.target_budget,
+                             rngs=nnx.Rngs(config.seed))
+  return build
+
+
+def create_train_state(build: Callable[[], fourm_model.FourM],
+                       tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
+                       ) -> tuple[nnx.GraphDef, TrainState]:
+  """A fresh state, parameters born sharded by the logical-axis table."""
+  graphdef = nnx.graphdef(nnx.eval_shape(build))
+
+  def init() -> TrainState:
+    params = nnx.state(build(), nnx.Param)
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=tx.init(params),
+                      nonfinite_streak=zero, nonfinite_total=zero)
+
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
+    state = jax.jit(init)()
+  return graphdef, state
+
+
+def abstract(state: TrainState) -> TrainState:
+  """Shapes, dtypes and shardings of a state: the target a checkpoint restores into."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      state)
+
+
+def num_params(state: TrainState) -> int:
+  return sum(x.size for x in jax.tree.leaves(state.params))

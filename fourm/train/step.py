@@ -1,0 +1,70 @@
+"""The jitted train and eval steps.
+
+A train step whose loss or gradient is not finite leaves the parameters and optimizer
+state as they were, and counts itself (`nonfinite_streak`, `nonfinite_total`); the loop
+stops the run after too many in a row. The step counter advances either way, because
+the batch was consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from fourm.models import sharding
+from fourm.models.loss import fourm_loss, per_modality_losses
+from fourm.train.state import TrainState
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, mesh: jax.sharding.Mesh, state_shardings,
+                    loss_type: str = "mod", heads: str = "grouped") -> Callable:
+  """(state, batch) -> (state, metrics), compiled once; the state's buffers are donated."""
+
+  def train_step(state: TrainState, batch: Mapping) -> tuple[TrainState, dict]:
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params)
+      return fourm_loss(model, model(batch), loss_type=loss_type, heads=heads)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep_if_finite = lambda new, old: jax.tree.map(  # noqa: E731
+        lambda a, b: jnp.where(finite, a, b), new, old)
+    streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
+    new_state = TrainState(
+        step=state.step + 1, params=keep_if_finite(params, state.params),
+        opt_state=keep_if_finite(opt_state, state.opt_state), nonfinite_streak=streak,
+        nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+    metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+               "finite": finite}
+    return new_state, metrics
+
+  jitted = jax.jit(train_step, donate_argnums=0, out_shardings=(state_shardings, None))
+
+  def run(state, batch):
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
+      return jitted(state, batch)
+  run.jitted = jitted
+  return run
+
+
+def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh,
+                   heads: str = "grouped") -> Callable:
+  """(params, batch) -> {modality: (loss sum, token count)} for averaging over batches."""
+
+  @jax.jit
+  def eval_step(params, batch):
+    model = nnx.merge(graphdef, params)
+    return per_modality_losses(model, model(batch), heads=heads)
+
+  def run(params, batch):
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
+      return eval_step(params, batch)
+  return run

@@ -1,0 +1,291 @@
+"""The train loop: loss falls, meshes agree, exact resume, preemption, damaged checkpoints,
+non-finite losses, multi-process runs, configs and launchers."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from fourm.data import patch_tokens, world
+from fourm import modalities
+from fourm.errors import RecordError, UsageError
+from fourm.train import config as config_lib
+from fourm.train import loop, metrics
+from fourm.train.checkpoint import Checkpoints
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FOURM = os.path.join(os.path.dirname(sys.executable), "fourm")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  root = tmp_path_factory.mktemp("train")
+  scenes, tokens = str(root / "world"), str(root / "tokens")
+  world.write_world(scenes, 48, resolution=64, seed=0, val_fraction=1 / 6, workers=1,
+                    progress=False, log=lambda _: None)
+  patch_tokens.write_patch_tokens(scenes, tokens, modalities.SMALL_LAYOUT,
+                                  ("tok_rgb", "tok_semseg"), progress=False, log=lambda _: None)
+  return scenes, tokens
+
+
+def small_config(data, **overrides):
+  config = config_lib.load_config(os.path.join(ROOT, "configs/tiny_synthetic.py:smoke"))
+  config.modalities = ("rgb", "tok_rgb", "tok_semseg", "caption")
+  config.data.paths = tuple(data)
+  config.model.dim, config.model.num_heads = 32, 2
+  config.model.encoder_depth = config.model.decoder_depth = 1
+  config.input_budget = config.target_budget = 32
+  config.log_every, config.eval_every = 1, 3
+  config.checkpoint.async_save = False
+  config.mesh.data = 1
+  for key, value in overrides.items():
+    config_lib.apply_override(config, f"{key}={value!r}")
+  return config
+
+
+def quiet(_):
+  pass
+
+
+def final_params(workdir: str) -> dict:
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",),
+                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
+  step = manager.latest_step()
+  # Onto one device of this process, whatever mesh or process count saved it.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        manager.item_metadata(step)["state"])
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target)))
+  return step, jax.tree.map(np.asarray, restored["state"]["params"])
+
+
+def assert_trees_equal(a, b, **tolerance):
+  flat_a, flat_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(flat_a) == len(flat_b)
+  for x, y in zip(flat_a, flat_b):
+    if tolerance:
+      np.testing.assert_allclose(x, y, **tolerance)
+    else:
+      np.testing.assert_array_equal(x, y)
+
+
+def test_held_out_loss_falls_for_every_modality_and_logs_reach_tensorboard(data, tmp_path):
+  config = small_config(data, total_steps=30, eval_every=30, log_every=10,
+                        **{"optimizer.base_lr": 0.08, "optimizer.warmup_steps": 5})
+  lines = []
+  first = loop.evaluate(config, *_fresh_eval(config))
+  last = loop.train(config, str(tmp_path), log=lines.append)
+  for name in ("tok_rgb", "tok_semseg", "caption"):
+    assert last[f"eval/loss/{name}"] < first[f"eval/loss/{name}"] - 0.5, (name, first, last)
+  assert any(line.startswith("step 10/30  loss") and "tok/s" in line for line in lines)
+  scalars = metrics.read_scalars(str(tmp_path / "tensorboard"))
+  assert [step for step, _ in scalars["loss"]] == [10, 20, 30]
+  assert "eval/loss/tok_semseg" in scalars and "learning_rate" in scalars
+
+
+def _fresh_eval(config):
+  from fourm.train import mesh as mesh_lib, optimizer, state, step
+  mesh = mesh_lib.make_mesh(config.mesh)
+  tx, _ = optimizer.make_optimizer(config.optimizer, config.batch_size, config.total_steps)
+  graphdef, fresh = state.create_train_state(state.model_factory(config), tx, mesh)
+  return step.make_eval_step(graphdef, mesh), fresh.params, mesh
+
+
+def test_one_device_and_a_2x2x2_mesh_give_the_same_losses(data, tmp_path):
+  single = loop.train(small_config(data, eval_every=0), str(tmp_path / "one"), log=quiet)
+  sharded = loop.train(small_config(data, eval_every=0, **{"mesh.data": 2, "mesh.fsdp": 2,
+                                                            "mesh.tensor": 2}),
+                       str(tmp_path / "eight"), log=quiet)
+  for key in ("loss", "loss/tok_rgb", "loss/caption", "grad_norm"):
+    np.testing.assert_allclose(sharded[key], single[key], rtol=2e-5, err_msg=key)
+  assert_trees_equal(final_params(str(tmp_path / "one"))[1],
+                     final_params(str(tmp_path / "eight"))[1], rtol=2e-4, atol=2e-6)
+
+
+def test_a_stopped_run_resumes_bitwise_and_onto_another_mesh(data, tmp_path):
+  config = small_config(data, eval_every=0)
+  loop.train(config, str(tmp_path / "whole"), log=quiet)
+  _, whole = final_params(str(tmp_path / "whole"))
+
+  lines = []
+  loop.train(config, str(tmp_path / "parts"), log=lines.append, stop_after=3)
+  assert any("stopping after 3 steps at step 3" in line for line in lines)
+  loop.train(config, str(tmp_path / "parts"), log=lines.append)
+  assert any("resumed from the checkpoint at step 3" in line for line in lines)
+  step, parts = final_params(str(tmp_path / "parts"))
+  assert step == 6
+  assert_trees_equal(parts, whole)
+
+  loop.train(config, str(tmp_path / "remesh"), log=quiet, stop_after=3)
+  loop.train(small_config(data, eval_every=0, **{"mesh.data": 4, "mesh.tensor": 2}),
+             str(tmp_path / "remesh"), log=quiet)
+  assert_trees_equal(final_params(str(tmp_path / "remesh"))[1], whole, rtol=2e-4, atol=2e-6)
+
+
+def test_a_damaged_newest_checkpoint_is_skipped(data, tmp_path):
+  config = small_config(data, eval_every=0)
+  loop.train(config, str(tmp_path), log=quiet)
+  files = [f for f in glob.glob(str(tmp_path / "checkpoints/6/state/**"), recursive=True)
+           if os.path.isfile(f) and os.path.getsize(f) > 64]
+  for path in files:  # truncate everything the newest checkpoint's state holds
+    with open(path, "r+b") as f:
+      f.truncate(16)
+  lines = []
+  from fourm.train import mesh as mesh_lib, optimizer, state
+  tx, _ = optimizer.make_optimizer(config.optimizer, config.batch_size, config.total_steps)
+  _, fresh = state.create_train_state(state.model_factory(config), tx,
+                                      mesh_lib.make_mesh(config.mesh))
+  restored, meta = Checkpoints(str(tmp_path), every=3, keep=3, log=lines.append
+                               ).restore_latest(fresh)
+  assert int(restored.step) == 3 and meta["data"]["batches_consumed"] == 3
+  assert any("checkpoint at step 6" in line and "cannot be read" in line for line in lines)
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(data, tmp_path, monkeypatch):
+  real = loop.make_train_step
+
+  def poisoned(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def run(state, batch):
+      if int(state.step) >= 3:  # from the fourth step on, the pixels are NaN
+        batch = {**batch, "rgb": {**batch["rgb"], "tokens": batch["rgb"]["tokens"] * np.nan}}
+      return step(state, batch)
+    return run
+
+  monkeypatch.setattr(loop, "make_train_step", poisoned)
+  config = small_config(data, eval_every=0, total_steps=20, max_consecutive_nonfinite=3)
+  with pytest.raises(loop.TrainingStopped, match=r"not finite for 3 steps in a row \(up to "
+                                                 r"step 6\).*last good checkpoint is step 3"):
+    loop.train(config, str(tmp_path), log=quiet)
+  step, params = final_params(str(tmp_path))
+  # The run stopped before saving the state of the NaN steps.
+  assert step == 3 and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_problems_are_reported_before_training_starts(data, tmp_path):
+  with pytest.raises(UsageError, match="batch_size 6 does not split over the mesh's data x "
+                                       "fsdp = 4 batch shards"):
+    loop.train(small_config(data, batch_size=6, **{"mesh.data": 4}), str(tmp_path / "a"),
+               log=quiet)
+  with pytest.raises(RecordError, match=r"field 'tok_rgb': expected token ids of shape "
+                                        r"\(196,\) or \(14, 14\)"):
+    loop.train(small_config(data, layout="reference"), str(tmp_path / "b"), log=quiet)
+  with pytest.raises(UsageError, match="mesh .* needs 16 devices, this run has 8"):
+    loop.train(small_config(data, **{"mesh.data": 16}), str(tmp_path / "c"), log=quiet)
+  loop.train(small_config(data, eval_every=0), str(tmp_path / "d"), log=quiet, stop_after=3)
+  with pytest.raises(UsageError, match="holds a run with input_budget = 32"):
+    loop.train(small_config(data, input_budget=16), str(tmp_path / "d"), log=quiet)
+
+
+def _train_command(data, workdir, *extra):
+  return [FOURM, "train", "--config", os.path.join(ROOT, "configs/tiny_synthetic.py:smoke"),
+          "--workdir", workdir, f"--config.data.paths={tuple(data)!r}",
+          "--config.modalities=('rgb','tok_rgb','tok_semseg','caption')",
+          "--config.model.dim=32", "--config.model.num_heads=2",
+          "--config.model.encoder_depth=1", "--config.model.decoder_depth=1",
+          "--config.input_budget=32", "--config.target_budget=32", "--config.eval_every=0",
+          *extra]
+
+
+def _wait_for(predicate, proc, timeout=120):
+  deadline = time.time() + timeout
+  while not predicate():
+    assert proc.poll() is None, proc.stdout.read()
+    assert time.time() < deadline, "timed out"
+    time.sleep(0.02)
+
+
+def test_sigkill_after_a_checkpoint_then_restart_matches_an_uninterrupted_run(data, tmp_path):
+  common = ["--config.total_steps=40", "--config.checkpoint.every=4", "--config.log_every=1",
+            "--config.mesh.data=1"]
+  whole = str(tmp_path / "whole")
+  subprocess.run(_train_command(data, whole, *common), check=True, capture_output=True)
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen(_train_command(data, killed, *common), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  _wait_for(lambda: os.path.isdir(os.path.join(killed, "checkpoints", "4")), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  restarted = subprocess.run(_train_command(data, killed, *common), check=True,
+                             capture_output=True, text=True)
+  assert "resumed from the checkpoint at step" in restarted.stdout
+  assert "step 40/40" in restarted.stdout
+  assert_trees_equal(final_params(killed)[1], final_params(whole)[1])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
+  workdir = str(tmp_path)
+  proc = subprocess.Popen(_train_command(data, workdir, "--config.total_steps=100000",
+                                         "--config.log_every=1", "--config.mesh.data=1"),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  line = ""
+  while not line.startswith("step "):
+    line = proc.stdout.readline()
+    assert line or proc.poll() is None
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert "SIGTERM: saved the checkpoint at step" in out
+  step, params = final_params(workdir)
+  assert 1 <= step < 100000 and jax.tree.leaves(params)
+
+
+def test_two_processes_of_four_devices_match_one_process_of_eight(data, tmp_path):
+  common = ["--config.total_steps=4", "--config.log_every=4", "--config.mesh.data=8"]
+  single = str(tmp_path / "single")
+  subprocess.run(_train_command(data, single, *common), check=True, capture_output=True)
+  multi = str(tmp_path / "multi")
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch/multiprocess.py"), "--num-processes", "2",
+       "--devices-per-process", "4", "--", *_train_command(data, multi, *common)],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "[0] model: tiny" in result.stdout and "2 process(es)" in result.stdout
+  assert_trees_equal(final_params(multi)[1], final_params(single)[1], rtol=2e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
+def test_every_config_loads_and_initialises_abstractly(path):
+  from flax import nnx
+  from fourm.train import state
+  config = config_lib.load_config(path)
+  model = nnx.eval_shape(state.model_factory(config))
+  assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) > 0
+  assert config.batch_size % 8 == 0 or config.mesh.data == -1
+
+
+def test_overrides_parse_and_refuse_unknown_fields():
+  config = config_lib.default_config()
+  config_lib.apply_override(config, "optimizer.base_lr=3e-4")
+  config_lib.apply_override(config, "--config.modalities=rgb,tok_rgb")
+  config_lib.apply_override(config, "model.size=base")
+  assert config.optimizer.base_lr == 3e-4 and config.modalities == ("rgb", "tok_rgb")
+  with pytest.raises(UsageError, match="no field 'optimizer.lr'"):
+    config_lib.apply_override(config, "optimizer.lr=1")
+  with pytest.raises(UsageError, match="batch_size=big"):
+    config_lib.apply_override(config, "batch_size=big")
+
+
+@pytest.mark.parametrize("script, args, expected", [
+    ("local.py", [], "fourm train --config c.py --workdir w"),
+    ("multiprocess.py", ["--num-processes", "2", "--devices-per-process", "4", "--port", "9"],
+     "FOURM_COORDINATOR=127.0.0.1:9 FOURM_NUM_PROCESSES=2 FOURM_PROCESS_ID=1"),
+    ("slurm.py", ["--nodes", "4"], "srun --kill-on-bad-exit=1 fourm train --config c.py"),
+    ("tpu.py", ["run", "--name", "n", "--zone", "z"], "--worker=all"),
+])
+def test_launchers_dry_run_prints_what_they_would_run(script, args, expected):
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args,
+                           "--dry-run", "--", "fourm", "train", "--config", "c.py",
+                           "--workdir", "w"], capture_output=True, text=True, check=True)
+  assert expected in result.stdout
