@@ -12,7 +12,9 @@ The PyTorch reference takes about 0.62 s per forward pass and 2.0 s per training
 Prints one table: seconds per call (median of --repeats after a compile and a warm-up
 call), tokens/s (encoder + decoder slots) and achieved GFLOP/s of model FLOPs
 (`fourm/models/flops.py`: the useful work, a train step counted as 3 forwards), for
-the grouped output heads (the default) and the dense ones.
+the grouped output heads (the default) and the dense ones. "fourm.train step" is the
+step `fourm train` runs: sharded over a mesh of every device, AdamW with clipping and
+masked weight decay, the non-finite guard, donated state.
 """
 
 from __future__ import annotations
@@ -105,6 +107,29 @@ def build(config, heads: str):
   return state, forward, train_step
 
 
+def build_real(config, heads: str):
+  """The project's own train step (fourm/train): the logical-axis sharding on a mesh over
+  every device (data parallel), AdamW with the 4M recipe (clipping, masked weight decay,
+  warmup-cosine schedule), the non-finite guard, donated state."""
+  from fourm.train import config as config_lib
+  from fourm.train import mesh as mesh_lib
+  from fourm.train import optimizer as optimizer_lib
+  from fourm.train import state as state_lib
+  from fourm.train import step as step_lib
+  run = config_lib.default_config()
+  mesh = mesh_lib.make_mesh(run.mesh)
+  tx, schedule = optimizer_lib.make_optimizer(run.optimizer, 256, 1000)
+
+  def build_model():
+    return fourm_model.FourM(config, NAMES, modalities.REFERENCE_LAYOUT, input_budget=128,
+                             target_budget=128, rngs=nnx.Rngs(0))
+
+  graphdef, state = state_lib.create_train_state(build_model, tx, mesh)
+  step = step_lib.make_train_step(graphdef, tx, schedule, mesh,
+                                  jax.tree.map(lambda x: x.sharding, state), heads=heads)
+  return state, step, mesh
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--size", choices=sorted(fourm_model.PRESETS), default="tiny")
@@ -133,6 +158,21 @@ def main() -> None:
                                 ("train step (fwd + bwd + AdamW)", step_s, 3 * forward)):
       rows.append((f"{what}, {heads} heads", seconds, step_tokens / seconds,
                    work / seconds / 1e9))
+    del state
+
+    real_state, real_step, mesh = build_real(config, heads)
+    from fourm.train.mesh import global_batch
+    sharded_batch = global_batch(jax.device_get(batch), mesh)
+
+    def run_real_step(batch):
+      nonlocal real_state
+      real_state, metrics = real_step(real_state, batch)
+      return metrics["loss"]
+
+    real_s = _time(run_real_step, sharded_batch, repeats=args.repeats)
+    rows.append((f"fourm.train step, {heads} heads", real_s, step_tokens / real_s,
+                 3 * forward / real_s / 1e9))
+    del real_state
 
   print(f"4M {args.size}, {args.dtype}, batch {args.batch}, 128 input + 128 target tokens, "
         f"on {jax.devices()[0].device_kind} x{jax.device_count()}")

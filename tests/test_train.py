@@ -83,22 +83,17 @@ def test_held_out_loss_falls_for_every_modality_and_logs_reach_tensorboard(data,
   config = small_config(data, total_steps=30, eval_every=30, log_every=10,
                         **{"optimizer.base_lr": 0.08, "optimizer.warmup_steps": 5})
   lines = []
-  first = loop.evaluate(config, *_fresh_eval(config))
   last = loop.train(config, str(tmp_path), log=lines.append)
-  for name in ("tok_rgb", "tok_semseg", "caption"):
-    assert last[f"eval/loss/{name}"] < first[f"eval/loss/{name}"] - 0.5, (name, first, last)
   assert any(line.startswith("step 10/30  loss") and "tok/s" in line for line in lines)
+  assert any(line.startswith("eval at step 0: loss/caption=") for line in lines)
   scalars = metrics.read_scalars(str(tmp_path / "tensorboard"))
   assert [step for step, _ in scalars["loss"]] == [10, 20, 30]
-  assert "eval/loss/tok_semseg" in scalars and "learning_rate" in scalars
-
-
-def _fresh_eval(config):
-  from fourm.train import mesh as mesh_lib, optimizer, state, step
-  mesh = mesh_lib.make_mesh(config.mesh)
-  tx, _ = optimizer.make_optimizer(config.optimizer, config.batch_size, config.total_steps)
-  graphdef, fresh = state.create_train_state(state.model_factory(config), tx, mesh)
-  return step.make_eval_step(graphdef, mesh), fresh.params, mesh
+  assert "learning_rate" in scalars and "grad_norm" in scalars
+  for name in ("tok_rgb", "tok_semseg", "caption"):
+    (first_step, first), *_, (last_step, final) = scalars[f"eval/loss/{name}"]
+    assert (first_step, last_step) == (0, 30)
+    assert final == pytest.approx(last[f"eval/loss/{name}"])
+    assert final < first - 0.5, (name, first, final)
 
 
 def test_one_device_and_a_2x2x2_mesh_give_the_same_losses(data, tmp_path):
@@ -241,18 +236,31 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
   assert 1 <= step < 100000 and jax.tree.leaves(params)
 
 
+def _multiprocess(command):
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch/multiprocess.py"), "--num-processes", "2",
+       "--devices-per-process", "4", "--", *command], capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stdout + result.stderr
+  return result.stdout
+
+
 def test_two_processes_of_four_devices_match_one_process_of_eight(data, tmp_path):
   common = ["--config.total_steps=4", "--config.log_every=4", "--config.mesh.data=8"]
   single = str(tmp_path / "single")
   subprocess.run(_train_command(data, single, *common), check=True, capture_output=True)
   multi = str(tmp_path / "multi")
-  result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "launch/multiprocess.py"), "--num-processes", "2",
-       "--devices-per-process", "4", "--", *_train_command(data, multi, *common)],
-      capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stdout + result.stderr
-  assert "[0] model: tiny" in result.stdout and "2 process(es)" in result.stdout
+  out = _multiprocess(_train_command(data, multi, *common))
+  assert "[0] model: tiny" in out and "2 process(es)" in out
   assert_trees_equal(final_params(multi)[1], final_params(single)[1], rtol=2e-4, atol=2e-6)
+
+  # Started on one process, resumed on two: the data stream continues where it stopped.
+  moved = str(tmp_path / "moved")
+  subprocess.run(_train_command(data, moved, *common, "--stop-after", "2"), check=True,
+                 capture_output=True)
+  out = _multiprocess(_train_command(data, moved, *common))
+  assert "[0] resumed from the checkpoint at step 2" in out
+  assert_trees_equal(final_params(moved)[1], final_params(single)[1], rtol=2e-4, atol=2e-6)
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))

@@ -209,6 +209,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   profile = tuple(config.profile_steps or ())
   last: dict[str, float] = {}
 
+  def run_eval(done: int) -> dict[str, float]:
+    scores = evaluate(config, eval_step, state.params, mesh)
+    writer.write_scalars(done, scores)
+    log(f"eval at step {done}: " +
+        "  ".join(f"{k.removeprefix('eval/')}={v:.4f}" for k, v in scores.items()))
+    return scores
+
+  if config.eval_every and start == 0:
+    last.update(run_eval(0))  # the baseline every later eval is compared with
+
   with _Preemption() as preemption:
     window_start, window_steps = time.perf_counter(), 0
     for step in range(start, total_steps):
@@ -240,10 +250,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                                         (total_steps - done) * elapsed / window_steps))
         window_start, window_steps = time.perf_counter(), 0
       if config.eval_every and (done % config.eval_every == 0 or done == total_steps):
-        scores = evaluate(config, eval_step, state.params, mesh)
-        writer.write_scalars(done, scores)
-        last.update(scores)
-        log("eval " + "  ".join(f"{k.removeprefix('eval/')}={v:.4f}" for k, v in scores.items()))
+        last.update(run_eval(done))
       writer.flush()
       stopping = stop_after is not None and done - start >= stop_after
       checkpoints.save(state, meta(), force=done == total_steps or stopping)

@@ -70,12 +70,13 @@ class NullWriter:
 
 def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
   """Every scalar in the event files of `logdir`: {tag: [(step, value), ...]} (tests, notebooks)."""
-  from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+  # The legacy loader yields events as written (the other converts scalars to tensors).
+  from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
   scalars: dict[str, list[tuple[int, float]]] = {}
   for name in sorted(os.listdir(logdir)):
     if "tfevents" not in name:
       continue
-    for event in EventFileLoader(os.path.join(logdir, name)).Load():
+    for event in LegacyEventFileLoader(os.path.join(logdir, name)).Load():
       for value in event.summary.value:
         scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
   return scalars

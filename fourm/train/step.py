@@ -33,14 +33,18 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    keep_if_finite = lambda new, old: jax.tree.map(  # noqa: E731
-        lambda a, b: jnp.where(finite, a, b), new, old)
-    streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
+
+    def apply_update():
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      return optax.apply_updates(state.params, updates), opt_state
+
+    # A branch, not a select over every parameter: a skipped step costs nothing, and a
+    # taken one updates the donated buffers in place.
+    params, opt_state = jax.lax.cond(finite, apply_update,
+                                     lambda: (state.params, state.opt_state))
     new_state = TrainState(
-        step=state.step + 1, params=keep_if_finite(params, state.params),
-        opt_state=keep_if_finite(opt_state, state.opt_state), nonfinite_streak=streak,
+        step=state.step + 1, params=params, opt_state=opt_state,
+        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
         nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
     metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                "finite": finite}
