@@ -52,18 +52,21 @@ def _finished(out: str, name: str, expected: int) -> tuple[int, dict] | None:
   return (done["count"], done["stats"]) if done["count"] == expected else None
 
 
-def _claim(out: str, job: Mapping[str, Any]) -> None:
-  """One derived directory holds one job: refuse to resume a different one into it."""
-  path = os.path.join(out, JOB_FILE)
+def claim_directory(out: str, job: Mapping[str, Any], *, job_file: str = JOB_FILE,
+                    what: str = "a derived dataset") -> None:
+  """One output directory holds one job: record `job` there, and refuse to resume a
+  different one into it (or to write into a directory of some other job's shards)."""
+  path = os.path.join(out, job_file)
   if os.path.exists(path):
     with open(path) as f:
       previous = json.load(f)
-    if previous != job:
-      raise UsageError(f"{out} already holds a derived dataset made by {previous}; this "
-                       f"run is {dict(job)}. Use a new output directory.")
+    if previous != dict(job):
+      raise UsageError(f"{out} already holds {what} made with {previous}; this run asks "
+                       f"for {dict(job)}. Use a new output directory.")
     return
   if any(name.endswith(".array_record") for name in os.listdir(out)):
-    raise UsageError(f"{out} already holds record shards from another job")
+    raise UsageError(f"{out} already holds record shards from another job; "
+                     "use a new output directory")
   with open(path, "w") as f:
     json.dump(dict(job), f, indent=2, sort_keys=True)
 
@@ -86,7 +89,7 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
   if unknown:
     raise UsageError(f"{source_dir} has no split(s) {unknown} (it has {sorted(info.splits)})")
   os.makedirs(out, exist_ok=True)
-  _claim(out, {**job, "source": os.path.abspath(source_dir)})
+  claim_directory(out, {**job, "source": os.path.abspath(source_dir)})
 
   plan = []  # (split, shard name, record range)
   for split in split_names:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from fourm.data import records
 from fourm.errors import UsageError
-from fourm.data import synthetic
+from fourm.data import derived, synthetic
 
 JOB_FILE = "synth_job.json"
 
@@ -66,7 +66,7 @@ def write_world(out: str, num: int, resolution: int = 64, seed: int = 0,
   args = {"seed": seed, "resolution": resolution, "feature_dim": feature_dim,
           "num": num, "val_fraction": val_fraction, "records_per_shard": records_per_shard}
   os.makedirs(out, exist_ok=True)
-  _claim_directory(out, args)
+  derived.claim_directory(out, args, job_file=JOB_FILE, what="a synthetic world")
 
   num_val = int(round(num * val_fraction))
   split_sizes = {"train": num - num_val, "val": num_val}
@@ -118,20 +118,3 @@ def write_world(out: str, num: int, resolution: int = 64, seed: int = 0,
                          "normal": "unit vectors, camera frame, x right, y down, z forward"}}
   return records.write_info(out, "synthetic_world", splits,
                             [results[(s, k)][2] for s, k, _, _ in plan], metadata)
-
-
-def _claim_directory(out: str, args: dict) -> None:
-  """Refuses to mix two different worlds in one directory; records this job's arguments."""
-  path = os.path.join(out, JOB_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    if previous != args:
-      raise UsageError(f"{out} already holds a synthetic world made with {previous}; "
-                       f"this run asks for {args}. Use a new --out directory.")
-    return
-  if any(name.endswith(".array_record") for name in os.listdir(out)):
-    raise UsageError(f"{out} already holds record shards from another job; "
-                     "use a new --out directory")
-  with open(path, "w") as f:
-    json.dump(args, f, indent=2, sort_keys=True)
