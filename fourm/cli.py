@@ -75,13 +75,26 @@ def _tokenize(args: argparse.Namespace) -> None:
   from fourm import modalities
   from fourm.data import patch_tokens
   from fourm.errors import UsageError
-  if args.method != "patches":
-    raise UsageError(f"--method {args.method}: only 'patches' (ground-truth patch "
-                     "quantisers) exists so far; VQ-VAE tokenizers come with their issue")
-  names = tuple(args.modalities.split(",")) if args.modalities else tuple(patch_tokens.QUANTIZERS)
-  info = patch_tokens.write_patch_tokens(args.data, args.out, modalities.LAYOUTS[args.layout],
-                                         names, progress=not args.quiet)
+  if args.tokenizers:
+    from tokenizers_vq import tokenize
+    info = tokenize.tokenize_dataset(args.data, args.out, args.tokenizers,
+                                     batch_size=args.batch_size, progress=not args.quiet)
+  elif args.method == "patches":
+    names = (tuple(args.modalities.split(",")) if args.modalities
+             else tuple(patch_tokens.QUANTIZERS))
+    info = patch_tokens.write_patch_tokens(args.data, args.out,
+                                           modalities.LAYOUTS[args.layout], names,
+                                           progress=not args.quiet)
+  else:
+    raise UsageError("give --tokenizers WORKDIR... (trained VQ-VAEs) or --method patches")
   print(_summary(args.out, info))
+
+
+def _train_tokenizer(args: argparse.Namespace) -> None:
+  from fourm.train import config as config_lib
+  from tokenizers_vq import train
+  config = config_lib.load_config(args.config, args.overrides)
+  train.train(config, args.workdir)
 
 
 def _train_text(args: argparse.Namespace) -> None:
@@ -156,15 +169,29 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("tokenize", help="write the token records of a dataset, side by side")
   p.add_argument("--data", required=True, help="the dataset directory to tokenize")
   p.add_argument("--out", required=True, help="the token dataset directory (read beside --data)")
-  p.add_argument("--method", default="patches",
-                 help="'patches': ground-truth patch quantisers (no training needed)")
-  p.add_argument("--modalities", default="", help="comma-separated, default: all the method has")
-  p.add_argument("--layout", choices=("small", "reference"), default="small")
+  p.add_argument("--tokenizers", nargs="+", default=[], metavar="WORKDIR",
+                 help="trained VQ-VAE workdirs (fourm tokenizer train), each optionally "
+                      "as tok_<modality>=WORKDIR")
+  p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--method", default="",
+                 help="'patches': ground-truth patch quantisers of the exact labels (no "
+                      "training needed; a stand-in for VQ-VAEs)")
+  p.add_argument("--modalities", default="", help="with --method patches: comma-separated")
+  p.add_argument("--layout", choices=("small", "reference"), default="small",
+                 help="with --method patches: the token grid")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(run=_tokenize)
 
   p = sub.add_parser("tokenizer", help="train tokenizers (text WordPiece; VQ-VAEs to come)")
   tokenizer_sub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="WHAT")
+  q = tokenizer_sub.add_parser("train", help="train a VQ-VAE tokenizer (resumes from --workdir)",
+                               description="Train a VQ-VAE tokenizer. Override config fields "
+                                           "with --config.FIELD=VALUE.")
+  q.add_argument("--config", required=True,
+                 help="e.g. configs/tokenizers/rgb_tiny.py (optionally FILE:VARIANT)")
+  q.add_argument("--workdir", required=True,
+                 help="checkpoints, TensorBoard logs, reconstructions.png")
+  q.set_defaults(run=_train_tokenizer, overrides=[])
   q = tokenizer_sub.add_parser("train-text", help="train a WordPiece vocabulary on captions, "
                                "with the reference's special, sentinel and box tokens")
   from tokenizers_vq import text_train
@@ -196,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
   overrides = [a.removeprefix("--config.") for a in argv if a.startswith("--config.")]
   args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
   if overrides:
-    if args.command != "train":
-      print(f"fourm {args.command}: error: --config.* overrides are for fourm train",
-            file=sys.stderr)
+    if not hasattr(args, "overrides"):
+      print(f"fourm {args.command}: error: --config.* overrides are for fourm train and "
+            "fourm tokenizer train", file=sys.stderr)
       return 2
     args.overrides = overrides
   from fourm.errors import FourmError

@@ -181,6 +181,8 @@ def test_problems_are_reported_before_training_starts(data, tmp_path):
   loop.train(small_config(data, eval_every=0), str(tmp_path / "d"), log=quiet, stop_after=3)
   with pytest.raises(UsageError, match="holds a run with input_budget = 32"):
     loop.train(small_config(data, input_budget=16), str(tmp_path / "d"), log=quiet)
+  with pytest.raises(UsageError, match="holds a run with model = "):  # other shapes too
+    loop.train(small_config(data, **{"model.dim": 64}), str(tmp_path / "d"), log=quiet)
 
 
 def _train_command(data, workdir, *extra):

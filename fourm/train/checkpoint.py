@@ -16,13 +16,24 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
-from fourm.train.state import TrainState, abstract
+from fourm.errors import UsageError
+
+# Any pytree of arrays with a `step` attribute: the 4M TrainState, a tokenizer's state.
+TrainState = Any
+
+
+def abstract(state):
+  """Shapes, dtypes and shardings of a state: the target a checkpoint restores into."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      state)
 
 
 class Checkpoints:
-  """The checkpoints of one run directory (`WORKDIR/checkpoints`)."""
+  """The checkpoints of one run directory (`WORKDIR/checkpoints`), for any train state
+  that is a pytree of arrays with a `step` (the 4M model's, a tokenizer's)."""
 
   def __init__(self, workdir: str, *, every: int, keep: int, async_save: bool = True,
                log: Callable[[str], None] = print):
@@ -44,10 +55,24 @@ class Checkpoints:
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))), force=force)
 
-  def restore_latest(self, like: TrainState) -> tuple[TrainState, dict] | None:
-    """The newest readable checkpoint restored onto `like`'s shardings, or None."""
-    target = abstract(like)
+  def latest_meta(self) -> dict | None:
+    """The metadata (step, data position, config) of the newest checkpoint whose metadata
+    reads back, or None when there is none: check it before restoring the state."""
     for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return dict(self.manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"])
+      except Exception:  # damaged: restore_latest will say so
+        continue
+    return None
+
+  def restore_latest(self, like: TrainState) -> tuple[TrainState, dict] | None:
+    """The newest readable checkpoint restored onto `like`'s shardings, or None when the
+    directory holds none. Raises when there are checkpoints but none reads back: starting
+    afresh over them would hide the problem."""
+    target = abstract(like)
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for step in steps:
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
@@ -56,6 +81,9 @@ class Checkpoints:
                  f"({type(error).__name__}: {str(error)[:200]}); trying the one before")
         continue
       return restored["state"], dict(restored["meta"])
+    if steps:
+      raise UsageError(f"none of the checkpoints {steps} in {self.directory} can be read "
+                       "into this run's state; move the directory away to start afresh")
     return None
 
   def wait(self) -> None:

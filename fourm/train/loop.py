@@ -183,10 +183,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   checkpoints = Checkpoints(workdir, every=config.checkpoint.every, keep=config.checkpoint.keep,
                             async_save=config.checkpoint.async_save, log=log)
+  saved = checkpoints.latest_meta()
+  if saved is not None:
+    _check_resumable(saved["config"], config, workdir)
   restored = checkpoints.restore_latest(state)
   if restored is not None:
-    state, meta = restored
-    _check_resumable(meta["config"], config, workdir)
+    state, _ = restored
     log(f"resumed from the checkpoint at step {int(state.step)} in {checkpoints.directory}")
   start = int(state.step)
 

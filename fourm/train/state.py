@@ -83,11 +83,5 @@ def create_train_state(build: Callable[[], fourm_model.FourM],
   return graphdef, state
 
 
-def abstract(state: TrainState) -> TrainState:
-  """Shapes, dtypes and shardings of a state: the target a checkpoint restores into."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                      state)
-
-
 def num_params(state: TrainState) -> int:
   return sum(x.size for x in jax.tree.leaves(state.params))

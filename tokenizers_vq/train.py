@@ -1,0 +1,221 @@
+"""`fourm tokenizer train --config configs/tokenizers/<modality>_<size>.py --workdir DIR`.
+
+The same conventions as `fourm train`: an ml_collections config with `--config.x=y`
+overrides, the grain pipeline (augmented crops of the raw modality), orbax checkpoints
+in WORKDIR/checkpoints that a rerun resumes from (the VQ-VAE config is saved with them,
+so encode and decode can never disagree), TensorBoard scalars in WORKDIR/tensorboard and
+a progress line on the console. Every `eval_every` steps the held-out split is scored:
+the modality's reconstruction metrics, codebook usage over all held-out tokens pooled
+(% of the vocabulary used) and perplexity, and a PNG grid of a few held-out originals
+above their reconstructions is written to WORKDIR/reconstructions.png.
+
+`load_tokenizer(WORKDIR)` turns the newest checkpoint into a `VQTokenizer`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from fourm.data import visualize
+from fourm.data.pipeline import Pipeline, PipelineConfig
+from fourm.errors import UsageError
+from fourm.train import metrics as metrics_lib
+from fourm.train.checkpoint import Checkpoints
+from tokenizers_vq import train_step as step_lib
+from tokenizers_vq.vqvae import VQVAE, VQVAEConfig, preset
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field of a tokenizer training config, with defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.preset = "rgb_tiny"          # tokenizers_vq.vqvae.PRESETS
+  c.vocab_size = 0               # 0: the preset's
+  c.dead_code_replacement = True
+  c.data = ml_collections.ConfigDict(dict(
+      paths=("demo_out/world",), train_split="train", eval_split="val", augment=True,
+      worker_count=0))
+  c.batch_size = 32
+  c.total_steps = 600
+  c.learning_rate = 1e-3
+  c.warmup_steps = 20
+  c.weight_decay = 0.05
+  c.grad_clip = 1.0
+  c.log_every = 25
+  c.eval_every = 200
+  c.eval_batches = 4             # 0: the whole held-out split
+  c.num_reconstructions = 4
+  c.checkpoint = ml_collections.ConfigDict(dict(every=200, keep=2, async_save=True))
+  return c
+
+
+def vqvae_config(config: ml_collections.ConfigDict) -> VQVAEConfig:
+  overrides: dict[str, Any] = {"dead_code_replacement": config.dead_code_replacement}
+  if config.vocab_size:
+    overrides["vocab_size"] = config.vocab_size
+  return preset(config.preset, **overrides)
+
+
+def make_optimizer(config: ml_collections.ConfigDict):
+  return step_lib.make_optimizer(step_lib.TrainConfig(
+      learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
+      total_steps=config.total_steps, weight_decay=config.weight_decay,
+      grad_clip=config.grad_clip or None))
+
+
+def _pipeline(config, vq: VQVAEConfig, *, train: bool) -> Pipeline:
+  return Pipeline(PipelineConfig(
+      data=tuple(config.data.paths), split=config.data.train_split if train else
+      config.data.eval_split, batch_size=config.batch_size, modalities=(vq.modality,),
+      resolution=vq.resolution, seed=config.seed, shuffle=train,
+      num_epochs=None if train else 1, augment=train and config.data.augment,
+      worker_count=config.data.worker_count if train else 0))
+
+
+def _raw(batch: dict, vq: VQVAEConfig, valid_only: bool = False) -> np.ndarray:
+  raw = batch[vq.modality]
+  return raw[batch["meta"]["valid"]] if valid_only else raw
+
+
+def evaluate(config, vq: VQVAEConfig, eval_step, state) -> tuple[dict[str, float], np.ndarray]:
+  """Held-out metrics (means over images) and the first batch's raw images."""
+  sums: dict[str, float] = {}
+  counts = np.zeros(vq.vocab_size, np.int64)
+  images, first = 0, None
+  for index, batch in enumerate(_pipeline(config, vq, train=False).iterator()):
+    if config.eval_batches and index >= config.eval_batches:
+      break
+    valid = np.asarray(batch["meta"]["valid"])
+    metrics = jax.device_get(eval_step(state, _raw(batch, vq)))
+    codes = np.asarray(metrics.pop("codes"))[valid]
+    counts += np.bincount(codes.reshape(-1), minlength=vq.vocab_size)
+    n = int(valid.sum())  # padded rows of the last batch weigh a little: fine for means
+    for name, value in metrics.items():
+      if name not in ("usage_pct", "perplexity"):
+        sums[name] = sums.get(name, 0.0) + float(value) * n
+    images += n
+    if first is None:
+      first = _raw(batch, vq, valid_only=True)
+  if not images:
+    raise UsageError(f"split {config.data.eval_split!r} of {list(config.data.paths)} has no "
+                     "records to evaluate on")
+  scores = {f"eval/{name}": total / images for name, total in sums.items()}
+  probabilities = counts / counts.sum()
+  nonzero = probabilities[probabilities > 0]
+  scores["eval/usage_pct"] = 100.0 * np.count_nonzero(counts) / vq.vocab_size
+  scores["eval/perplexity"] = float(np.exp(-(nonzero * np.log(nonzero)).sum()))
+  return scores, first
+
+
+def write_reconstructions(tokenizer: step_lib.VQTokenizer, images: np.ndarray, path: str,
+                          count: int) -> str:
+  """A grid: each held-out original on one row, its reconstruction on the next."""
+  images = images[:count]
+  reconstructed = tokenizer.reconstruct(images)
+  name = tokenizer.config.modality
+  rows = []
+  for index, (original, recon) in enumerate(zip(images, reconstructed)):
+    rows.append({name: original, "__name__": f"held-out {index}: original"})
+    rows.append({name: recon.astype(original.dtype), "__name__": f"held-out {index}: tokens"})
+  return visualize.save_grid(rows, path, title=f"{tokenizer.config.name}: reconstructions")
+
+
+def _progress(step: int, total: int, scalars: dict[str, float], images_per_s: float) -> str:
+  shown = "  ".join(f"{k}={v:.4g}" for k, v in scalars.items()
+                    if k not in ("learning_rate", "grad_norm"))
+  return f"step {step}/{total}  {shown}  {images_per_s:,.0f} img/s"
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          log: Callable[[str], None] = print) -> dict[str, float]:
+  """Trains (or resumes) the tokenizer in `workdir`; returns the last scalars."""
+  vq = vqvae_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  optimizer = make_optimizer(config)
+  graphdef, state = step_lib.init_state(VQVAE(vq, rngs=nnx.Rngs(config.seed)), optimizer)
+  checkpoints = Checkpoints(workdir, every=config.checkpoint.every,
+                            keep=config.checkpoint.keep,
+                            async_save=config.checkpoint.async_save, log=log)
+  saved = checkpoints.latest_meta()
+  if saved is not None and saved.get("tokenizer") != vq.to_dict():
+    raise UsageError(f"{workdir} holds a tokenizer {saved.get('tokenizer')}, this config "
+                     f"makes {vq.to_dict()}; use a new --workdir")
+  restored = checkpoints.restore_latest(state)
+  if restored is not None:
+    state, _ = restored
+    log(f"resumed from the checkpoint at step {int(state.step)} in {checkpoints.directory}")
+  start = int(state.step)
+  log(f"tokenizer {vq.name}: {vq.modality}, {vq.grid}x{vq.grid} tokens, vocabulary "
+      f"{vq.vocab_size}, dead-code replacement {'on' if vq.dead_code_replacement else 'off'}")
+
+  def meta() -> dict[str, Any]:
+    return {"step": int(state.step), "tokenizer": vq.to_dict(),
+            "config": json.loads(config.to_json())}
+
+  batches = _pipeline(config, vq, train=True).iterator(start_batch=start)
+  train_step = step_lib.make_train_step(graphdef, vq, optimizer, seed=config.seed)
+  eval_step = step_lib.make_eval_step(graphdef, vq)
+  writer = metrics_lib.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
+  last: dict[str, float] = {}
+  window_start, window_steps = time.perf_counter(), 0
+  for step in range(start, config.total_steps):
+    state, metrics = train_step(state, _raw(next(batches), vq))
+    window_steps += 1
+    done = step + 1
+    if done % config.log_every == 0 or done == config.total_steps:
+      last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      rate = config.batch_size * window_steps / (time.perf_counter() - window_start)
+      writer.write_scalars(done, last)
+      log(_progress(done, config.total_steps, last, rate))
+      window_start, window_steps = time.perf_counter(), 0
+    if config.eval_every and (done % config.eval_every == 0 or done == config.total_steps):
+      scores, images = evaluate(config, vq, eval_step, state)
+      writer.write_scalars(done, scores)
+      last.update(scores)
+      log(f"eval at step {done}: " + "  ".join(f"{k.removeprefix('eval/')}={v:.4g}"
+                                                for k, v in scores.items()))
+      path = write_reconstructions(step_lib.VQTokenizer.from_state(graphdef, state), images,
+                                   os.path.join(workdir, "reconstructions.png"),
+                                   config.num_reconstructions)
+      log(f"wrote {path}")
+    writer.flush()
+    checkpoints.save(state, meta(), force=done == config.total_steps)
+  checkpoints.close()
+  writer.close()
+  log(f"checkpoints: {checkpoints.directory}")
+  return last
+
+
+def load_tokenizer(workdir: str) -> step_lib.VQTokenizer:
+  """The tokenizer of the newest readable checkpoint in `workdir` (`fourm tokenizer train`)."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise UsageError(f"{workdir}: no tokenizer checkpoints (expected {directory}; train one "
+                     "with fourm tokenizer train)")
+  checkpoints = Checkpoints(workdir, every=1, keep=1, async_save=False)
+  steps = sorted(checkpoints.manager.all_steps(), reverse=True)
+  if not steps:
+    raise UsageError(f"{workdir}: the checkpoints directory holds no finished checkpoint")
+  import orbax.checkpoint as ocp
+  meta = checkpoints.manager.restore(steps[0], args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))["meta"]
+  if "tokenizer" not in meta:
+    raise UsageError(f"{workdir}: holds a checkpoint that is not a VQ-VAE tokenizer's")
+  vq = VQVAEConfig.from_dict(meta["tokenizer"])
+  # The saved state includes the optimizer's: rebuild it as the run did, to restore into.
+  optimizer = make_optimizer(ml_collections.ConfigDict(meta["config"]))
+  graphdef, like = step_lib.init_state(VQVAE(vq, rngs=nnx.Rngs(0)), optimizer)
+  restored = checkpoints.restore_latest(like)
+  checkpoints.close()
+  if restored is None:
+    raise UsageError(f"{workdir}: no checkpoint could be read")
+  return step_lib.VQTokenizer.from_state(graphdef, restored[0])
