@@ -18,16 +18,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job on the embedded default dataset: render the synthetic world, draw its
-# samples, tokenize it, and train the tiny 4M model on it (resumed if already started).
+# The main job on the embedded default dataset: render the synthetic world and draw its
+# samples, train an rgb VQ-VAE tokenizer on it, tokenize the world (rgb with the VQ-VAE,
+# depth / normals / segmentation with ground-truth patch quantisers), then train the tiny
+# 4M model on it. Every step resumes or finds its work done when run again.
 demo: $(STAMP)
 	$(BIN)/fourm synth --out $(DEMO)/world --num 1000 --resolution 64 --seed 0
 	$(BIN)/fourm show $(DEMO)/world --num 4 --out $(DEMO)/world_grid.png
 	$(BIN)/fourm show $(DEMO)/world --num 4 --augmented --out $(DEMO)/augmented_grid.png
-	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens --method patches
+	$(BIN)/fourm tokenizer train --config configs/tokenizers/rgb_tiny.py --workdir $(DEMO)/tok_rgb \
+	    --config.total_steps=300 --config.eval_every=150 --config.checkpoint.every=150
+	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens_vq --tokenizers tok_rgb=$(DEMO)/tok_rgb
+	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens --method patches \
+	    --modalities tok_depth,tok_normal,tok_semseg
 	$(BIN)/fourm train --config configs/tiny_synthetic.py --workdir $(DEMO)/train
 	@echo "demo outputs are in $(DEMO)/: world/ (records), world_grid.png, augmented_grid.png,"
-	@echo "  tokens/ (patch tokens), train/ (checkpoints/, tensorboard/: tensorboard --logdir $(DEMO)/train)"
+	@echo "  tok_rgb/ (VQ-VAE: checkpoints/, reconstructions.png), tokens_vq/ + tokens/ (token records),"
+	@echo "  train/ (checkpoints/, tensorboard/: tensorboard --logdir $(DEMO))"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)

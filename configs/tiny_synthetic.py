@@ -1,14 +1,20 @@
 """4M tiny-architecture run on the synthetic world, small enough for a 2-core CPU.
 
     fourm synth --out demo_out/world --num 1000 --resolution 64
-    fourm tokenize --data demo_out/world --out demo_out/tokens --method patches
+    fourm tokenizer train --config configs/tokenizers/rgb_tiny.py --workdir demo_out/tok_rgb
+    fourm tokenize --data demo_out/world --out demo_out/tokens_vq --tokenizers demo_out/tok_rgb
+    fourm tokenize --data demo_out/world --out demo_out/tokens --method patches \
+        --modalities tok_depth,tok_normal,tok_semseg
     fourm train --config configs/tiny_synthetic.py --workdir demo_out/train
+
+(`make demo` runs exactly these.)
 
 A 4+4-block, 256-wide model (the tiny layout, narrower) for 240 steps of batch 32: a few
 minutes on 2 cores. `--config.model.dim=384 --config.model.encoder_depth=6 ...` gives
 the reference tiny size. Variant `configs/tiny_synthetic.py:smoke`: a few steps of a
-2-block model, for tests. Tokens are the ground-truth patch tokens
-(fourm/data/patch_tokens.py) until the VQ-VAE tokenizers replace them.
+2-block model, for tests. rgb tokens come from the VQ-VAE, the other grids from the
+ground-truth patch quantisers (fourm/data/patch_tokens.py) until their VQ-VAEs are
+trained too (`fourm tokenize --tokenizers` takes several).
 """
 
 from fourm.train.config import default_config
@@ -21,6 +27,7 @@ def get_config(variant: str = ""):
   config.layout = "small"
   config.input_budget = 64
   config.target_budget = 64
+  config.data.paths = ("demo_out/world", "demo_out/tokens_vq", "demo_out/tokens")
   config.model.size = "tiny"
   config.model.dim = 256
   config.model.encoder_depth = 4

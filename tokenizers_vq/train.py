@@ -34,11 +34,12 @@ from tokenizers_vq import train_step as step_lib
 from tokenizers_vq.vqvae import VQVAE, VQVAEConfig, preset
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Every field of a tokenizer training config, with defaults."""
+def default_config(preset_name: str = "rgb_tiny") -> ml_collections.ConfigDict:
+  """Every field of a tokenizer training config, with defaults for the preset's size:
+  minutes on a CPU for the tiny presets, a GPU-node run for the base ones."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.preset = "rgb_tiny"          # tokenizers_vq.vqvae.PRESETS
+  c.preset = preset_name         # tokenizers_vq.vqvae.PRESETS
   c.vocab_size = 0               # 0: the preset's
   c.dead_code_replacement = True
   c.data = ml_collections.ConfigDict(dict(
@@ -55,6 +56,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batches = 4             # 0: the whole held-out split
   c.num_reconstructions = 4
   c.checkpoint = ml_collections.ConfigDict(dict(every=200, keep=2, async_save=True))
+  if preset_name.endswith("_base"):
+    c.data.paths = ("/path/to/dataset",)  # change me: records at 224 px
+    c.data.worker_count = 8
+    c.batch_size = 256
+    c.total_steps = 100_000
+    c.learning_rate = 1e-4
+    c.warmup_steps = 5000
+    c.eval_every = c.checkpoint.every = 5000
   return c
 
 

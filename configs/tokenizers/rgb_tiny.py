@@ -7,7 +7,4 @@ from tokenizers_vq.train import default_config
 
 
 def get_config():
-  config = default_config()
-  config.preset = "rgb_tiny"
-
-  return config
+  return default_config("rgb_tiny")

@@ -43,7 +43,8 @@ def _derived_stream(source, indices, batch_size, derive: DeriveFn, path: str, ba
     bar.update(len(samples))
 
 
-def _finished(out: str, name: str, expected: int) -> tuple[int, dict] | None:
+def finished_shard(out: str, name: str, expected: int) -> tuple[int, dict] | None:
+  """(count, stats) of a shard written whole (records and sidecar), else None."""
   shard, sidecar = os.path.join(out, name), os.path.join(out, name + ".json")
   if not (os.path.exists(shard) and os.path.exists(sidecar)):
     return None
@@ -98,7 +99,7 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
     for shard, length in zip(split_info.shards, split_info.shard_lengths, strict=True):
       plan.append((split, shard, range(start, start + length)))
       start += length
-  done = {shard: _finished(out, shard, len(indices)) for _, shard, indices in plan}
+  done = {shard: finished_shard(out, shard, len(indices)) for _, shard, indices in plan}
   todo = [entry for entry in plan if done[entry[1]] is None]
   if len(todo) < len(plan):
     log(f"resuming: {len(plan) - len(todo)} of {len(plan)} shards already written in {out}")

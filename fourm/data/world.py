@@ -44,15 +44,6 @@ def _write_one_shard(out: str, args: dict, split: str, shard: int, num_shards: i
   return name, count, stats
 
 
-def _finished_shard(out: str, name: str, expected: int) -> tuple[int, dict] | None:
-  shard, sidecar = os.path.join(out, name), os.path.join(out, name + ".json")
-  if not (os.path.exists(shard) and os.path.exists(sidecar)):
-    return None
-  with open(sidecar) as f:
-    done = json.load(f)
-  return (done["count"], done["stats"]) if done["count"] == expected else None
-
-
 def write_world(out: str, num: int, resolution: int = 64, seed: int = 0,
                 val_fraction: float = 0.1, records_per_shard: int = 1000,
                 feature_dim: int = 64, workers: int | None = None,
@@ -81,7 +72,7 @@ def write_world(out: str, num: int, resolution: int = 64, seed: int = 0,
   todo = []
   for split, shard, num_shards, indices in plan:
     name = records.shard_name(split, shard, num_shards)
-    done = _finished_shard(out, name, len(indices))
+    done = derived.finished_shard(out, name, len(indices))
     if done is not None:
       results[(split, shard)] = (name, *done)
     else:
