@@ -41,6 +41,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_throughput.py
+	$(BIN)/python benchmarks/model_step.py
+	$(BIN)/python benchmarks/tokenizer_throughput.py
 
 clean:
 	rm -rf $(DEMO)

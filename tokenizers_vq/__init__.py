@@ -1,2 +1,4 @@
-"""Tokenizers that turn modalities into the discrete tokens 4M models: VQ-VAEs per image
-modality (a later issue) and the WordPiece text tokenizer (`text.py`)."""
+"""Tokenizers that turn modalities into the discrete tokens 4M models: a VQ-VAE per image
+modality (`vqvae.py`, `quantizer.py`, `modality_io.py`; trained by `train.py`, applied to
+datasets by `tokenize.py`, inverted by `detokenize.py`) and the WordPiece text and box
+tokenizers (`text.py`, `boxes.py`, `text_train.py`)."""
