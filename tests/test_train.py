@@ -144,6 +144,12 @@ def test_a_damaged_newest_checkpoint_is_skipped(data, tmp_path):
                                ).restore_latest(fresh)
   assert int(restored.step) == 3 and meta["data"]["batches_consumed"] == 3
   assert any("checkpoint at step 6" in line and "cannot be read" in line for line in lines)
+  for path in glob.glob(str(tmp_path / "checkpoints/3/state/**"), recursive=True):
+    if os.path.isfile(path) and os.path.getsize(path) > 64:
+      with open(path, "r+b") as f:
+        f.truncate(16)
+  with pytest.raises(UsageError, match=r"none of the checkpoints \[6, 3\] .* can be read"):
+    Checkpoints(str(tmp_path), every=3, keep=3, log=quiet).restore_latest(fresh)
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(data, tmp_path, monkeypatch):
