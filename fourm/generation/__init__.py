@@ -1,0 +1,1 @@
+"""Any-to-any generation: decoding schedules, sampling, and (next) the chained sampler."""
