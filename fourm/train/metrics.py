@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -36,23 +36,6 @@ class TensorBoardWriter:
 
   def close(self) -> None:
     self._writer.close()
-
-
-class MultiWriter:
-  def __init__(self, writers: Sequence):
-    self.writers = list(writers)
-
-  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    for writer in self.writers:
-      writer.write_scalars(step, scalars)
-
-  def flush(self) -> None:
-    for writer in self.writers:
-      writer.flush()
-
-  def close(self) -> None:
-    for writer in self.writers:
-      writer.close()
 
 
 class NullWriter:
@@ -90,6 +73,3 @@ def format_progress(step: int, total: int, scalars: Mapping[str, float], tokens_
   eta = time.strftime("%H:%M:%S", time.gmtime(max(eta_s, 0)))
   return (f"step {step}/{total}  loss {scalars.get('loss', float('nan')):.4f}  [{losses}]  "
           f"{tokens_per_s:,.0f} tok/s  ETA {eta}")
-
-
-Log = Callable[[str], None]

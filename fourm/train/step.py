@@ -55,7 +55,6 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def run(state, batch):
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
       return jitted(state, batch)
-  run.jitted = jitted
   return run
 
 
