@@ -1,10 +1,26 @@
 """Small builders shared by the data tests."""
 
+import contextlib
 import os
 
 import numpy as np
 
+from fourm import modalities
 from fourm.data import records
+
+
+@contextlib.contextmanager
+def registered_modalities(*specs: modalities.ModalitySpec):
+  """Test-only modalities in the registry for the duration of a block, then gone again
+  (their raw sources too), so other tests see the registry as shipped."""
+  for spec in specs:
+    modalities.register(spec)
+  try:
+    yield
+  finally:
+    for spec in specs:
+      modalities.unregister(spec.name)
+      modalities.RAW_MODALITIES.pop(spec.source.name, None)
 
 
 def striped_sample(height: int = 48, width: int = 64, stripe: int = 8) -> dict:

@@ -18,6 +18,7 @@ from fourm.data import masking
 from fourm.data.masking import AlphasMixture, DirichletComponent, MaskSample, TextSpecialIds
 from fourm.data.pipeline import collate
 from fourm.errors import RecordError, UsageError
+from tests.helpers import registered_modalities
 from tests.test_model import NAMES as MODEL_NAMES
 from tests.test_model import TEST_FEATURES, TEST_GLOBAL, random_batch
 
@@ -31,12 +32,8 @@ DENSE3 = ("tok_rgb", "tok_depth", "tok_normal")
 @pytest.fixture(scope="module")
 def test_modalities():
   """The test-only GLOBAL and FEATURE_MAP modalities of test_model, so every kind runs."""
-  for spec in (TEST_GLOBAL, TEST_FEATURES):
-    modalities.register(spec)
-  yield
-  for spec in (TEST_GLOBAL, TEST_FEATURES):
-    modalities.unregister(spec.name)
-    modalities.RAW_MODALITIES.pop(spec.source.name, None)
+  with registered_modalities(TEST_GLOBAL, TEST_FEATURES):
+    yield
 
 
 # Builders ------------------------------------------------------------------------------------

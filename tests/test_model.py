@@ -14,6 +14,7 @@ from fourm import modalities
 from fourm.models import embeddings, sharding, slots
 from fourm.models import fourm as fourm_model
 from fourm.models.loss import fourm_loss
+from tests.helpers import registered_modalities
 
 Kind = modalities.Kind
 LAYOUT = modalities.SMALL_LAYOUT
@@ -35,12 +36,8 @@ NAMES = ("rgb", "tok_rgb", "tok_depth", "caption", "det", "test_global", "test_f
 
 @pytest.fixture(scope="module", autouse=True)
 def test_modalities():
-  for spec in (TEST_GLOBAL, TEST_FEATURES):
-    modalities.register(spec)
-  yield
-  for spec in (TEST_GLOBAL, TEST_FEATURES):
-    modalities.unregister(spec.name)
-    modalities.RAW_MODALITIES.pop(spec.source.name, None)
+  with registered_modalities(TEST_GLOBAL, TEST_FEATURES):
+    yield
 
 
 # Batches that follow fourm/models/CONTRACT.md ---------------------------------------------
