@@ -6,10 +6,16 @@ directory with the same splits, shards and record order as the data they came fr
 owns that shard loop: it mirrors the source's shard layout, derives a batch of records
 at a time (tokenizers want batches), skips shards already written (a killed job resumes
 where it stopped) and writes `dataset_info.json` last.
+
+A job that may fail on single samples (a pseudo-labeler on one odd photo) passes
+`tolerate_failures=True` and returns a `Failure` for such a sample: the record is
+written with what could be derived (a modality that failed is absent), the sample is
+logged by key and counted, and the count and list land in `dataset_info.json`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,8 +28,17 @@ from fourm.errors import RecordError, UsageError
 
 JOB_FILE = "derive_job.json"
 
-# samples (one batch, decoded source records) -> derived records, one per sample.
-DeriveFn = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+@dataclasses.dataclass
+class Failure:
+  """A sample the derivation could not finish: `record` holds what it could derive
+  (possibly nothing), `error` says what failed."""
+  record: dict[str, Any]
+  error: str
+
+
+# samples (one batch, decoded source records) -> derived records (or `Failure`s), one each.
+DeriveFn = Callable[[list[dict[str, Any]]], list[dict[str, Any] | Failure]]
 
 
 def _batches(source: records.RecordSource, indices: range, batch_size: int
@@ -33,13 +48,40 @@ def _batches(source: records.RecordSource, indices: range, batch_size: int
     yield start, [source[i] for i in range(start, stop)]
 
 
-def _derived_stream(source, indices, batch_size, derive: DeriveFn, path: str, bar):
-  for start, samples in _batches(source, indices, batch_size):
-    derived = derive(samples)
-    if len(derived) != len(samples):
+def _readable_batches(source, indices, batch_size):
+  """Like `_batches`, but a record that cannot be read becomes a `Failure` in place."""
+  for start in range(indices.start, indices.stop, batch_size):
+    batch = []
+    for i in range(start, min(start + batch_size, indices.stop)):
+      try:
+        batch.append(source[i])
+      except RecordError as error:
+        batch.append(Failure({}, str(error)))
+    yield start, batch
+
+
+def _derived_stream(source, indices, batch_size, derive: DeriveFn, path: str, bar,
+                    failed: list[dict[str, Any]] | None, log):
+  """Derived records of `indices`; with `failed` a list, failures are logged into it."""
+  batches = (_batches if failed is None else _readable_batches)(source, indices, batch_size)
+  for start, samples in batches:
+    readable = [s for s in samples if not isinstance(s, Failure)]
+    derived = list(derive(readable)) if readable else []
+    if len(derived) != len(readable):
       raise RecordError(f"the derivation returned {len(derived)} records for a batch of "
-                        f"{len(samples)}", path=path, record=start)
-    yield from derived
+                        f"{len(readable)}", path=path, record=start)
+    in_order = iter(derived)
+    outputs = [s if isinstance(s, Failure) else next(in_order) for s in samples]
+    for offset, (sample, output) in enumerate(zip(samples, outputs)):
+      if isinstance(output, Failure):
+        if failed is None:
+          raise RecordError(output.error, path=path, record=start + offset)
+        key = None if isinstance(sample, Failure) else sample.get("key")
+        failed.append({"record": start + offset, "key": key, "error": output.error})
+        log(f"failed: {os.path.basename(path)} record {start + offset}"
+            f"{f' ({key})' if key else ''}: {output.error}")
+        output = output.record
+      yield output
     bar.update(len(samples))
 
 
@@ -76,11 +118,14 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
                   name: str, modalities: Sequence[str] | None = None,
                   splits: Sequence[str] | None = None, batch_size: int = 64,
                   metadata: Mapping[str, Any] | None = None, progress: bool = True,
-                  log: Callable[[str], None] = print) -> records.DatasetInfo:
+                  log: Callable[[str], None] = print,
+                  tolerate_failures: bool = False) -> records.DatasetInfo:
   """Derives every record of `source_dir` (the named `modalities` of it) into `out`.
 
   `job` describes the derivation (JSON-able); rerunning the same job resumes it, a
-  different one is refused. Returns the new dataset's info.
+  different one is refused. With `tolerate_failures`, unreadable source records and
+  `Failure`s are logged and counted (`num_failed`, `failed` in the metadata) and the
+  job goes on; without, they stop it. Returns the new dataset's info.
   """
   if os.path.abspath(source_dir) == os.path.abspath(out):
     raise UsageError(f"the derived dataset must go to its own directory, not {source_dir}")
@@ -100,6 +145,7 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
       plan.append((split, shard, range(start, start + length)))
       start += length
   done = {shard: finished_shard(out, shard, len(indices)) for _, shard, indices in plan}
+  failed = {shard: _recorded_failures(out, shard) for _, shard, _ in plan if done[shard]}
   todo = [entry for entry in plan if done[entry[1]] is None]
   if len(todo) < len(plan):
     log(f"resuming: {len(plan) - len(todo)} of {len(plan)} shards already written in {out}")
@@ -111,11 +157,14 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
     if split not in sources:
       sources[split] = records.RecordSource(source_dir, split, modalities)
     path = os.path.join(out, shard)
+    failed[shard] = [] if tolerate_failures else None
     count, stats = records.write_shard(
-        path, _derived_stream(sources[split], indices, batch_size, derive, path, bar),
-        first_record=indices.start)
+        path, _derived_stream(sources[split], indices, batch_size, derive, path, bar,
+                              failed[shard], log),
+        first_record=indices.start, allow_empty=tolerate_failures)
     with open(path + ".json.tmp", "w") as f:
-      json.dump({"count": count, "stats": stats}, f)
+      json.dump({"count": count, "stats": stats, **({"failed": failed[shard]}
+                                                    if tolerate_failures else {})}, f)
     os.replace(path + ".json.tmp", path + ".json")
     done[shard] = (count, stats)
   bar.close()
@@ -123,6 +172,16 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
   layout = {}
   for split, shard, _ in plan:
     layout.setdefault(split, []).append((shard, done[shard][0]))
+  failures = {}
+  if tolerate_failures:
+    listed = [dict(entry, shard=shard) for _, shard, _ in plan for entry in failed[shard] or []]
+    failures = {"num_failed": len(listed), "failed": listed}
   return records.write_info(out, name, layout, [done[shard][1] for _, shard, _ in plan],
                             {"derived_from": os.path.abspath(source_dir), "job": dict(job),
-                             **dict(metadata or {})})
+                             **dict(metadata or {}), **failures})
+
+
+def _recorded_failures(out: str, name: str) -> list[dict[str, Any]]:
+  """The failures a finished shard's sidecar lists (none for jobs that allow none)."""
+  with open(os.path.join(out, name + ".json")) as f:
+    return json.load(f).get("failed", [])

@@ -301,15 +301,21 @@ def _describe(value: Any) -> tuple[str, list[int | None] | None]:
 
 # -------------------------------------------------------------------------- writing
 def write_shard(path: str, samples: Iterable[Mapping[str, Any]], *,
-                first_record: int = 0) -> tuple[int, dict[str, dict[str, Any]]]:
-  """Validates and writes samples to one shard (atomically); returns (count, stats)."""
+                first_record: int = 0, allow_empty: bool = False
+                ) -> tuple[int, dict[str, dict[str, Any]]]:
+  """Validates and writes samples to one shard (atomically); returns (count, stats).
+
+  `allow_empty` lets a side-by-side store hold an empty record where a derivation
+  failed for that sample (its modalities are then absent, never zero-filled).
+  """
   stats = _ModalityStats()
   tmp_path = path + ".tmp"
   writer = array_record_module.ArrayRecordWriter(tmp_path, WRITER_OPTIONS)
   count = 0
   try:
     for count, sample in enumerate(samples, start=1):
-      validate_sample(_decoded_view(sample), path=path, record=first_record + count - 1)
+      if sample or not allow_empty:
+        validate_sample(_decoded_view(sample), path=path, record=first_record + count - 1)
       stats.add(sample)
       writer.write(encode_sample(sample))
   except BaseException:

@@ -1,0 +1,29 @@
+"""Pseudo-labelers: off-the-shelf networks that add modalities to image-only data.
+
+Each labeler is a small class with `from_pretrained(name_or_path)` (a hub id or a local
+directory of published weights), `tiny()` (the same architecture, tiny and randomly
+initialised: meaningless labels, for tests and demos) and a batch
+`__call__(images) -> outputs`, one output per uint8 [H, W, 3] image, aligned with it.
+
+| task | labeler | raw modality |
+| --- | --- | --- |
+| depth | `depth.DepthLabeler` (DPT / Depth Anything) | depth float32 [H, W] |
+| normals | `normals.NormalsFromDepth` (depth + intrinsics) | normal float32 [H, W, 3] |
+| semseg | `semseg.SemsegLabeler` (Mask2Former panoptic, folded) | semseg uint8 [H, W] |
+| det | `detection.DetectionLabeler` (DETR family) | det {boxes, classes} |
+| clip | `clip_features.ClipLabeler` (CLIP ViT-B/16) | clip float32 [G, G, D] |
+
+torch and transformers (the optional `[pseudolabel]` extra) are imported only when a
+labeler is built, so importing this package, or running `fourm --help`, does not need
+them. This package knows nothing about tokens.
+"""
+
+# task name (as `fourm pseudolabel --tasks` takes it) -> the raw modality it writes
+TASK_MODALITIES = {"depth": "depth", "normals": "normal", "semseg": "semseg", "det": "det",
+                   "clip": "clip"}
+
+# The published checkpoints used by default (hub ids; a local directory works as well).
+DEFAULT_MODELS = {"depth": "Intel/dpt-hybrid-midas",
+                  "semseg": "facebook/mask2former-swin-base-coco-panoptic",
+                  "det": "facebook/detr-resnet-50",
+                  "clip": "openai/clip-vit-base-patch16"}
