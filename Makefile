@@ -12,16 +12,20 @@ PYTEST_WORKERS ?= 2
 
 install: $(STAMP)
 
+# torch is installed first, pinned: on this machine that version is a CPU build (a plain
+# `torch` would pull the multi-GB CUDA one); the [pseudolabel] extra then finds it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev,pseudolabel]'
 	touch $(STAMP)
 
 # The main job on the embedded default dataset: render the synthetic world and draw its
 # samples, train an rgb VQ-VAE tokenizer on it, tokenize the world (rgb with the VQ-VAE,
-# depth / normals / segmentation with ground-truth patch quantisers), then train the tiny
-# 4M model on it. Every step resumes or finds its work done when run again.
+# depth / normals / segmentation with ground-truth patch quantisers), train the tiny 4M
+# model on it, and generate with it: rgb -> everything, caption -> everything (chained).
+# Every step but the last two resumes or finds its work done when run again.
 demo: $(STAMP)
 	$(BIN)/fourm synth --out $(DEMO)/world --num 1000 --resolution 64 --seed 0
 	$(BIN)/fourm show $(DEMO)/world --num 4 --out $(DEMO)/world_grid.png
@@ -32,12 +36,18 @@ demo: $(STAMP)
 	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens --method patches \
 	    --modalities tok_depth,tok_normal,tok_semseg
 	$(BIN)/fourm train --config configs/tiny_synthetic.py --workdir $(DEMO)/train
+	$(BIN)/fourm generate --checkpoint $(DEMO)/train --schedule configs/generation/rgb_to_all.py \
+	    --data $(DEMO)/world --use rgb --indices 0,1,2,3 --out $(DEMO)/generate_rgb
+	$(BIN)/fourm generate --checkpoint $(DEMO)/train --schedule configs/generation/caption_to_all.py \
+	    --condition caption="a large red cube to the left of a small blue sphere." \
+	    --num-samples 4 --out $(DEMO)/generate_caption
 	@echo "demo outputs are in $(DEMO)/: world/ (records), world_grid.png, augmented_grid.png,"
 	@echo "  tok_rgb/ (VQ-VAE: checkpoints/, reconstructions.png), tokens_vq/ + tokens/ (token records),"
-	@echo "  train/ (checkpoints/, tensorboard/: tensorboard --logdir $(DEMO))"
+	@echo "  train/ (checkpoints/, tensorboard/: tensorboard --logdir $(DEMO)),"
+	@echo "  generate_rgb/ + generate_caption/ (grid.png, tokens.npz, text.json)"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_throughput.py

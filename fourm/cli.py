@@ -31,11 +31,13 @@ def _ingest(args: argparse.Namespace) -> None:
 def _show(args: argparse.Namespace) -> None:
   from fourm.data import records, visualize
   samples = _samples_to_show(args)
-  info = records.DatasetInfo.load(args.data[0])
+  infos = [records.DatasetInfo.load(d) for d in args.data]
+  # Class names live with the segmentation, which may be a side-by-side store.
+  class_names = next((i.metadata["classes"] for i in infos if "classes" in i.metadata), None)
   title = (f"{', '.join(args.data)} [{args.split}]"
            f"{' through the training augmentation' if args.augmented else ''}")
   path = visualize.save_grid(samples, args.out, tile=args.tile,
-                             class_names=info.metadata.get("classes"), title=title)
+                             class_names=class_names, title=title)
   print(f"wrote {path} ({len(samples)} samples, modalities: "
         f"{', '.join(sorted({k for s in samples for k in s} - {'__name__'}))})")
 
@@ -90,6 +92,25 @@ def _tokenize(args: argparse.Namespace) -> None:
   print(_summary(args.out, info))
 
 
+def _pseudolabel(args: argparse.Namespace) -> None:
+  from pseudolabel import job, torch_model
+  tasks = job.parse_tasks(args.tasks)
+  models = {task: torch_model.TINY if args.tiny else getattr(args, f"{task}_model")
+            for task in job.DEFAULT_MODELS}
+  if args.tiny:
+    print("--tiny: tiny random-init networks; the labels they make are meaningless")
+  fov = args.fov if args.fov is not None else job.camera_fov(args.data)
+  labelers = job.build_labelers(tasks, models, device=args.device, fov_deg=fov)
+  out = args.out or args.data.rstrip("/") + "_pseudolabels"
+  info = job.pseudolabel_dataset(args.data, out, labelers, batch_size=args.batch_size,
+                                 progress=not args.quiet)
+  print(_summary(out, info))
+  failed = info.metadata.get("num_failed", 0)
+  total = sum(split.num_records for split in info.splits.values())
+  print(f"  {failed} of {total} images failed to label"
+        f"{' (listed in dataset_info.json)' if failed else ''}")
+
+
 def _train_tokenizer(args: argparse.Namespace) -> None:
   from fourm.train import config as config_lib
   from tokenizers_vq import train
@@ -109,6 +130,11 @@ def _train(args: argparse.Namespace) -> None:
   from fourm.train import loop
   config = config_lib.load_config(args.config, args.overrides)
   loop.train(config, args.workdir, stop_after=args.stop_after)
+
+
+def _generate(args: argparse.Namespace) -> None:
+  from fourm.generation import cli as generate_cli
+  generate_cli.run(args)
 
 
 def _summary(directory: str, info) -> str:
@@ -182,6 +208,36 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(run=_tokenize)
 
+  from pseudolabel import DEFAULT_MODELS  # names only: torch loads when a labeler is built
+  p = sub.add_parser("pseudolabel", help="add depth, normals, segmentation, boxes and CLIP "
+                     "features to a dataset with off-the-shelf networks, side by side",
+                     description="Runs pseudo-labelers (torch + transformers: pip install "
+                                 "'fourm[pseudolabel]') over the rgb of a dataset and writes "
+                                 "the new modalities beside it; resumable.")
+  p.add_argument("--data", required=True, help="dataset directory (fourm ingest / fourm synth)")
+  p.add_argument("--out", default=None,
+                 help="output directory, read beside --data (default: DATA_pseudolabels)")
+  p.add_argument("--tasks", default="depth,normals,semseg,det,clip",
+                 help="comma-separated: depth,normals,semseg,det,clip")
+  p.add_argument("--depth-model", default=DEFAULT_MODELS["depth"],
+                 help="hub id or local directory of a DPT / Depth Anything checkpoint")
+  p.add_argument("--semseg-model", default=DEFAULT_MODELS["semseg"],
+                 help="hub id or local directory of a Mask2Former checkpoint")
+  p.add_argument("--det-model", default=DEFAULT_MODELS["det"],
+                 help="hub id or local directory of a DETR-family checkpoint")
+  p.add_argument("--clip-model", default=DEFAULT_MODELS["clip"],
+                 help="hub id or local directory of a CLIP checkpoint")
+  p.add_argument("--tiny", action="store_true",
+                 help="tiny random-init networks instead (no download; MEANINGLESS labels, "
+                      "for tests and demos); also per task as --TASK-model tiny-random")
+  p.add_argument("--fov", type=float, default=None,
+                 help="horizontal field of view (degrees) for normals from depth (default: "
+                      "the dataset's camera if it records one, else 60)")
+  p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+  p.add_argument("--batch-size", type=int, default=8)
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(run=_pseudolabel)
+
   p = sub.add_parser("tokenizer", help="train tokenizers (text WordPiece; VQ-VAEs to come)")
   tokenizer_sub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="WHAT")
   q = tokenizer_sub.add_parser("train", help="train a VQ-VAE tokenizer (resumes from --workdir)",
@@ -206,6 +262,40 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--stop-after", type=int, default=None,
                  help="end this invocation after N steps with a checkpoint (time-limited jobs)")
   p.set_defaults(run=_train, overrides=[])
+
+  p = sub.add_parser(
+      "generate", help="generate modalities from others with a trained model, chained",
+      description="Tokenizes the conditions, runs the chain of targets (each generated "
+                  "modality conditions the next), decodes everything and writes OUT/grid.png, "
+                  "OUT/tokens.npz and OUT/text.json.")
+  p.add_argument("--checkpoint", required=True, help="a fourm train workdir")
+  p.add_argument("--condition", action="append", default=[], metavar="NAME=VALUE",
+                 help="caption=TEXT (sentinels [S_1].. mark gaps to fill), rgb=IMAGE, "
+                      "depth|normal|semseg=FILE (.npy/.png), tok_x=FILE.npy, det=BOXES.json; "
+                      "repeat for several")
+  p.add_argument("--data", nargs="+", default=[], metavar="DIR",
+                 help="take conditions from the records of these datasets (read side by side)")
+  p.add_argument("--use", default="", help="with --data: the record modalities to condition "
+                 "on, comma-separated (e.g. rgb or caption)")
+  p.add_argument("--split", default="val", help="with --data")
+  p.add_argument("--indices", default="0,1,2,3", help="with --data: records, one sample each")
+  p.add_argument("--targets", default="", help="comma-separated targets, generated in order "
+                 "with the default settings (MaskGIT 8 steps for grids, left to right for text)")
+  p.add_argument("--schedule", default="", help="a chain schedule file (configs/generation/)")
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--num-samples", type=int, default=4, help="samples per condition (rows)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--tokenizers", nargs="+", default=[], metavar="tok_x=WORKDIR",
+                 help="VQ-VAE workdirs, overriding those the model's token datasets record")
+  p.add_argument("--negative", action="append", default=[], metavar="NAME=VALUE",
+                 help="a negative prompt (steps with guidance push away from it)")
+  p.add_argument("--region", action="append", default=[], metavar="NAME=X0,Y0,X1,Y1",
+                 help="hide this box of a given grid condition, to in-paint it")
+  p.add_argument("--cfg-scale", type=float, default=None,
+                 help="with --targets: classifier-free guidance scale for every target")
+  p.add_argument("--num-steps", type=int, default=None, help="with --targets: decoding steps")
+  p.add_argument("--temperature", type=float, default=None, help="with --targets")
+  p.set_defaults(run=_generate)
 
   p = sub.add_parser("info", help="summarise a dataset directory")
   p.add_argument("data")

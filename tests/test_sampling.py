@@ -75,3 +75,23 @@ def test_commit_most_confident_picks_among_undecided_only():
   np.testing.assert_array_equal(everything, undecided)
   scores = sampling.random_order_scores(jax.random.key(0), (1, 5))
   assert int(sampling.commit_most_confident(scores, undecided, jnp.int32(3)).sum()) == 3
+
+
+def test_blockwise_categorical_matches_the_distribution():
+  """Two-stage sampling over a vocabulary of several blocks (the last one partial)."""
+  vocab = 1000
+  probabilities = np.full(vocab, 0.2 / (vocab - 4))
+  probabilities[[3, 130, 700, 999]] = [0.35, 0.25, 0.15, 0.05]  # spread over blocks
+  logits = jnp.log(jnp.asarray(probabilities / probabilities.sum(), jnp.float32)) + 4.0
+  draws = 40_000
+  ids, normaliser = sampling.categorical(jax.random.key(0),
+                                         jnp.broadcast_to(logits, (draws, vocab)))
+  np.testing.assert_allclose(normaliser, jax.nn.logsumexp(logits), rtol=1e-5)
+  counts = np.bincount(np.asarray(ids), minlength=vocab) / draws
+  np.testing.assert_allclose(counts[[3, 130, 700, 999]], [0.35, 0.25, 0.15, 0.05], atol=0.01)
+  tail = np.delete(counts, [3, 130, 700, 999])
+  assert abs(tail.sum() - 0.2) < 0.01
+  # The tail is spread evenly over its blocks, not lumped into some.
+  per_block = np.add.reduceat(tail, np.arange(0, len(tail), 128))
+  expected = np.diff(np.append(np.arange(0, len(tail), 128), len(tail))) * 0.2 / len(tail)
+  np.testing.assert_allclose(per_block, expected, atol=0.006)

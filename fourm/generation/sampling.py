@@ -33,6 +33,34 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 0.0) -> jax.
   return logits
 
 
+# Vocabularies are sampled in blocks of this many ids (see `categorical`).
+BLOCK = 128
+
+
+def categorical(key: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Draws ids [...] from softmax(logits [..., V]); also returns logsumexp(logits) [...].
+
+  Exactly `jax.random.categorical` in distribution, but in two stages: a block of BLOCK
+  ids by its total probability (logsumexp of its logits), then an id within the block.
+  The Gumbel-max trick needs one random number per candidate: this draws V / BLOCK +
+  BLOCK of them per position instead of V, which is most of the cost of sampling
+  16k-code vocabularies at every position of a MaskGIT step on a CPU.
+  """
+  vocab = logits.shape[-1]
+  if vocab <= 2 * BLOCK:
+    return (jax.random.categorical(key, logits, axis=-1),
+            jax.nn.logsumexp(logits, axis=-1))
+  padded = jnp.pad(logits, [(0, 0)] * (logits.ndim - 1) + [(0, -vocab % BLOCK)],
+                   constant_values=NEG_INF)
+  blocks = padded.reshape(padded.shape[:-1] + (-1, BLOCK))
+  block_totals = jax.nn.logsumexp(blocks, axis=-1)
+  block_key, id_key = jax.random.split(key)
+  block = jax.random.categorical(block_key, block_totals, axis=-1)
+  within = jnp.take_along_axis(blocks, block[..., None, None], axis=-2)[..., 0, :]
+  index = jax.random.categorical(id_key, within, axis=-1)
+  return block * BLOCK + index, jax.nn.logsumexp(block_totals, axis=-1)
+
+
 def sample(key: jax.Array, logits: jax.Array, temperature: float | jax.Array,
            top_k: int = 0, top_p: float = 0.0) -> tuple[jax.Array, jax.Array]:
   """(ids [...], their probability under the filtered, tempered distribution [...]).
@@ -44,11 +72,10 @@ def sample(key: jax.Array, logits: jax.Array, temperature: float | jax.Array,
   temperature = jnp.asarray(temperature, jnp.float32)
   greedy = temperature <= 0
   scaled = filtered / jnp.where(greedy, 1.0, temperature)
-  drawn = jax.random.categorical(key, scaled, axis=-1)
+  drawn, normaliser = categorical(key, scaled)
   ids = jnp.where(greedy, jnp.argmax(filtered, axis=-1), drawn)
-  probabilities = jax.nn.softmax(scaled, axis=-1)
-  confidence = jnp.take_along_axis(probabilities, ids[..., None], axis=-1)[..., 0]
-  return ids.astype(jnp.int32), confidence
+  chosen = jnp.take_along_axis(scaled, ids[..., None], axis=-1)[..., 0]
+  return ids.astype(jnp.int32), jnp.exp(chosen - normaliser)
 
 
 def commit_most_confident(confidence: jax.Array, undecided: jax.Array,

@@ -130,8 +130,12 @@ class FourM(nnx.Module):
 
   # Encoder ---------------------------------------------------------------------------------
 
-  def encode(self, batch) -> tuple[jax.Array, jax.Array]:
-    """The decoder's context [B, input_budget, D] and which of its slots are valid."""
+  def encode(self, batch, input_budget: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """The decoder's context [B, input_budget, D] and which of its slots are valid.
+
+    `input_budget` overrides the model's for this call: parameter shapes do not depend
+    on it, so a sampler can give a trained model as many slots as its conditions need.
+    """
     names = [name for name in self.input_names if name in batch]
     if not names:
       raise ValueError(f"the batch has none of the input modalities {self.input_names}")
@@ -144,7 +148,7 @@ class FourM(nnx.Module):
     input_mask = jnp.concatenate([jnp.asarray(batch[name]["input_mask"]) for name in names],
                                  axis=1)
 
-    indices, valid = slots.select(input_mask, self.input_budget)
+    indices, valid = slots.select(input_mask, input_budget or self.input_budget)
     keep = valid[..., None]
     # Padding slots carry zeros, as in the reference: they are masked as keys, and
     # zeroing keeps whatever token happened to be gathered there from mattering at all.
@@ -162,7 +166,8 @@ class FourM(nnx.Module):
 
   # Decoder ---------------------------------------------------------------------------------
 
-  def decode(self, batch, context: jax.Array, context_valid: jax.Array) -> DecoderOutput:
+  def decode(self, batch, context: jax.Array, context_valid: jax.Array,
+             target_budget: int | None = None) -> DecoderOutput:
     names = [name for name in self.target_names if name in batch]
     if not names:
       raise ValueError(f"the batch has none of the target modalities {self.target_names}")
@@ -180,16 +185,15 @@ class FourM(nnx.Module):
       else:
         # Dense targets are asked for with the mask token; their own tokens stay hidden.
         queries.append(jnp.broadcast_to(mask_token, (batch_size, num_tokens, mask_token.size)))
-      shared = (self.encoder_embeddings[name].mod_emb[...]
-                if embedding.mod_emb is None else None)
-      position_and_modality.append(embedding.position_and_modality(shared))
+      position_and_modality.append(self.decoder_position_and_modality(name))
       labels.append(jnp.asarray(embedding.labels(entry), jnp.int32))
       target_masks.append(jnp.asarray(entry["target_mask"]))
       modality_ids.append(np.full(num_tokens, self.modality_names.index(name), np.int32))
       positions.append(np.arange(num_tokens, dtype=np.int32))
       causal.append(np.full(num_tokens, embedding.is_sequence))
 
-    indices, valid = slots.select(jnp.concatenate(target_masks, axis=1), self.target_budget)
+    indices, valid = slots.select(jnp.concatenate(target_masks, axis=1),
+                                  target_budget or self.target_budget)
     keep = valid[..., None]
     query = sharding.constrain(jnp.concatenate(queries, axis=1), _RESIDUAL_AXES)
     query = slots.gather(query, indices)
@@ -210,6 +214,14 @@ class FourM(nnx.Module):
         modality_index=jnp.where(valid, modality, -1),
         labels=jnp.where(valid, slots.gather(jnp.concatenate(labels, axis=1), indices), 0),
         valid=valid)
+
+  def decoder_position_and_modality(self, name: str) -> jax.Array:
+    """[N, D]: what the decoder adds to each of target `name`'s N query positions."""
+    embedding = self.decoder_embeddings[name]
+    # The modality embedding is the encoder's unless the decoder has its own.
+    shared = (self.encoder_embeddings[name].mod_emb[...]
+              if embedding.mod_emb is None else None)
+    return embedding.position_and_modality(shared)
 
   def _run_block(self, block, *args):
     if self.config.remat:

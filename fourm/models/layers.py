@@ -111,7 +111,7 @@ class LayerNorm(nnx.Module):
     return y.astype(self.dtype)
 
 
-def _attend(q, k, v, mask, implementation):
+def attend(q, k, v, mask, implementation=None):
   """Multi-head attention over [B, T, H, Dh] with a boolean mask [B, 1, T|1, S]."""
   # cuDNN's kernel takes no mask broadcast over queries: spell out [B, 1, T, S].
   mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
@@ -138,7 +138,7 @@ class Attention(nnx.Module):
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     qkv = self.qkv(x)  # [B, T, 3, H, Dh]
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    return self.proj(_attend(q, k, v, mask, self.attention_impl))
+    return self.proj(attend(q, k, v, mask, self.attention_impl))
 
 
 class CrossAttention(nnx.Module):
@@ -159,7 +159,7 @@ class CrossAttention(nnx.Module):
   def __call__(self, x: jax.Array, context: jax.Array, mask: jax.Array) -> jax.Array:
     q = self.q(x)
     kv = self.kv(context)  # [B, S, 2, H, Dh]
-    return self.proj(_attend(q, kv[:, :, 0], kv[:, :, 1], mask, self.attention_impl))
+    return self.proj(attend(q, kv[:, :, 0], kv[:, :, 1], mask, self.attention_impl))
 
 
 def swiglu_hidden_dim(dim: int, mlp_ratio: float) -> int:

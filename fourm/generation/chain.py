@@ -1,0 +1,80 @@
+"""Chained generation: targets generated one after another, each one a condition for the
+ones after it (caption -> tok_clip -> tok_rgb, or rgb -> everything).
+
+A chain is a tuple of `Decoding`s. Write it in Python, or in a schedule file: an
+ml_collections `.py` file whose `get_config()` has a `steps` list of dicts with
+`Decoding`'s fields, e.g. (configs/generation/caption_to_all.py):
+
+    config.steps = [
+        dict(target="tok_clip", num_steps=8, guidance=dict(scale=3.0)),
+        dict(target="tok_rgb", method="roar", num_steps=25, temperature=3.0,
+             temperature_end=0.5, temperature_schedule="linear"),
+    ]
+
+`default_chain(targets)` gives every target the defaults: MaskGIT with 8 cosine steps
+for token grids, left-to-right decoding for sequences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+
+from fourm import modalities
+from fourm.errors import UsageError
+from fourm.generation.sampler import Decoding, Sampler
+
+_FIELDS = {field.name for field in dataclasses.fields(Decoding)}
+
+
+def decoding_from_dict(step: Mapping[str, Any], where: str = "schedule") -> Decoding:
+  step = {key: (dict(value) if hasattr(value, "items") else value)
+          for key, value in dict(step).items()}
+  unknown = sorted(set(step) - _FIELDS)
+  if unknown:
+    raise UsageError(f"{where}: unknown field(s) {unknown}; a step has {sorted(_FIELDS)}")
+  if "target" not in step:
+    raise UsageError(f"{where}: every step needs a target")
+  if step["target"] not in modalities.MODALITIES:
+    raise UsageError(f"{where}: unknown modality {step['target']!r}; known: "
+                     f"{sorted(modalities.MODALITIES)}")
+  for key in ("token_schedule", "conditions"):
+    if isinstance(step.get(key), list):
+      step[key] = tuple(step[key])
+  try:
+    decoding = Decoding(**step)
+    decoding.resolved_method()
+  except TypeError as error:
+    raise UsageError(f"{where}: {error}") from None
+  return decoding
+
+
+def load_chain(path: str) -> tuple[Decoding, ...]:
+  """The chain in a schedule file (`path[:arg]`, like training configs)."""
+  from fourm.train.config import load_config
+  config = load_config(path)
+  if "steps" not in config:
+    raise UsageError(f"--schedule {path}: get_config() must set `steps`, a list of dicts")
+  return tuple(decoding_from_dict(step, f"--schedule {path}, step {i}")
+               for i, step in enumerate(config.steps))
+
+
+def default_chain(targets: Iterable[str]) -> tuple[Decoding, ...]:
+  return tuple(decoding_from_dict({"target": name}, f"target {name}") for name in targets)
+
+
+def run_chain(sampler: Sampler, known: Mapping[str, dict], chain: Sequence[Decoding],
+              key: jax.Array, negatives: Mapping[str, dict] | None = None,
+              progress: Callable[[int, Decoding], None] | None = None) -> dict[str, dict]:
+  """Generates the chain's targets in order; returns every known modality's entry."""
+  if not chain:
+    raise UsageError("the chain has no steps: name at least one target")
+  known = dict(known)
+  for index, decoding in enumerate(chain):
+    if progress is not None:
+      progress(index, decoding)
+    known = sampler.generate(known, decoding, jax.random.fold_in(key, index), negatives)
+  return known

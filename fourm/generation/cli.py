@@ -1,0 +1,108 @@
+"""`fourm generate`: the command-line face of `Generator` (arguments -> chain -> files)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+from fourm.errors import UsageError
+
+
+def _pairs(entries: list[str], flag: str) -> dict[str, str]:
+  pairs = {}
+  for entry in entries:
+    name, sep, value = entry.partition("=")
+    if not sep or not name:
+      raise UsageError(f"{flag} {entry!r}: expected NAME=VALUE")
+    if name in pairs:
+      raise UsageError(f"{flag} {name} given twice")
+    pairs[name.strip()] = value
+  return pairs
+
+
+def _regions(entries: list[str]) -> dict[str, tuple[float, ...]]:
+  regions = {}
+  for name, text in _pairs(entries, "--region").items():
+    try:
+      box = tuple(float(v) for v in text.split(","))
+    except ValueError:
+      box = ()
+    if len(box) != 4:
+      raise UsageError(f"--region {name}={text}: expected four numbers X0,Y0,X1,Y1 in [0, 1]")
+    regions[name] = box
+  return regions
+
+
+def chain_from_args(args: argparse.Namespace):
+  from fourm.generation.chain import default_chain, load_chain
+  if bool(args.targets) == bool(args.schedule):
+    raise UsageError("give --targets a,b,... or --schedule FILE (one of them)")
+  if args.schedule:
+    return load_chain(args.schedule)
+  chain = default_chain([t.strip() for t in args.targets.split(",") if t.strip()])
+  overrides = {}
+  if args.num_steps is not None:
+    overrides["num_steps"] = args.num_steps
+  if args.temperature is not None:
+    overrides["temperature"] = args.temperature
+  if args.cfg_scale is not None:
+    from fourm.generation.guidance import Guidance
+    overrides["guidance"] = Guidance(scale=args.cfg_scale)
+  return tuple(dataclasses.replace(d, **overrides) for d in chain)
+
+
+def conditions_from_args(args: argparse.Namespace) -> tuple[dict, int]:
+  """(conditions, number of samples): --condition values are repeated for every sample;
+  --data records give one sample each."""
+  conditions: dict = _pairs(args.condition, "--condition")
+  if not args.data:
+    if args.use:
+      raise UsageError("--use takes the modalities of --data records: give --data DIR")
+    if args.num_samples < 1:
+      raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    return conditions, args.num_samples
+  from fourm.data import records
+  names = [name.strip() for name in args.use.split(",") if name.strip()]
+  if not names:
+    raise UsageError("--data needs --use NAME[,NAME]: which record modalities to condition on")
+  try:
+    indices = [int(i) for i in args.indices.split(",")]
+  except ValueError:
+    raise UsageError(f"--indices {args.indices}: expected comma-separated record numbers") from None
+  source = records.RecordSource(args.data, args.split, names)
+  bad = [i for i in indices if not 0 <= i < len(source)]
+  if bad:
+    raise UsageError(f"--indices {bad}: the {args.split} split has {len(source)} records")
+  samples = [source[i] for i in indices]
+  for name in names:
+    if name in conditions:
+      raise UsageError(f"{name} given by both --condition and --use")
+    conditions[name] = [sample[name] for sample in samples]
+  return conditions, len(indices)
+
+
+def run(args: argparse.Namespace) -> None:
+  from fourm.generation.generator import Generator
+  chain = chain_from_args(args)
+  conditions, num_samples = conditions_from_args(args)
+  generator = Generator.from_checkpoint(args.checkpoint, args.tokenizers)
+  print(f"model: {args.checkpoint} ({', '.join(generator.model.modality_names)}); "
+        f"conditions: {', '.join(conditions) or 'none'}")
+  started = time.perf_counter()
+
+  def progress(index, decoding):
+    print(f"[{index + 1}/{len(chain)}] {decoding.target}: {decoding.resolved_method()}"
+          + (f", {decoding.num_steps} steps" if decoding.resolved_method() != "autoregressive"
+             else "") + f"  ({time.perf_counter() - started:.1f} s)", flush=True)
+
+  result = generator.generate(conditions, chain, seed=args.seed, num_samples=num_samples,
+                              negatives=_pairs(args.negative, "--negative"),
+                              regions=_regions(args.region), progress=progress)
+  paths = result.save(args.out)
+  for name in result.generated:
+    if name in ("caption", "det"):
+      for index in range(result.num_samples):
+        print(f"  {name} {index}: {result.decode(name, index)}")
+  print(f"done in {time.perf_counter() - started:.1f} s: {paths['grid']}, {paths['tokens']}, "
+        f"{paths['text']}")

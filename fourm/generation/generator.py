@@ -1,0 +1,188 @@
+"""Generation from a trained checkpoint, end to end: what `fourm generate` and the
+notebook use.
+
+    generator = Generator.from_checkpoint("demo_out/train")
+    result = generator.generate({"caption": "a red cube left of a blue sphere"},
+                                default_chain(["tok_rgb", "tok_depth"]), num_samples=4)
+    result.save("out/")            # grid.png, tokens.npz, text.json
+
+Conditions are tokenized (`conditions.py`), the chain runs (`chain.py`), and every
+modality is decoded back to what a person looks at (`tokenizers_vq/detokenize.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from fourm import modalities
+from fourm.data import visualize
+from fourm.data.masking import PIXEL_STATS
+from fourm.errors import UsageError
+from fourm.generation import loading
+from fourm.generation.chain import run_chain
+from fourm.generation.conditions import ConditionEncoder, mask_region
+from fourm.generation.sampler import Decoding, Sampler
+from tokenizers_vq.detokenize import Detokenizer
+
+Kind = modalities.Kind
+
+
+class Generator:
+  """A trained model with its tokenizers: conditions in, decoded modalities out."""
+
+  def __init__(self, model, tokenizers: Mapping[str, Any], *, text_vocab: str | None = None,
+               pixel_normalization: str = "imagenet"):
+    self.model = model
+    self.sampler = Sampler(model, vocab_limits={
+        name: loading.tokenizer_vocab_size(tokenizer) for name, tokenizer in tokenizers.items()})
+    self.layout = model.layout
+    self.tokenizers = dict(tokenizers)
+    self.text_vocab = text_vocab
+    self.pixel_normalization = pixel_normalization
+    self.encoder = ConditionEncoder(model.modality_names, model.input_names, model.layout,
+                                    tokenizers, text_vocab, pixel_normalization)
+    self.detokenizer = Detokenizer(self.tokenizers, text_vocab)
+
+  @classmethod
+  def from_checkpoint(cls, workdir: str, tokenizers: Sequence[str] = ()) -> "Generator":
+    """The newest checkpoint of a `fourm train` workdir, with the tokenizers its token
+    datasets record (`tokenizers` entries "tok_x=WORKDIR" override them)."""
+    trained = loading.load_model(workdir)
+    config = trained.config
+    return cls(trained.model, loading.load_tokenizers(config, workdir, tokenizers),
+               text_vocab=loading.text_vocab_path(config),
+               pixel_normalization=config.get("pixel_normalization", "imagenet"))
+
+  # Generation ------------------------------------------------------------------------------
+
+  def encode_conditions(self, conditions: Mapping[str, Any], num_samples: int
+                        ) -> dict[str, dict]:
+    """{model modality: entry}; a single value is repeated for every sample, a list gives
+    one value per sample."""
+    known = {}
+    for name, value in conditions.items():
+      values = list(value) if isinstance(value, (list, tuple)) else [value] * num_samples
+      if len(values) != num_samples:
+        raise UsageError(f"condition {name}: {len(values)} values for {num_samples} samples")
+      modality, entry = self.encoder.encode(name, values)
+      if modality in known:
+        raise UsageError(f"two conditions feed {modality!r}")
+      known[modality] = entry
+    return known
+
+  def generate(self, conditions: Mapping[str, Any], chain: Sequence[Decoding], *,
+               seed: int = 0, num_samples: int = 1,
+               negatives: Mapping[str, Any] | None = None,
+               regions: Mapping[str, Sequence[float]] | None = None,
+               progress: Callable[[int, Decoding], None] | None = None) -> "Generation":
+    """Runs `chain` from the conditions. `negatives` are negative prompts (used by steps
+    with guidance); `regions` {grid modality: box} hides that box of a given grid so a
+    step generating that modality in-paints it."""
+    known = self.encode_conditions(conditions, num_samples)
+    for name, box in (regions or {}).items():
+      modality = self.encoder.modality_for(name)
+      if modality not in known or modalities.get(modality).kind != Kind.IMAGE_TOKENS:
+        raise UsageError(f"region for {name}: give {modality} as a condition first; "
+                         "regions apply to token grids")
+      known[modality] = mask_region(known[modality], box, self.layout)
+    negative_entries = self.encode_conditions(negatives or {}, num_samples)
+    given = tuple(known)
+    known = run_chain(self.sampler, known, chain, jax.random.key(seed), negative_entries,
+                      progress)
+    return Generation(self, known, given, tuple(d.target for d in chain))
+
+
+@dataclasses.dataclass
+class Generation:
+  """The known entries after a chain: the conditions and every generated target."""
+  generator: Generator
+  entries: dict[str, dict]
+  conditions: tuple[str, ...]
+  generated: tuple[str, ...]
+
+  @property
+  def num_samples(self) -> int:
+    first = next(iter(self.entries.values()))
+    return len(first["input_mask"])
+
+  def tokens(self, name: str) -> np.ndarray:
+    entry = self.entries[name]
+    return np.asarray(entry["tokens"] if "tokens" in entry else entry["input_tokens"])
+
+  def decode(self, name: str, index: int) -> Any:
+    """Sample `index`'s modality `name` as a raw value: an image array, a str, boxes."""
+    spec = modalities.get(name)
+    if spec.kind == Kind.PIXELS:
+      mean, std = (np.asarray(v, np.float32) for v in PIXEL_STATS[
+          self.generator.pixel_normalization])
+      pixels = (self.tokens(name)[index] * std + mean) * 255.0
+      return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+    if spec.kind == Kind.SEQUENCE:
+      entry = self.entries[name]
+      ids = np.asarray(entry["input_tokens"][index])[np.asarray(entry["input_mask"][index])]
+      return self.generator.detokenizer.decode(name, ids)
+    if spec.kind == Kind.IMAGE_TOKENS:
+      return self.generator.detokenizer.decode(name, self.tokens(name)[index])
+    return self.tokens(name)[index]
+
+  def samples(self) -> list[dict[str, Any]]:
+    """One dict per sample of raw modalities (`fourm show`'s format) for the grid.
+    A condition whose raw modality was also generated shows as "<raw> (given)"."""
+    generated_raw = {modalities.get(n).source.name for n in self.generated}
+    rows = []
+    for index in range(self.num_samples):
+      sample: dict[str, Any] = {"__name__": f"sample {index}"}
+      captions = []
+      for name in self.entries:
+        spec = modalities.get(name)
+        if spec.kind == Kind.IMAGE_TOKENS and name not in self.generator.tokenizers:
+          continue  # no decoder for it: its tokens are in tokens.npz
+        value = self.decode(name, index)
+        raw = spec.source.name
+        if name == "caption":
+          captions.append(("generated" if name in self.generated else "given") +
+                          f" caption: {value}")
+          continue
+        if name in self.conditions and raw in generated_raw and name not in self.generated:
+          raw = f"{raw} (given)"
+        sample[raw] = value
+      sample["caption"] = " | ".join(captions) if captions else None
+      rows.append(sample)
+    return rows
+
+  def save(self, out: str, tile: int = 128) -> dict[str, str]:
+    """Writes grid.png, tokens.npz (every modality's tokens) and text.json (captions
+    and boxes of every sample) into `out`; returns their paths."""
+    os.makedirs(out, exist_ok=True)
+    title = (f"given: {', '.join(self.conditions) or 'nothing'}  ->  generated: "
+             f"{', '.join(self.generated)}")
+    paths = {"grid": visualize.save_grid(self.samples(), os.path.join(out, "grid.png"),
+                                         tile=tile, title=title)}
+    paths["tokens"] = os.path.join(out, "tokens.npz")
+    np.savez(paths["tokens"], **{name: self.tokens(name) for name in self.entries})
+    texts = {}
+    for name in self.entries:
+      if modalities.get(name).kind == Kind.SEQUENCE:
+        texts[name] = [_jsonable(self.decode(name, i)) for i in range(self.num_samples)]
+    paths["text"] = os.path.join(out, "text.json")
+    with open(paths["text"], "w") as f:
+      json.dump({"conditions": list(self.conditions), "generated": list(self.generated),
+                 **texts}, f, indent=2)
+    return paths
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, Mapping):
+    return {key: _jsonable(item) for key, item in value.items()}
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(item) for item in value]
+  return value

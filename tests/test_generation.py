@@ -1,0 +1,334 @@
+"""The sampler on a small random model: decoding mechanics, guidance, determinism.
+
+Quality on a trained model is tested in test_generation_quality.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fourm import modalities
+from fourm.data.masking import TextSpecialIds
+from fourm.errors import UsageError
+from fourm.generation import guidance as guidance_lib
+from fourm.generation.chain import decoding_from_dict, default_chain, run_chain
+from fourm.generation.conditions import mask_region
+from fourm.generation.guidance import Guidance
+from fourm.generation import sampler as sampler_lib
+from fourm.generation.sampler import Decoding, Sampler, fill_spans, sequence_entry
+from fourm.models import fourm as fourm_model
+from fourm.models import incremental
+
+LAYOUT = modalities.SMALL_LAYOUT
+NAMES = ("rgb", "tok_rgb", "tok_depth", "caption", "det")
+IDS = TextSpecialIds()
+B = 2
+CAPTION = np.array([4321, 5135, 12798, 4296], np.int32)  # "a red cube."
+
+
+@pytest.fixture(scope="module")
+def model():
+  config = fourm_model.FourMConfig(dim=64, encoder_depth=2, decoder_depth=2, num_heads=4)
+  return fourm_model.FourM(config, NAMES, LAYOUT, 64, 64, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def sampler(model):
+  return Sampler(model)
+
+
+def caption_known(batch=B):
+  return {"caption": sequence_entry([CAPTION] * batch, 256)}
+
+
+def rgb_known(batch=B, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"rgb": {"tokens": rng.uniform(-1, 1, (batch, 64, 64, 3)).astype(np.float32),
+                  "input_mask": np.ones((batch, 64), bool)}}
+
+
+def generate(sampler, known, seed=0, **settings):
+  return sampler.generate(known, Decoding(**settings), jax.random.key(seed))
+
+
+# The key/value cache ----------------------------------------------------------------------
+
+
+def test_cached_decoding_matches_the_full_decoder(model):
+  rng = np.random.default_rng(0)
+  steps = 12
+  ids = rng.integers(4, 30_000, (B, 256)).astype(np.int32)
+  condition = {"tok_rgb": {"tokens": rng.integers(0, 100, (B, 64)).astype(np.int32),
+                           "input_mask": rng.random((B, 64)) < 0.5}}
+  context, valid = model.encode(condition)
+  caption = {"input_tokens": np.zeros((B, 256), np.int32),
+             "input_mask": np.zeros((B, 256), bool), "target_tokens": ids,
+             "target_labels": ids, "target_mask": np.arange(256)[None].repeat(B, 0) < steps}
+  full = model.decode({"caption": caption}, context, valid).hidden[:, :steps]
+  cache = incremental.init_cache(model, context, valid, 32)
+  hidden = []
+  for position in range(steps):
+    h, cache = incremental.decode_step(model, "caption", cache, jnp.asarray(ids[:, position]),
+                                       jnp.int32(position))
+    hidden.append(h)
+  np.testing.assert_allclose(np.stack(hidden, 1), full, atol=2e-5)
+
+
+# Dense targets ------------------------------------------------------------------------------
+
+
+def test_every_position_is_decided_and_valid(sampler):
+  out = generate(sampler, caption_known(), target="tok_rgb", num_steps=2)
+  tokens = out["tok_rgb"]["tokens"]
+  assert tokens.shape == (B, 64) and out["tok_rgb"]["input_mask"].all()
+  assert tokens.min() >= 0 and tokens.max() < modalities.get("tok_rgb").vocab_size
+  assert out["caption"] is caption_known()["caption"] or "caption" in out
+
+
+def test_same_seed_same_output_other_seed_other_output(sampler):
+  settings = dict(target="tok_rgb", method="roar", num_steps=2)
+  first = generate(sampler, caption_known(), seed=3, **settings)
+  again = generate(sampler, caption_known(), seed=3, **settings)
+  other = generate(sampler, caption_known(), seed=4, **settings)
+  np.testing.assert_array_equal(first["tok_rgb"]["tokens"], again["tok_rgb"]["tokens"])
+  assert (first["tok_rgb"]["tokens"] != other["tok_rgb"]["tokens"]).mean() > 0.5
+
+
+def test_one_greedy_step_is_the_argmax_of_one_forward_pass(model, sampler):
+  known = rgb_known()
+  out = generate(sampler, known, target="tok_depth", num_steps=1, temperature=0.0)
+  n = 64
+  target = {"tokens": np.zeros((B, n), np.int32), "input_mask": np.zeros((B, n), bool),
+            "target_mask": np.ones((B, n), bool)}
+  context, valid = model.encode({**known, "tok_depth": target}, 64)
+  hidden = model.decode({"tok_depth": target}, context, valid, n).hidden
+  expected = np.asarray(jnp.argmax(model.logits("tok_depth", hidden), -1))
+  np.testing.assert_array_equal(out["tok_depth"]["tokens"], expected)
+
+
+def test_in_painting_keeps_the_given_tokens(sampler):
+  rng = np.random.default_rng(1)
+  given = {"tokens": rng.integers(0, 500, (B, 64)).astype(np.int32),
+           "input_mask": np.ones((B, 64), bool)}
+  partial = mask_region(given, (0.25, 0.25, 0.75, 0.75), LAYOUT)
+  hidden = ~partial["input_mask"]
+  assert hidden.sum(1).tolist() == [16, 16]  # the 4 x 4 patches in the middle
+  out = generate(sampler, {**rgb_known(), "tok_rgb": partial}, target="tok_rgb", num_steps=4)
+  tokens = out["tok_rgb"]["tokens"]
+  np.testing.assert_array_equal(tokens[~hidden], given["tokens"][~hidden])
+  assert (tokens[hidden] != given["tokens"][hidden]).mean() > 0.9
+  outside = mask_region(given, (0.25, 0.25, 0.75, 0.75), LAYOUT, outside=True)
+  assert ((~outside["input_mask"]) == partial["input_mask"]).all()
+
+
+def test_step_counts_follow_the_schedule(sampler, monkeypatch):
+  """Each step commits exactly the schedule's count: checked through the committed
+  positions of a ROAR run stopped after one and after two steps of the schedule."""
+  schedule = (3, 10, 20, 31)
+  known = caption_known()
+  for steps in (1, 2):
+    counts = np.tile(schedule[:steps], (B, 1))
+    monkeypatch.setattr("fourm.generation.sampler._step_counts", lambda *_: counts)
+    given = {"tokens": np.full((B, 64), -1, np.int32), "input_mask": np.zeros((B, 64), bool)}
+    # -1 marks undecided positions: a committed position holds a real id afterwards.
+    out = sampler.generate({**known, "tok_rgb": given}, Decoding("tok_rgb", method="roar"),
+                           jax.random.key(0))
+    decided = (out["tok_rgb"]["tokens"] >= 0).sum(1)
+    assert decided.tolist() == [sum(schedule[:steps])] * B
+
+
+def test_explicit_schedule_must_add_up(sampler):
+  with pytest.raises(UsageError, match="adding up"):
+    generate(sampler, caption_known(), target="tok_rgb", token_schedule=(10, 10))
+
+
+# Guidance ------------------------------------------------------------------------------------
+
+
+def test_guidance_weight_zero_is_the_unguided_path(sampler):
+  for target, known in (("tok_rgb", caption_known()), ("caption", rgb_known())):
+    plain = generate(sampler, known, seed=5, target=target, max_new_tokens=12, num_steps=2)
+    weight_zero = generate(sampler, known, seed=5, target=target, max_new_tokens=12,
+                           num_steps=2, guidance=Guidance(scale=1.0))
+    key = "tokens" if target == "tok_rgb" else "input_tokens"
+    np.testing.assert_array_equal(plain[target][key], weight_zero[target][key])
+    guided = generate(sampler, known, seed=5, target=target, max_new_tokens=12,
+                      num_steps=2, guidance=Guidance(scale=4.0))
+    assert (guided[target][key] != plain[target][key]).any()
+
+
+def test_combine_is_the_weighted_sum_over_the_unconditional():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(4, 2, 5)).astype(np.float32))  # 3 streams + uncond
+  weights = jnp.asarray([2.0, -0.5, 1.5])
+  expected = logits[3] + sum(w * (logits[k] - logits[3]) for k, w in enumerate(weights))
+  np.testing.assert_allclose(guidance_lib.combine(logits, weights), expected, rtol=1e-5,
+                             atol=1e-5)
+  cd = guidance_lib.combine(logits, weights, contrastive_top_k=2)
+  top2 = np.argsort(-np.asarray(logits[0]), -1)[..., :2]
+  kept = np.isfinite(np.asarray(cd)) & (np.asarray(cd) > -1e29)
+  assert kept.sum(-1).tolist() == [2, 2]
+  assert all(set(np.flatnonzero(kept[i])) == set(top2[i]) for i in range(2))
+
+
+def test_contrastive_top_1_is_the_conditional_argmax(sampler):
+  known = {**caption_known(), **rgb_known()}
+  greedy = generate(sampler, known, target="tok_depth", num_steps=1, temperature=0.0)
+  cdk = generate(sampler, known, target="tok_depth", num_steps=1, temperature=1.0,
+                 guidance=Guidance(scale=3.0, contrastive_top_k=1))
+  np.testing.assert_array_equal(greedy["tok_depth"]["tokens"], cdk["tok_depth"]["tokens"])
+
+
+def test_one_condition_weight_of_one_is_that_condition_alone(sampler):
+  known = {**caption_known(), **rgb_known()}
+  alone = generate(sampler, known, seed=2, target="tok_depth", conditions=("rgb",),
+                   num_steps=2)
+  weighted = generate(sampler, known, seed=2, target="tok_depth", num_steps=2,
+                      guidance=Guidance(condition_weights={"rgb": 1.0}))
+  np.testing.assert_array_equal(alone["tok_depth"]["tokens"], weighted["tok_depth"]["tokens"])
+
+
+def test_streams_for_multi_condition_and_negative_guidance():
+  conditions = {**caption_known(), **rgb_known()}
+  negative = {"caption": sequence_entry([CAPTION[:2]] * B, 256)}
+  sets, weights = guidance_lib.streams(
+      conditions, Guidance(condition_weights={"caption": 3.0, "rgb": 1.0},
+                           negative_scale=2.0), negative)
+  assert weights == [3.0, 1.0, -2.0] and len(sets) == 4
+  visible = [{name: bool(e["input_mask"].any()) for name, e in s.items()} for s in sets]
+  assert visible == [{"caption": True, "rgb": False}, {"caption": False, "rgb": True},
+                     {"caption": True, "rgb": True}, {"caption": False, "rgb": False}]
+  assert sets[2]["caption"] is negative["caption"]
+  with pytest.raises(UsageError, match="need guidance"):
+    guidance_lib.streams(conditions, Guidance(), negative)
+  with pytest.raises(UsageError, match="not conditions"):
+    guidance_lib.streams(conditions, Guidance(condition_weights={"det": 1.0}))
+
+
+def test_negative_prompt_changes_the_output(sampler):
+  known = caption_known()
+  negative = {"caption": sequence_entry([np.array([4321, 5135], np.int32)] * B, 256)}
+  guided = sampler.generate(known, Decoding("tok_rgb", num_steps=2,
+                                            guidance=Guidance(scale=2.0)), jax.random.key(0))
+  pushed = sampler.generate(known, Decoding("tok_rgb", num_steps=2,
+                                            guidance=Guidance(scale=2.0, negative_scale=3.0)),
+                            jax.random.key(0), negatives=negative)
+  assert (guided["tok_rgb"]["tokens"] != pushed["tok_rgb"]["tokens"]).any()
+
+
+def test_changing_temperatures_and_guidance_weights_does_not_recompile(sampler):
+  known = caption_known()
+  settings = [dict(temperature=1.0, guidance=Guidance(scale=2.0)),
+              dict(temperature=0.5, temperature_end=0.1, temperature_schedule="cosine",
+                   guidance=Guidance(scale=3.0))]
+  for setting in settings:
+    generate(sampler, known, target="tok_rgb", num_steps=3, **setting)
+  compiled = [fn for static, fn in sampler._compiled.items()
+              if static.target == "tok_rgb" and static.num_streams == 2
+              and len(static.budgets) == 3]
+  assert len(compiled) == 1 and compiled[0]._cache_size() == 1
+
+
+def test_each_step_computes_only_the_slots_it_needs():
+  counts = np.array([[3, 10, 20, 31], [3, 10, 20, 31]])
+  budgets = sampler_lib._step_budgets(np.zeros(2, int), counts, 64, 5, feed_back=True)
+  # Encoder: 5 condition tokens + those decided so far, rounded up to 16; decoder: the rest.
+  assert budgets == ((16, 64), (16, 61), (32, 51), (48, 31))
+  partial = sampler_lib._step_budgets(np.array([10, 0]), np.array([[54], [64]]), 64, 5, True)
+  assert partial == ((16, 64),)
+
+
+# Sequences -----------------------------------------------------------------------------------
+
+
+def test_caption_generation_stops_and_feeds_the_next_step(sampler):
+  out = generate(sampler, rgb_known(), target="caption", max_new_tokens=10)
+  entry = out["caption"]
+  lengths = entry["input_mask"].sum(1)
+  assert (lengths <= 11).all() and (lengths >= 1).all()
+  for row, length in enumerate(lengths):
+    assert entry["input_tokens"][row, length - 1] == IDS.eos  # a complete text ends in EOS
+    assert (entry["input_tokens"][row, length:] == IDS.pad).all()
+    assert not IDS.is_sentinel(entry["input_tokens"][row, :length]).any()
+
+
+def test_span_in_filling_keeps_the_given_words(sampler):
+  # "a red [S_1] left of a [S_2]": the model writes the gaps, the rest stays.
+  given = np.array([4321, 5135, 5, 6207, 4925, 4321, 6], np.int32)
+  entry = {"input_tokens": np.zeros((B, 256), np.int32), "input_mask": np.zeros((B, 256), bool)}
+  entry["input_tokens"][:, :7], entry["input_mask"][:, :7] = given, True
+  out = generate(sampler, {**rgb_known(), "caption": entry}, target="caption",
+                 max_new_tokens=8)["caption"]
+  for row in range(B):
+    text = out["input_tokens"][row][out["input_mask"][row]]
+    assert text[:2].tolist() == [4321, 5135]
+    assert not IDS.is_sentinel(text).any()
+    position = len(text) - 1 - text[::-1].tolist().index(4925)  # "of" survives
+    assert text[position - 1] == 6207 and text[position + 1] == 4321
+
+
+def test_fill_spans():
+  given = np.array([4321, 5, 12798, 6, 0, 0])          # a [S_1] cube [S_2]
+  generated = np.array([5, 5135, 6, 4296, IDS.eos, 7, 0])  # [S_1] red [S_2] . [EOS] [S_3]
+  assert fill_spans(given, generated, IDS).tolist() == [4321, 5135, 12798, 4296, IDS.eos]
+  scratch = np.array([5, 4321, 5135, IDS.eos, 6, 0])
+  assert fill_spans(np.zeros(4, np.int32), scratch, IDS).tolist() == [4321, 5135, IDS.eos]
+
+
+def test_a_complete_caption_cannot_be_filled_in(sampler):
+  with pytest.raises(UsageError, match="no sentinel"):
+    generate(sampler, {**rgb_known(), **caption_known()}, target="caption")
+
+
+# Chains and errors ---------------------------------------------------------------------------
+
+
+def test_chain_conditions_each_target_on_the_ones_before(sampler, monkeypatch):
+  chain = default_chain(["tok_depth", "caption"])
+  chain = (dataclasses.replace(chain[0], num_steps=2),
+           dataclasses.replace(chain[1], max_new_tokens=6))
+  seen = []
+  generate_one = sampler.generate
+
+  def spy(known, decoding, key, negatives=None):
+    seen.append((decoding.target, dict(known)))
+    return generate_one(known, decoding, key, negatives)
+
+  monkeypatch.setattr(sampler, "generate", spy)
+  out = run_chain(sampler, rgb_known(), chain, jax.random.key(0))
+  assert set(out) == {"rgb", "tok_depth", "caption"}
+  assert out["caption"]["input_mask"].any(1).all()
+  assert [(target, sorted(known)) for target, known in seen] == [
+      ("tok_depth", ["rgb"]), ("caption", ["rgb", "tok_depth"])]
+  assert seen[1][1]["tok_depth"] is out["tok_depth"]  # what step 1 made, step 2 saw
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"target": "tok_clip"}, "cannot generate 'tok_clip'"),
+    ({"target": "tok_rgb", "conditions": ["tok_depth"]}, "not known yet"),
+    ({"target": "tok_rgb", "method": "autoregressive"}, "decode it with 'maskgit'"),
+    ({"target": "caption", "method": "roar"}, "decode it with 'autoregressive'"),
+    ({"target": "tok_rgb", "guidance": {"contrastive_top_k": 4}}, "unconditional"),
+])
+def test_bad_steps_are_refused(sampler, step, message):
+  with pytest.raises(UsageError, match=message):
+    sampler.generate(caption_known(), decoding_from_dict(step), jax.random.key(0))
+
+
+def test_unknown_schedule_fields_are_named():
+  with pytest.raises(UsageError, match="unknown field"):
+    decoding_from_dict({"target": "tok_rgb", "steps": 3})
+  with pytest.raises(UsageError, match="unknown modality"):
+    decoding_from_dict({"target": "tok_nothing"})
+
+
+def test_vocab_limits_keep_ids_decodable(model):
+  limited = Sampler(model, vocab_limits={"tok_depth": 37, "caption": 4400})
+  out = limited.generate(rgb_known(), Decoding("tok_depth", num_steps=2), jax.random.key(0))
+  assert out["tok_depth"]["tokens"].max() < 37

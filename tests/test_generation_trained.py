@@ -1,0 +1,162 @@
+"""Generation from a model trained here: quality against trivial baselines, `fourm
+generate` end to end, and the notebook, executed.
+
+One small model is trained once for the module (synthetic world -> ground-truth patch
+tokens -> `fourm.train`), about a minute on 2 cores; the tests of this module run
+on one xdist worker (`--dist loadgroup`) so it is trained once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fourm import cli
+from fourm.data import patch_tokens, world
+from fourm.errors import UsageError
+from fourm.generation import evaluate, loading
+from fourm.generation.generator import Generator
+from fourm.train import config as config_lib
+from fourm.train import loop
+
+pytestmark = pytest.mark.xdist_group("trained_generation_model")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODALITIES = ("rgb", "tok_rgb", "tok_depth", "tok_semseg", "caption")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("generation")
+  data, tokens, workdir = (str(root / name) for name in ("world", "tokens", "train"))
+  world.write_world(data, 330, 64, seed=0, val_fraction=0.1, workers=1, progress=False,
+                    log=lambda _: None)
+  patch_tokens.write_patch_tokens(data, tokens, loading.modalities.SMALL_LAYOUT,
+                                  ("tok_rgb", "tok_depth", "tok_semseg"), progress=False,
+                                  log=lambda _: None)
+  config = config_lib.load_config(os.path.join(REPO, "configs/tiny_synthetic.py:smoke"))
+  config.modalities = MODALITIES
+  config.data.paths = (data, tokens)
+  # rgb -> all half of the time (the 4M-7 mixture), and a high learning rate: 150 steps
+  # learn the scenes' layout, enough to beat the baselines that ignore the image.
+  config.alphas.kind, config.alphas.alpha = "rgb2all_and_all2all", 0.5
+  config.total_steps = 150
+  config.batch_size = 16
+  config.optimizer.base_lr = 0.032  # 2e-3 at batch 16
+  config.optimizer.warmup_steps = 15
+  config.eval_every = 0
+  config.log_every = 50
+  config.checkpoint.every = 150
+  config.mesh.data = 1  # one device: 8 forced host devices on 2 cores only add overhead
+  loop.train(config, workdir, log=lambda _: None)
+  return {"data": data, "tokens": tokens, "workdir": workdir}
+
+
+@pytest.fixture(scope="module")
+def generator(trained):
+  return Generator.from_checkpoint(trained["workdir"])
+
+
+def test_rgb_to_depth_and_segmentation_beat_the_baselines(trained, generator):
+  scores = evaluate.rgb_to_maps(generator, [trained["data"], trained["tokens"]], count=32,
+                                batch_size=16, train_count=300)
+  print(json.dumps(scores, indent=1))
+  assert scores["depth_abs_rel"] < 0.8 * scores["depth_abs_rel_mean_baseline"]
+  assert scores["semseg_pixel_acc"] > scores["semseg_pixel_acc_majority_baseline"] + 0.1
+
+
+def test_tokenizers_come_from_the_token_datasets(generator):
+  assert set(generator.tokenizers) == {"tok_rgb", "tok_depth", "tok_semseg"}
+  assert generator.sampler.vocab_limits["tok_semseg"] == patch_tokens.QUANTIZERS[
+      "tok_semseg"].num_ids
+
+
+def test_same_seed_same_images(generator):
+  from fourm.generation.chain import default_chain
+  chain = default_chain(["tok_semseg", "tok_rgb"])
+  first = generator.generate({"caption": "a red cube."}, chain, seed=1, num_samples=2)
+  again = generator.generate({"caption": "a red cube."}, chain, seed=1, num_samples=2)
+  for name in ("tok_semseg", "tok_rgb"):
+    np.testing.assert_array_equal(first.tokens(name), again.tokens(name))
+
+
+def test_fourm_generate_writes_grid_tokens_and_text(trained, tmp_path, capsys):
+  from PIL import Image
+  from fourm.data import records
+  image = tmp_path / "scene.png"
+  Image.fromarray(records.RecordSource(trained["data"], "val")[0]["rgb"]).save(image)
+  out = tmp_path / "out"
+  code = cli.main(["generate", "--checkpoint", trained["workdir"], "--condition",
+                   f"rgb={image}", "--targets", "tok_semseg,tok_depth,caption",
+                   "--num-steps", "3", "--num-samples", "2", "--out", str(out)])
+  assert code == 0
+  printed = capsys.readouterr().out
+  assert "[3/3] caption: autoregressive" in printed and "caption 1:" in printed
+  with Image.open(out / "grid.png") as grid:
+    assert grid.size[0] > 300 and grid.size[1] > 200
+  tokens = np.load(out / "tokens.npz")
+  assert tokens["tok_depth"].shape == (2, 64) and tokens["rgb"].shape == (2, 64, 64, 3)
+  text = json.loads((out / "text.json").read_text())
+  assert text["generated"] == ["tok_semseg", "tok_depth", "caption"]
+  assert len(text["caption"]) == 2 and all(isinstance(c, str) for c in text["caption"])
+
+  schedule = os.path.join(REPO, "configs/generation/caption_to_all.py")
+  code = cli.main(["generate", "--checkpoint", trained["workdir"], "--condition",
+                   "caption=a red [S_1] left of a blue sphere.", "--schedule", schedule,
+                   "--num-samples", "1", "--out", str(out)])
+  assert code == 2  # the schedule asks for tok_normal and det, which this model lacks
+  assert "cannot generate 'tok_normal'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--condition", "clip=x.npy", "--targets", "tok_rgb"], "not trained on 'clip'"),
+    (["--condition", "caption=a cube", "--targets", "tok_normal"], "cannot generate"),
+    (["--condition", "caption=a cube"], "--targets a,b,... or --schedule"),
+    (["--condition", "caption", "--targets", "tok_rgb"], "expected NAME=VALUE"),
+    (["--condition", "rgb=/no/such.png", "--targets", "tok_rgb"], "no such file"),
+    (["--condition", "caption=a cube", "--targets", "tok_rgb", "--region",
+      "tok_rgb=0,0,1"], "four numbers"),
+])
+def test_generate_errors_are_one_line(trained, tmp_path, capsys, arguments, message):
+  code = cli.main(["generate", "--checkpoint", trained["workdir"], "--out",
+                   str(tmp_path / "out"), *arguments])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count("\n") == 1
+
+
+def test_a_tokenizer_for_another_grid_is_refused():
+  class Config:  # what a VQ-VAE for 224 px, 16 px patches would say
+    resolution, patch_size, vocab_size = 224, 16, 1024
+
+  class Tokenizer:
+    config = Config()
+
+  with pytest.raises(UsageError, match="14x14 grid; the model reads 8x8"):
+    loading.check_tokenizer("tok_rgb", Tokenizer(), loading.modalities.SMALL_LAYOUT)
+  Config.resolution, Config.patch_size, Config.vocab_size = 64, 8, 100_000
+  with pytest.raises(UsageError, match="more than the model's vocabulary"):
+    loading.check_tokenizer("tok_rgb", Tokenizer(), loading.modalities.SMALL_LAYOUT)
+
+
+def test_the_notebook_runs(trained):
+  import nbclient
+  import nbformat
+  notebook = nbformat.read(os.path.join(REPO, "notebooks/chained_generation.ipynb"),
+                           as_version=4)
+  os.environ.update(FOURM_CHECKPOINT=trained["workdir"], FOURM_DATA=trained["data"],
+                    FOURM_NUM_SAMPLES="2")
+  try:
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": REPO}}).execute()
+  finally:
+    for key in ("FOURM_CHECKPOINT", "FOURM_DATA", "FOURM_NUM_SAMPLES"):
+      os.environ.pop(key, None)
+  outputs = [o for cell in notebook.cells if cell.cell_type == "code"
+             for o in cell.get("outputs", [])]
+  assert not [o for o in outputs if o.get("output_type") == "error"]
+  images = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert len(images) == 3  # caption -> all, rgb -> all, in-painting
