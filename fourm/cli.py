@@ -291,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="a negative prompt (steps with guidance push away from it)")
   p.add_argument("--region", action="append", default=[], metavar="NAME=X0,Y0,X1,Y1",
                  help="hide this box of a given grid condition, to in-paint it")
+  p.add_argument("--outpaint", action="store_true",
+                 help="with --region: hide everything but the box instead (out-painting)")
   p.add_argument("--cfg-scale", type=float, default=None,
                  help="with --targets: classifier-free guidance scale for every target")
   p.add_argument("--num-steps", type=int, default=None, help="with --targets: decoding steps")

@@ -111,6 +111,24 @@ def test_fourm_generate_writes_grid_tokens_and_text(trained, tmp_path, capsys):
   assert "cannot generate 'tok_normal'" in capsys.readouterr().err
 
 
+def test_out_painting_keeps_the_box_and_regenerates_the_rest(trained, generator, tmp_path):
+  from PIL import Image
+  from fourm.data import records
+  rgb = records.RecordSource(trained["data"], "val")[1]["rgb"]
+  Image.fromarray(rgb).save(tmp_path / "scene.png")
+  code = cli.main(["generate", "--checkpoint", trained["workdir"], "--condition",
+                   f"tok_rgb={tmp_path / 'scene.png'}", "--region", "tok_rgb=0.25,0.25,0.75,0.75",
+                   "--outpaint", "--targets", "tok_rgb", "--num-steps", "2", "--num-samples",
+                   "1", "--out", str(tmp_path / "out")])
+  assert code == 0
+  made = np.load(tmp_path / "out" / "tokens.npz")["tok_rgb"][0].reshape(8, 8)
+  given = generator.encoder.encode("tok_rgb", [rgb])[1]["tokens"][0].reshape(8, 8)
+  np.testing.assert_array_equal(made[2:6, 2:6], given[2:6, 2:6])  # the kept box
+  outside = np.ones((8, 8), bool)
+  outside[2:6, 2:6] = False
+  assert (made[outside] != given[outside]).any()
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--condition", "clip=x.npy", "--targets", "tok_rgb"], "not trained on 'clip'"),
     (["--condition", "caption=a cube", "--targets", "tok_normal"], "cannot generate"),

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> None:
 
   result = generator.generate(conditions, chain, seed=args.seed, num_samples=num_samples,
                               negatives=_pairs(args.negative, "--negative"),
-                              regions=_regions(args.region), progress=progress)
+                              regions=_regions(args.region), outpaint=args.outpaint,
+                              progress=progress)
   paths = result.save(args.out)
   for name in result.generated:
     if name in ("caption", "det"):

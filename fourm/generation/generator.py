@@ -81,17 +81,19 @@ class Generator:
                seed: int = 0, num_samples: int = 1,
                negatives: Mapping[str, Any] | None = None,
                regions: Mapping[str, Sequence[float]] | None = None,
+               outpaint: bool = False,
                progress: Callable[[int, Decoding], None] | None = None) -> "Generation":
     """Runs `chain` from the conditions. `negatives` are negative prompts (used by steps
     with guidance); `regions` {grid modality: box} hides that box of a given grid so a
-    step generating that modality in-paints it."""
+    step generating that modality in-paints it (with `outpaint`, hides all but the box,
+    which the step then extends)."""
     known = self.encode_conditions(conditions, num_samples)
     for name, box in (regions or {}).items():
       modality = self.encoder.modality_for(name)
       if modality not in known or modalities.get(modality).kind != Kind.IMAGE_TOKENS:
         raise UsageError(f"region for {name}: give {modality} as a condition first; "
                          "regions apply to token grids")
-      known[modality] = mask_region(known[modality], box, self.layout)
+      known[modality] = mask_region(known[modality], box, self.layout, outside=outpaint)
     negative_entries = self.encode_conditions(negatives or {}, num_samples)
     given = tuple(known)
     known = run_chain(self.sampler, known, chain, jax.random.key(seed), negative_entries,
