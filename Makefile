@@ -53,6 +53,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/data_throughput.py
 	$(BIN)/python benchmarks/model_step.py
 	$(BIN)/python benchmarks/tokenizer_throughput.py
+	$(BIN)/python benchmarks/generation_speed.py
+	$(BIN)/python benchmarks/pseudolabel_throughput.py
 
 clean:
 	rm -rf $(DEMO)

@@ -9,7 +9,7 @@
 
 (`make demo` runs exactly these.)
 
-A 4+4-block, 256-wide model (the tiny layout, narrower) for 240 steps of batch 16: about
+A 4+4-block, 256-wide model (the tiny layout, narrower) for 200 steps of batch 16: about
 six minutes on 2 cores. `--config.model.dim=384 --config.model.encoder_depth=6 ...` gives
 the reference tiny size. Variant `configs/tiny_synthetic.py:smoke`: a few steps of a
 2-block model, for tests. rgb tokens come from the VQ-VAE, the other grids from the
@@ -37,13 +37,13 @@ def get_config(variant: str = ""):
   # learns to read images sooner.
   config.alphas.kind, config.alphas.alpha = "rgb2all_and_all2all", 0.5
   config.batch_size = 16
-  config.total_steps = 240
+  config.total_steps = 200
   config.optimizer.base_lr = 8e-4 * 256 / 16  # 8e-4 at batch 16: a short run needs a high lr
   config.optimizer.warmup_steps = 24
   config.log_every = 20
-  config.eval_every = 80
+  config.eval_every = 100
   config.eval_batches = 3
-  config.checkpoint.every = 80
+  config.checkpoint.every = 100
   if variant == "smoke":
     config.model.dim = 64
     config.model.encoder_depth = 2

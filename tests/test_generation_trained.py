@@ -165,13 +165,14 @@ def test_the_notebook_runs(trained):
   import nbformat
   notebook = nbformat.read(os.path.join(REPO, "notebooks/chained_generation.ipynb"),
                            as_version=4)
-  os.environ.update(FOURM_CHECKPOINT=trained["workdir"], FOURM_DATA=trained["data"],
-                    FOURM_NUM_SAMPLES="2")
+  variables = dict(FOURM_CHECKPOINT=trained["workdir"], FOURM_DATA=trained["data"],
+                   FOURM_NUM_SAMPLES="2", FOURM_STEPS="2")
+  os.environ.update(variables)
   try:
     nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": REPO}}).execute()
   finally:
-    for key in ("FOURM_CHECKPOINT", "FOURM_DATA", "FOURM_NUM_SAMPLES"):
+    for key in variables:
       os.environ.pop(key, None)
   outputs = [o for cell in notebook.cells if cell.cell_type == "code"
              for o in cell.get("outputs", [])]

@@ -15,11 +15,12 @@ import ml_collections
 def get_config(variant: str = ""):
   config = ml_collections.ConfigDict()
   steps = [
-      dict(target="tok_semseg", method="maskgit", num_steps=8, guidance=dict(scale=2.0)),
-      dict(target="tok_rgb", method="roar", num_steps=16, temperature=3.0,
+      # 8x8 grids at the demo's layout: a few steps each (at 224 px, 14x14, use more).
+      dict(target="tok_semseg", method="maskgit", num_steps=6, guidance=dict(scale=2.0)),
+      dict(target="tok_rgb", method="roar", num_steps=8, temperature=3.0,
            temperature_end=0.5, temperature_schedule="linear", top_k=64),
-      dict(target="tok_depth", num_steps=8, temperature=0.7),
-      dict(target="tok_normal", num_steps=8, temperature=0.7),
+      dict(target="tok_depth", num_steps=4, temperature=0.7),
+      dict(target="tok_normal", num_steps=4, temperature=0.7),
       dict(target="det", temperature=0.7, max_new_tokens=60),
   ]
   if variant == "clip":  # the 4M-7 chain: caption -> CLIP -> rgb
