@@ -5,7 +5,8 @@
 
 rgb -> depth and rgb -> segmentation are decoded greedily (MaskGIT, 4 steps) and scored
 against the exact maps of held-out scenes, beside baselines that never look at the image
-(`fourm/generation/evaluate.py`). caption -> rgb generates images from held-out captions
+(`fourm/generation/evaluate.py`). rgb -> caption checks that the colours a generated
+caption names are the scene's. caption -> rgb generates images from held-out captions
 and checks, with a hue detector calibrated on the real images, whether the colours the
 caption names are in the image more often than the colours it does not name (chance).
 """
@@ -45,15 +46,26 @@ def main() -> None:
         f"{maps['semseg_pixel_acc_majority_map_baseline']:>10.3f}")
   print(f"{'rgb -> segmentation':<26} {'mIoU':<16} {maps['semseg_miou']:>8.3f} {'-':>14} "
         f"{maps['semseg_miou_majority_map_baseline']:>10.3f}")
+  if generator.model.can_predict("caption"):
+    words = evaluate.rgb_to_caption(generator, args.data, count=args.count // 2)
+    print(f"{'rgb -> caption (greedy)':<26} {'named colour in':<16} "
+          f"{words['named_colour_rate']:>8.3f} {'unnamed:':>14} "
+          f"{words['unnamed_colour_rate']:>10.3f}")
+    print(f"  (the scene's colours are those its true caption names; permutation p = "
+          f"{words['colour_p_value']:.3f} over {words['named_colour_count']} colours named)")
+    for truth, text in words["examples"]:
+      print(f"  true: {truth!r}\n   gen: {text!r}")
   if generator.model.can_predict("tok_rgb") and "tok_rgb" in generator.tokenizers:
     chain = [Decoding("tok_rgb", num_steps=args.rgb_steps, guidance=Guidance(scale=args.cfg_scale))]
     colours = evaluate.caption_to_rgb(generator, args.data, chain, count=args.count // 2)
     print(f"{'caption -> rgb':<26} {'named colour in':<16} "
           f"{colours['named_colour_rate']:>8.3f} {'unnamed:':>14} "
           f"{colours['unnamed_colour_rate']:>10.3f}")
-    print(f"  (the detector on the real images: named {colours['real_named_colour_rate']:.3f}, "
-          f"unnamed {colours['real_unnamed_colour_rate']:.3f}; {colours['num_images']} "
-          f"captions, cfg {args.cfg_scale})")
+    print(f"  (permutation p = {colours['colour_p_value']:.3f} over "
+          f"{colours['named_colour_count']} named colours; the detector on the real images: named "
+          f"{colours['real_named_colour_rate']:.3f}, unnamed "
+          f"{colours['real_unnamed_colour_rate']:.3f}; {colours['num_images']} captions, "
+          f"cfg {args.cfg_scale})")
 
 
 if __name__ == "__main__":

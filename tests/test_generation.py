@@ -1,6 +1,6 @@
 """The sampler on a small random model: decoding mechanics, guidance, determinism.
 
-Quality on a trained model is tested in test_generation_quality.py.
+Quality on a trained model is tested in test_generation_trained.py.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from flax import nnx
 from fourm import modalities
 from fourm.data.masking import TextSpecialIds
 from fourm.errors import UsageError
+from fourm.data import synthetic
+from fourm.generation import evaluate
 from fourm.generation import guidance as guidance_lib
 from fourm.generation.chain import decoding_from_dict, default_chain, run_chain
 from fourm.generation.conditions import mask_region
@@ -333,3 +335,17 @@ def test_vocab_limits_keep_ids_decodable(model):
   limited = Sampler(model, vocab_limits={"tok_depth": 37, "caption": 4400})
   out = limited.generate(rgb_known(), Decoding("tok_depth", num_steps=2), jax.random.key(0))
   assert out["tok_depth"]["tokens"].max() < 37
+
+
+def test_the_colour_detector_finds_named_colours_in_real_scenes_and_not_others():
+  scenes = [synthetic.make_sample(0, "val", i) for i in range(24)]
+  images, captions = [s["rgb"] for s in scenes], [s["caption"] for s in scenes]
+  real = evaluate.colour_rates(images, captions)
+  assert real["named_count"] >= 24 and real["named"] > 0.8 and real["unnamed"] < 0.1
+  assert real["p_value"] < 0.01
+  # Captions of other scenes: named colours are no likelier to be there than others.
+  shuffled = evaluate.colour_rates(images, captions[1:] + captions[:1])
+  assert shuffled["p_value"] > 0.05
+  gray = np.full((64, 64, 3), 128, np.uint8)
+  assert evaluate.colours_present(gray) == set()
+  assert evaluate.named_colours("a small red cube left of the blue cone.") == {"red", "blue"}

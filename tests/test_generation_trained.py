@@ -68,6 +68,15 @@ def test_rgb_to_depth_and_segmentation_beat_the_baselines(trained, generator):
   assert scores["semseg_pixel_acc"] > scores["semseg_pixel_acc_majority_baseline"] + 0.1
 
 
+def test_rgb_to_caption_scores_the_colours_its_captions_name(trained, generator):
+  words = evaluate.rgb_to_caption(generator, [trained["data"], trained["tokens"]], count=4,
+                                  batch_size=4, permutations=99)
+  assert words["num_images"] == 4 and len(words["examples"]) == 3
+  assert all(isinstance(text, str) and text for _, text in words["examples"])
+  assert 0 <= words["named_colour_rate"] <= 1 and 0 <= words["unnamed_colour_rate"] <= 1
+  assert 0.01 <= words["colour_p_value"] <= 1
+
+
 def test_tokenizers_come_from_the_token_datasets(generator):
   assert set(generator.tokenizers) == {"tok_rgb", "tok_depth", "tok_semseg"}
   assert generator.sampler.vocab_limits["tok_semseg"] == patch_tokens.QUANTIZERS[

@@ -344,6 +344,33 @@ def test_rgb_to_all_plus_all_to_all_takes_inputs_from_rgb_only_half_the_time():
     AlphasMixture.rgb_to_all_plus_all_to_all(("tok_rgb",))
 
 
+def test_sources_to_all_gives_each_source_alone_as_whole_input_a_third_of_the_time():
+  names = ("rgb", "tok_rgb", "tok_depth", "caption")
+  mixture = AlphasMixture.sources_to_all_plus_all_to_all(names, ("rgb", "caption"))
+  transform = MaskSample(names, SMALL, 32, 32, mixture)
+  rng = np.random.default_rng(5)
+  rgb_only = caption_only = 0
+  for seed in range(300):
+    sample = make_sample(names, rng, caption_length=15)
+    out = transform(sample, np.random.default_rng(seed))
+    inputs = {name: int(out[name]["input_mask"].sum()) for name in names}
+    targets = {name: int(out[name]["target_mask"].sum()) for name in names}
+    rgb_only += inputs["rgb"] == 32
+    if inputs["caption"] == 16 and sum(inputs.values()) == 16:  # the whole caption + [EOS]
+      caption_only += 1
+      assert targets["caption"] == 0 and sum(targets.values()) == 32
+  assert 70 <= rgb_only <= 130 and 70 <= caption_only <= 130  # ~100 draws of each
+  target_only = modalities.ModalitySpec(
+      "test_target_only", Kind.GLOBAL,
+      modalities.RawSpec("test_target_only_raw", modalities.Form.VECTOR, "float32"),
+      vocab_size=8, max_length=2, roles=frozenset({modalities.Role.TARGET}))
+  with registered_modalities(target_only), pytest.raises(UsageError, match="cannot be a source"):
+    AlphasMixture.sources_to_all_plus_all_to_all(names + ("test_target_only",),
+                                                 ("rgb", "test_target_only"))
+  with pytest.raises(UsageError, match="needs the 'det' modality"):
+    AlphasMixture.sources_to_all_plus_all_to_all(names, ("det",))
+
+
 # MaskSample: budgets -------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,6 +57,15 @@ def quiet(_):
   pass
 
 
+@pytest.fixture(scope="module")
+def whole_run(data, tmp_path_factory) -> str:
+  """The workdir of one uninterrupted single-device run of small_config(eval_every=0),
+  which several tests compare against (read it; copy it before changing it)."""
+  workdir = str(tmp_path_factory.mktemp("whole"))
+  loop.train(small_config(data, eval_every=0), workdir, log=quiet)
+  return workdir
+
+
 def final_params(workdir: str) -> dict:
   manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",),
                                   item_handlers={"state": ocp.StandardCheckpointHandler()})
@@ -96,21 +106,22 @@ def test_held_out_loss_falls_for_every_modality_and_logs_reach_tensorboard(data,
     assert final < first - 0.5, (name, first, final)
 
 
-def test_one_device_and_a_2x2x2_mesh_give_the_same_losses(data, tmp_path):
-  single = loop.train(small_config(data, eval_every=0), str(tmp_path / "one"), log=quiet)
+def test_one_device_and_a_2x2x2_mesh_give_the_same_losses(data, whole_run, tmp_path):
+  single = metrics.read_scalars(os.path.join(whole_run, "tensorboard"))
   sharded = loop.train(small_config(data, eval_every=0, **{"mesh.data": 2, "mesh.fsdp": 2,
                                                             "mesh.tensor": 2}),
                        str(tmp_path / "eight"), log=quiet)
   for key in ("loss", "loss/tok_rgb", "loss/caption", "grad_norm"):
-    np.testing.assert_allclose(sharded[key], single[key], rtol=2e-5, err_msg=key)
-  assert_trees_equal(final_params(str(tmp_path / "one"))[1],
-                     final_params(str(tmp_path / "eight"))[1], rtol=2e-4, atol=2e-6)
+    (last_step, last), = single[key][-1:]
+    assert last_step == 6
+    np.testing.assert_allclose(sharded[key], last, rtol=2e-5, err_msg=key)
+  assert_trees_equal(final_params(whole_run)[1], final_params(str(tmp_path / "eight"))[1],
+                     rtol=2e-4, atol=2e-6)
 
 
-def test_a_stopped_run_resumes_bitwise_and_onto_another_mesh(data, tmp_path):
+def test_a_stopped_run_resumes_bitwise_and_onto_another_mesh(data, whole_run, tmp_path):
   config = small_config(data, eval_every=0)
-  loop.train(config, str(tmp_path / "whole"), log=quiet)
-  _, whole = final_params(str(tmp_path / "whole"))
+  _, whole = final_params(whole_run)
 
   lines = []
   loop.train(config, str(tmp_path / "parts"), log=lines.append, stop_after=3)
@@ -127,9 +138,9 @@ def test_a_stopped_run_resumes_bitwise_and_onto_another_mesh(data, tmp_path):
   assert_trees_equal(final_params(str(tmp_path / "remesh"))[1], whole, rtol=2e-4, atol=2e-6)
 
 
-def test_a_damaged_newest_checkpoint_is_skipped(data, tmp_path):
+def test_a_damaged_newest_checkpoint_is_skipped(data, whole_run, tmp_path):
   config = small_config(data, eval_every=0)
-  loop.train(config, str(tmp_path), log=quiet)
+  shutil.copytree(os.path.join(whole_run, "checkpoints"), str(tmp_path / "checkpoints"))
   files = [f for f in glob.glob(str(tmp_path / "checkpoints/6/state/**"), recursive=True)
            if os.path.isfile(f) and os.path.getsize(f) > 64]
   for path in files:  # truncate everything the newest checkpoint's state holds
@@ -174,7 +185,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(data, tmp_path, monkeypa
   assert step == 3 and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
-def test_problems_are_reported_before_training_starts(data, tmp_path):
+def test_problems_are_reported_before_training_starts(data, whole_run, tmp_path):
   with pytest.raises(UsageError, match="batch_size 6 does not split over the mesh's data x "
                                        "fsdp = 4 batch shards"):
     loop.train(small_config(data, batch_size=6, **{"mesh.data": 4}), str(tmp_path / "a"),
@@ -184,7 +195,7 @@ def test_problems_are_reported_before_training_starts(data, tmp_path):
     loop.train(small_config(data, layout="reference"), str(tmp_path / "b"), log=quiet)
   with pytest.raises(UsageError, match="mesh .* needs 16 devices, this run has 8"):
     loop.train(small_config(data, **{"mesh.data": 16}), str(tmp_path / "c"), log=quiet)
-  loop.train(small_config(data, eval_every=0), str(tmp_path / "d"), log=quiet, stop_after=3)
+  shutil.copytree(whole_run, str(tmp_path / "d"))
   with pytest.raises(UsageError, match="holds a run with input_budget = 32"):
     loop.train(small_config(data, input_budget=16), str(tmp_path / "d"), log=quiet)
   with pytest.raises(UsageError, match="holds a run with model = "):  # other shapes too
@@ -212,8 +223,9 @@ def _wait_for(predicate, proc, timeout=120):
 def test_sigkill_after_a_checkpoint_then_restart_matches_an_uninterrupted_run(data, tmp_path):
   common = ["--config.total_steps=40", "--config.checkpoint.every=4", "--config.log_every=1",
             "--config.mesh.data=1"]
-  whole = str(tmp_path / "whole")
-  subprocess.run(_train_command(data, whole, *common), check=True, capture_output=True)
+  whole = str(tmp_path / "whole")  # uninterrupted, in this process (the same config)
+  loop.train(small_config(data, eval_every=0, total_steps=40, **{"checkpoint.every": 4}),
+             whole, log=quiet)
   killed = str(tmp_path / "killed")
   proc = subprocess.Popen(_train_command(data, killed, *common), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
@@ -255,8 +267,11 @@ def _multiprocess(command):
 
 def test_two_processes_of_four_devices_match_one_process_of_eight(data, tmp_path):
   common = ["--config.total_steps=4", "--config.log_every=4", "--config.mesh.data=8"]
+  # The one-process runs happen here (this process has eight devices): the same config as
+  # the command line's, and one compilation for both.
+  config = small_config(data, eval_every=0, total_steps=4, log_every=4, **{"mesh.data": 8})
   single = str(tmp_path / "single")
-  subprocess.run(_train_command(data, single, *common), check=True, capture_output=True)
+  loop.train(config, single, log=quiet)
   multi = str(tmp_path / "multi")
   out = _multiprocess(_train_command(data, multi, *common))
   assert "[0] model: tiny" in out and "2 process(es)" in out
@@ -264,8 +279,7 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(data, tmp_path
 
   # Started on one process, resumed on two: the data stream continues where it stopped.
   moved = str(tmp_path / "moved")
-  subprocess.run(_train_command(data, moved, *common, "--stop-after", "2"), check=True,
-                 capture_output=True)
+  loop.train(config, moved, log=quiet, stop_after=2)
   out = _multiprocess(_train_command(data, moved, *common))
   assert "[0] resumed from the checkpoint at step 2" in out
   assert_trees_equal(final_params(moved)[1], final_params(single)[1], rtol=2e-4, atol=2e-6)

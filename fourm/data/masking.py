@@ -324,13 +324,34 @@ class AlphasMixture:
                                  rgb_alpha: float = 1000.0) -> AlphasMixture:
     """The reference's mix_mod7_all2all_rgb2all_a0.5: half the samples take their
     inputs from rgb pixels only (rgb2all), half from every modality (all2all)."""
+    return cls.sources_to_all_plus_all_to_all(names, ("rgb",), alpha, rgb_alpha)
+
+  @classmethod
+  def sources_to_all_plus_all_to_all(cls, names: Iterable[str], sources: Sequence[str],
+                                     alpha: float = 0.5,
+                                     source_alpha: float = 1000.0) -> AlphasMixture:
+    """One component per source modality that alone gives the inputs (the whole of it:
+    a source caption is kept entire) and every other modality the targets, plus one
+    all2all component, drawn equally often. ("rgb", "caption") is 4M-21's
+    all2all + rgb2all + caption-to-image mixture, which teaches text-to-image sooner
+    than all2all alone, where a caption is rarely a whole input."""
     names = tuple(names)
-    if "rgb" not in names:
-      raise UsageError(f"rgb-to-all needs the 'rgb' modality among {list(names)}")
-    rgb_only = {name: rgb_alpha if name == "rgb" else 0.0 for name in names}
+    sources = tuple(sources)
+    if not sources:
+      raise UsageError("a sources-to-all mixture needs at least one source modality")
     everything = dict.fromkeys(names, alpha)
-    return cls((DirichletComponent(rgb_only, everything),
-                DirichletComponent(everything, everything)))
+    components = []
+    for source in sources:
+      if source not in names:
+        raise UsageError(f"{source}-to-all needs the {source!r} modality among {list(names)}")
+      if not _spec_or_error(source, "alphas sources").can_input:
+        raise UsageError(f"{source!r} cannot be an input, so it cannot be a source")
+      only_source = {name: source_alpha if name == source else 0.0 for name in names}
+      others = {name: 0.0 if name == source else alpha for name in names}
+      keep = {source: "all"} if _spec_or_error(source, "alphas").kind == Kind.SEQUENCE else {}
+      components.append(DirichletComponent(only_source, others, keep))
+    components.append(DirichletComponent(everything, everything))
+    return cls(tuple(components))
 
   @classmethod
   def from_reference_config(cls, config: Mapping, weights: Sequence[float] | None = None,

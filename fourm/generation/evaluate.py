@@ -5,10 +5,12 @@
   and its mean depth per pixel (the average scene layout, a much harder baseline).
 * rgb -> semantic segmentation: pixel accuracy (and mIoU), beside the training set's
   majority class and its per-pixel majority class.
+* rgb -> caption: are the colours a generated caption names those of the scene?
 * caption -> rgb: does the generated image contain the colours the caption names?
   A hue detector (calibrated on the real images: it is reported how often it finds the
   named colours there) is run on the generated images; the rate for colours the caption
-  names is compared with the rate for the chromatic colours it does not name (chance).
+  names is compared with the rate for the chromatic colours it does not name (chance),
+  with a permutation p-value (images judged against shuffled captions).
 
 `benchmarks/generation_quality.py` prints these for a checkpoint; a test asserts the
 first two on a small model it trains.
@@ -144,17 +146,42 @@ def named_colours(caption: str) -> set[str]:
   return {name for name in CHROMATIC if name in words}
 
 
-def colour_rates(images: Sequence[np.ndarray], captions: Sequence[str]) -> dict[str, float]:
-  """How often a named colour is present, and how often an unnamed one is."""
+def colour_rates(images: Sequence[np.ndarray], captions: Sequence[str], *,
+                 permutations: int = 999, seed: int = 0) -> dict[str, float]:
+  """`colour_agreement` of the colours in images with the colours their captions name."""
+  if len(images) != len(captions):
+    raise ValueError(f"{len(images)} images but {len(captions)} captions")
+  return colour_agreement([colours_present(image) for image in images],
+                          [named_colours(caption) for caption in captions],
+                          permutations=permutations, seed=seed)
+
+
+def colour_agreement(present: Sequence[set[str]], named: Sequence[set[str]], *,
+                     permutations: int = 999, seed: int = 0) -> dict[str, float]:
+  """How often a named colour is present, how often an unnamed one is (chance), and a
+  permutation p-value of the difference: the share of shufflings (each sample's colours
+  judged against another sample's names) that do at least as well. Colours in one image
+  are not independent draws, so a z-test would overstate the evidence."""
+  rates = _rates(present, named)
+  rng = np.random.default_rng(seed)
+  observed = rates["named"] - rates["unnamed"]
+  as_good = 0
+  for _ in range(permutations):
+    shuffled = _rates(present, [named[i] for i in rng.permutation(len(named))])
+    as_good += shuffled["named"] - shuffled["unnamed"] >= observed
+  return {**rates, "p_value": (1 + as_good) / (1 + permutations)}
+
+
+def _rates(present: Sequence[set[str]], named: Sequence[set[str]]) -> dict[str, float]:
   named_hits = named_total = other_hits = other_total = 0
-  for image, caption in zip(images, captions, strict=True):
-    named, present = named_colours(caption), colours_present(image)
-    named_hits += len(named & present)
-    named_total += len(named)
-    others = set(CHROMATIC) - named
-    other_hits += len(others & present)
+  for colours, names in zip(present, named):
+    named_hits += len(names & colours)
+    named_total += len(names)
+    others = set(CHROMATIC) - names
+    other_hits += len(others & colours)
     other_total += len(others)
-  return {"named": named_hits / max(named_total, 1), "unnamed": other_hits / max(other_total, 1)}
+  return {"named": named_hits / max(named_total, 1), "unnamed": other_hits / max(other_total, 1),
+          "named_count": named_total}
 
 
 def caption_to_rgb(generator, data: Sequence[str], chain: Sequence[Decoding], *,
@@ -172,5 +199,30 @@ def caption_to_rgb(generator, data: Sequence[str], chain: Sequence[Decoding], *,
   generated = colour_rates(images, captions)
   real = colour_rates([r["rgb"] for r in held_out], captions)
   return {"named_colour_rate": generated["named"], "unnamed_colour_rate": generated["unnamed"],
+          "colour_p_value": generated["p_value"], "named_colour_count": generated["named_count"],
           "real_named_colour_rate": real["named"], "real_unnamed_colour_rate": real["unnamed"],
+          "num_images": len(held_out)}
+
+
+def rgb_to_caption(generator, data: Sequence[str], *, count: int = 32, batch_size: int = 16,
+                   temperature: float = 0.0, split: str = "val",
+                   permutations: int = 999) -> dict:
+  """Captions generated from held-out images: do the colours they name belong to the
+  scene (the colours its true caption names) more often than colours they do not name?
+  The same statistic and permutation test as caption -> rgb, with the true caption's
+  colours as what is "present"; and a few of the captions, to read."""
+  held_out = _records(data, split, count)
+  chain = [Decoding("caption", temperature=temperature, conditions=("rgb",))]
+  generated = []
+  for batch in _batches(held_out, batch_size):
+    result = generator.generate({"rgb": [r["rgb"] for r in batch]}, chain,
+                                num_samples=len(batch))
+    generated += [result.decode("caption", i) for i in range(len(batch))]
+  agreement = colour_agreement([named_colours(r["caption"]) for r in held_out],
+                               [named_colours(text) for text in generated],
+                               permutations=permutations)
+  return {"named_colour_rate": agreement["named"], "unnamed_colour_rate": agreement["unnamed"],
+          "named_colour_count": agreement["named_count"],
+          "colour_p_value": agreement["p_value"],
+          "examples": list(zip([r["caption"] for r in held_out[:3]], generated[:3])),
           "num_images": len(held_out)}

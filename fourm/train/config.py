@@ -84,7 +84,8 @@ def default_config() -> ml_collections.ConfigDict:
   Fields
     modalities, layout ("small": 64 px / 8 px patches, "reference": 224 / 16)
     input_budget, target_budget: tokens per sample for the encoder / the decoder
-    alphas: kind "all2all" | "rgb2all_and_all2all" (alpha) | "reference_yaml" (path)
+    alphas: kind "all2all" | "rgb2all_and_all2all" (alpha) | "sources2all_and_all2all"
+      (alpha, sources: e.g. ("rgb", "caption")) | "reference_yaml" (path)
     model: size (tiny/base/large/xlarge) and optional dim/depth/heads overrides,
       dtype (compute), param_dtype, remat
     data: paths (directories read side by side), splits, augment, worker_count
@@ -100,7 +101,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.pixel_normalization = "imagenet"
   c.text_tokenizer = ""            # "" = the reference 4M WordPiece vocabulary
   c.loss_type = "mod"
-  c.alphas = ml_collections.ConfigDict(dict(kind="all2all", alpha=1.0, path=""))
+  c.alphas = ml_collections.ConfigDict(dict(kind="all2all", alpha=1.0, path="",
+                                                  sources=("rgb",)))
   c.model = ml_collections.ConfigDict(dict(
       size="tiny", dim=0, encoder_depth=0, decoder_depth=0, num_heads=0,
       dtype="float32", param_dtype="float32", remat=False))

@@ -46,12 +46,15 @@ def _alphas(config: ml_collections.ConfigDict) -> AlphasMixture:
     return AlphasMixture.uniform(names, alphas.alpha, alphas.alpha)
   if alphas.kind == "rgb2all_and_all2all":
     return AlphasMixture.rgb_to_all_plus_all_to_all(names, alphas.alpha)
+  if alphas.kind == "sources2all_and_all2all":
+    return AlphasMixture.sources_to_all_plus_all_to_all(names, tuple(alphas.sources),
+                                                        alphas.alpha)
   if alphas.kind == "reference_yaml":
     import yaml  # the reference's alphas files are YAML
     with open(alphas.path) as f:
       return AlphasMixture.from_reference_config(yaml.safe_load(f), names=names)
   raise UsageError(f"config.alphas.kind is {alphas.kind!r}, expected all2all, "
-                   "rgb2all_and_all2all or reference_yaml")
+                   "rgb2all_and_all2all, sources2all_and_all2all or reference_yaml")
 
 
 def _sequence_encoders(config: ml_collections.ConfigDict) -> dict[str, Callable]:
