@@ -14,9 +14,9 @@ import pytest
 from flax import nnx
 
 from fourm import modalities
+from fourm.data import synthetic
 from fourm.data.masking import TextSpecialIds
 from fourm.errors import UsageError
-from fourm.data import synthetic
 from fourm.generation import evaluate
 from fourm.generation import guidance as guidance_lib
 from fourm.generation.chain import decoding_from_dict, default_chain, run_chain

@@ -344,11 +344,12 @@ class AlphasMixture:
     for source in sources:
       if source not in names:
         raise UsageError(f"{source}-to-all needs the {source!r} modality among {list(names)}")
-      if not _spec_or_error(source, "alphas sources").can_input:
+      spec = _spec_or_error(source, "alphas sources")
+      if not spec.can_input:
         raise UsageError(f"{source!r} cannot be an input, so it cannot be a source")
       only_source = {name: source_alpha if name == source else 0.0 for name in names}
       others = {name: 0.0 if name == source else alpha for name in names}
-      keep = {source: "all"} if _spec_or_error(source, "alphas").kind == Kind.SEQUENCE else {}
+      keep = {source: "all"} if spec.kind == Kind.SEQUENCE else {}
       components.append(DirichletComponent(only_source, others, keep))
     components.append(DirichletComponent(everything, everything))
     return cls(tuple(components))
