@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/fourm show $(DEMO)/world --num 4 --out $(DEMO)/world_grid.png
 	$(BIN)/fourm show $(DEMO)/world --num 4 --augmented --out $(DEMO)/augmented_grid.png
 	$(BIN)/fourm tokenizer train --config configs/tokenizers/rgb_tiny.py --workdir $(DEMO)/tok_rgb \
-	    --config.total_steps=300 --config.eval_every=150 --config.checkpoint.every=150
+	    --config.eval_every=300 --config.checkpoint.every=300
 	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens_vq --tokenizers tok_rgb=$(DEMO)/tok_rgb
 	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens --method patches \
 	    --modalities tok_depth,tok_normal,tok_semseg

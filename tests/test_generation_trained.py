@@ -77,6 +77,19 @@ def test_rgb_to_caption_scores_the_colours_its_captions_name(trained, generator)
   assert 0.01 <= words["colour_p_value"] <= 1
 
 
+def test_caption_to_rgb_reports_colours_beside_the_tokenizers_ceiling(trained, generator):
+  from fourm.generation.sampler import Decoding
+  chain = [Decoding("tok_rgb", num_steps=2)]
+  colours = evaluate.caption_to_rgb(generator, [trained["data"], trained["tokens"]], chain,
+                                    count=8, batch_size=8)
+  assert colours["num_images"] == 8 and colours["named_colour_count"] > 0
+  # The real images and their reconstructions through the patch quantiser are scored
+  # with the same detector: the quantiser keeps most named colours and adds no others.
+  assert colours["real_named_colour_rate"] > 0.8 and colours["real_unnamed_colour_rate"] < 0.05
+  assert colours["tokenizer_named_colour_rate"] > colours["tokenizer_unnamed_colour_rate"] + 0.3
+  assert 0 < colours["colour_p_value"] <= 1
+
+
 def test_tokenizers_come_from_the_token_datasets(generator):
   assert set(generator.tokenizers) == {"tok_rgb", "tok_depth", "tok_semseg"}
   assert generator.sampler.vocab_limits["tok_semseg"] == patch_tokens.QUANTIZERS[
