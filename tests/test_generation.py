@@ -349,3 +349,18 @@ def test_the_colour_detector_finds_named_colours_in_real_scenes_and_not_others()
   gray = np.full((64, 64, 3), 128, np.uint8)
   assert evaluate.colours_present(gray) == set()
   assert evaluate.named_colours("a small red cube left of the blue cone.") == {"red", "blue"}
+
+
+def test_reconstructions_through_a_vq_tokenizer_match_encode_then_decode():
+  from tokenizers_vq import train_step, vqvae
+  config = vqvae.preset("rgb_tiny", enc_width=32, enc_depth=1, dec_width=32, dec_depth=1,
+                        vocab_size=64)
+  tokenizer = train_step.VQTokenizer.from_model(
+      vqvae.VQVAE(config, rngs=nnx.Rngs(jax.random.key(0, impl="rbg"))))
+  scenes = [synthetic.make_sample(0, "val", i) for i in range(3)]
+  # Batches of 2 are padded to 2; the odd scene out must come back as itself.
+  images = evaluate.reconstructions(tokenizer, scenes, grid=8, batch_size=2)
+  assert len(images) == 3 and all(i.shape == (64, 64, 3) and i.dtype == np.uint8
+                                  for i in images)
+  expected = np.asarray(tokenizer.decode(tokenizer.encode(np.stack([s["rgb"] for s in scenes]))))
+  np.testing.assert_allclose(np.stack(images).astype(int), expected.astype(int), atol=1)
