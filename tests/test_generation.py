@@ -352,14 +352,20 @@ def test_the_colour_detector_finds_named_colours_in_real_scenes_and_not_others()
 
 
 def test_reconstructions_through_a_vq_tokenizer_match_encode_then_decode():
+  import types
+  from fourm.generation.conditions import ConditionEncoder
   from tokenizers_vq import train_step, vqvae
+  from tokenizers_vq.detokenize import Detokenizer
   config = vqvae.preset("rgb_tiny", enc_width=32, enc_depth=1, dec_width=32, dec_depth=1,
                         vocab_size=64)
   tokenizer = train_step.VQTokenizer.from_model(
       vqvae.VQVAE(config, rngs=nnx.Rngs(jax.random.key(0, impl="rbg"))))
+  generator = types.SimpleNamespace(
+      encoder=ConditionEncoder(("tok_rgb",), ("tok_rgb",), modalities.SMALL_LAYOUT,
+                               {"tok_rgb": tokenizer}, None, "imagenet"),
+      detokenizer=Detokenizer({"tok_rgb": tokenizer}))
   scenes = [synthetic.make_sample(0, "val", i) for i in range(3)]
-  # Batches of 2 are padded to 2; the odd scene out must come back as itself.
-  images = evaluate.reconstructions(tokenizer, scenes, grid=8, batch_size=2)
+  images = evaluate.reconstructions(generator, scenes)
   assert len(images) == 3 and all(i.shape == (64, 64, 3) and i.dtype == np.uint8
                                   for i in images)
   expected = np.asarray(tokenizer.decode(tokenizer.encode(np.stack([s["rgb"] for s in scenes]))))

@@ -26,7 +26,6 @@ import numpy as np
 
 from fourm.data import records, synthetic
 from fourm.generation.sampler import Decoding
-from tokenizers_vq.tokenize import encode_batch
 
 # The chromatic colours of the synthetic world (white and gray look like the floor).
 CHROMATIC = ("red", "green", "blue", "yellow", "purple", "cyan", "orange")
@@ -199,8 +198,7 @@ def caption_to_rgb(generator, data: Sequence[str], chain: Sequence[Decoding], *,
     images += [result.decode("tok_rgb", i) for i in range(len(batch))]
   generated = colour_rates(images, captions)
   real = colour_rates([r["rgb"] for r in held_out], captions)
-  through = colour_rates(reconstructions(generator.tokenizers["tok_rgb"], held_out,
-                                         generator.layout.grid), captions)
+  through = colour_rates(reconstructions(generator, held_out), captions)
   return {"named_colour_rate": generated["named"], "unnamed_colour_rate": generated["unnamed"],
           "colour_p_value": generated["p_value"], "named_colour_count": generated["named_count"],
           "real_named_colour_rate": real["named"], "real_unnamed_colour_rate": real["unnamed"],
@@ -209,18 +207,14 @@ def caption_to_rgb(generator, data: Sequence[str], chain: Sequence[Decoding], *,
           "num_images": len(held_out)}
 
 
-def reconstructions(tokenizer, held_out: list[dict], grid: int, batch_size: int = 32
-                    ) -> list[np.ndarray]:
-  """The held-out images encoded and decoded by the rgb tokenizer (a VQ-VAE or the patch
-  quantiser): the best any generated image can look, so the colour rates on them are the
-  ceiling of caption -> rgb. A tokenizer that washes colours out caps the check whatever
-  the transformer learns (the demo's VQ-VAE after 300 steps did)."""
-  if not hasattr(tokenizer, "check_tokens"):  # a PatchQuantizer: one image at a time
-    return [tokenizer.decode(tokenizer.encode(r["rgb"], grid)) for r in held_out]
-  images = []
-  for batch in _batches(held_out, batch_size):
-    images += list(np.asarray(tokenizer.decode(encode_batch(tokenizer, batch, batch_size))))
-  return images
+def reconstructions(generator, held_out: list[dict]) -> list[np.ndarray]:
+  """The held-out images tokenized the way an rgb condition is (`generator.encoder`) and
+  decoded the way a generated tok_rgb is: the best any generated image can look, so the
+  colour rates on them are the ceiling of caption -> rgb. A tokenizer that washes colours
+  out caps the check whatever the transformer learns (the demo's VQ-VAE after 300 steps
+  did)."""
+  _, entry = generator.encoder.encode("tok_rgb", [r["rgb"] for r in held_out])
+  return [generator.detokenizer.decode("tok_rgb", ids) for ids in entry["tokens"]]
 
 
 def rgb_to_caption(generator, data: Sequence[str], *, count: int = 32, batch_size: int = 16,
