@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO := demo_out
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/fourm synth --out $(DEMO)/world --num 1000 --resolution 64 --seed 0
 	$(BIN)/fourm show $(DEMO)/world --num 4 --out $(DEMO)/world_grid.png
 	$(BIN)/fourm show $(DEMO)/world --num 4 --augmented --out $(DEMO)/augmented_grid.png
-	$(BIN)/fourm tokenizer train --config configs/tokenizers/rgb_tiny.py --workdir $(DEMO)/tok_rgb \
+	$(BIN)/fourm tokenizer train --config configs/tokenizers/vqvae.py:rgb_tiny --workdir $(DEMO)/tok_rgb \
 	    --config.eval_every=300 --config.checkpoint.every=300
 	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens_vq --tokenizers tok_rgb=$(DEMO)/tok_rgb
 	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens --method patches \
@@ -48,6 +48,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+
+# The inner loop: everything but the tests marked slow (multi-process, kill / resume,
+# the notebook, those that train a model for a minute or more).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_throughput.py

@@ -9,7 +9,7 @@ condition, tok_rgb generated with 8 MaskGIT steps on the cosine schedule at temp
 1, unguided (cfg 1) and with classifier-free guidance 2 (two streams per step), at batch
 1 and 8. The PyTorch reference takes about 1.0 s per image at batch 1 and 0.85 s at
 batch 8 (cfg 1) on a 2-core CPU, and 1.85 s and 1.34 s on the slower 2-core AMD EPYC
-where the README's table of both was measured.
+where benchmarks/README.md's table of both was measured.
 
 Weights are random (speed does not depend on them). Each setting is compiled and run
 once, then timed over --repeats runs (median).

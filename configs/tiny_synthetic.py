@@ -1,7 +1,7 @@
 """4M tiny-architecture run on the synthetic world, small enough for a 2-core CPU.
 
     fourm synth --out demo_out/world --num 1000 --resolution 64
-    fourm tokenizer train --config configs/tokenizers/rgb_tiny.py --workdir demo_out/tok_rgb
+    fourm tokenizer train --config configs/tokenizers/vqvae.py:rgb_tiny --workdir demo_out/tok_rgb
     fourm tokenize --data demo_out/world --out demo_out/tokens_vq --tokenizers demo_out/tok_rgb
     fourm tokenize --data demo_out/world --out demo_out/tokens --method patches \
         --modalities tok_depth,tok_normal,tok_semseg
@@ -17,7 +17,10 @@ ground-truth patch quantisers (fourm/data/patch_tokens.py) until their VQ-VAEs a
 trained too (`fourm tokenize --tokenizers` takes several).
 """
 
+from fourm.errors import UsageError
 from fourm.train.config import default_config
+
+VARIANTS = ("", "smoke")
 
 
 def get_config(variant: str = ""):
@@ -57,5 +60,6 @@ def get_config(variant: str = ""):
     config.eval_batches = 1
     config.checkpoint.every = 3
   elif variant:
-    raise ValueError(f"unknown variant {variant!r} of tiny_synthetic (known: smoke)")
+    raise UsageError(f"configs/tiny_synthetic.py: unknown variant {variant!r}; one of "
+                     f"{list(VARIANTS)}")
   return config

@@ -112,7 +112,7 @@ def _pseudolabel(args: argparse.Namespace) -> None:
 
 
 def _train_tokenizer(args: argparse.Namespace) -> None:
-  from fourm.train import config as config_lib
+  from fourm import config as config_lib
   from tokenizers_vq import train
   config = config_lib.load_config(args.config, args.overrides)
   train.train(config, args.workdir)
@@ -126,7 +126,7 @@ def _train_text(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
   from fourm.train import distributed
   distributed.initialize_from_env()
-  from fourm.train import config as config_lib
+  from fourm import config as config_lib
   from fourm.train import loop
   config = config_lib.load_config(args.config, args.overrides)
   loop.train(config, args.workdir, stop_after=args.stop_after)
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Train a VQ-VAE tokenizer. Override config fields "
                                            "with --config.FIELD=VALUE.")
   q.add_argument("--config", required=True,
-                 help="e.g. configs/tokenizers/rgb_tiny.py (optionally FILE:VARIANT)")
+                 help="FILE[:VARIANT], e.g. configs/tokenizers/vqvae.py:rgb_tiny")
   q.add_argument("--workdir", required=True,
                  help="checkpoints, TensorBoard logs, reconstructions.png")
   q.set_defaults(run=_train_tokenizer, overrides=[])

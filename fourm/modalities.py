@@ -65,6 +65,13 @@ class Role(enum.StrEnum):
 
 BOTH = frozenset({Role.INPUT, Role.TARGET})
 
+# Pixel normalisations (mean, std per rgb channel) of the reference: "imagenet" is what
+# its 4M models read rgb pixels with, "inception" (= [-1, 1]) what its tokenizers use.
+PIXEL_STATS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class RawSpec:

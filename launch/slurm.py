@@ -1,7 +1,7 @@
 """Submit a multi-node GPU training job to SLURM (sbatch), one task per node.
 
     python launch/slurm.py --nodes 4 --gpus-per-node 8 --time 24:00:00 --partition gpu \\
-        [--dry-run] -- fourm train --config configs/4m_b_mod7.py --workdir /shared/runs/4m_b
+        [--dry-run] -- fourm train --config configs/4m_mod7.py:b --workdir /shared/runs/4m_b
 
 Every task runs the command under `srun` with FOURM_DISTRIBUTED=auto: jax reads the SLURM
 environment to find the coordinator, the process count and this task's id, and each

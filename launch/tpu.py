@@ -3,7 +3,7 @@
     python launch/tpu.py create --name fourm-v5 --zone us-east5-a --accelerator v5p-64 \\
         [--version tpu-ubuntu2204-base] [--queued] [--spot]
     python launch/tpu.py run --name fourm-v5 --zone us-east5-a \\
-        -- fourm train --config configs/4m_b_mod7.py --workdir gs://bucket/runs/4m_b
+        -- fourm train --config configs/4m_mod7.py:b --workdir gs://bucket/runs/4m_b
     python launch/tpu.py stop --name fourm-v5 --zone us-east5-a
 
 Everything goes through `gcloud compute tpus` (queued resources with --queued). `run`

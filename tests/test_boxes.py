@@ -10,7 +10,8 @@ import pytest
 
 from fourm import modalities
 from fourm.data import synthetic
-from fourm.data.masking import AlphasMixture, DirichletComponent, MaskSample, TextSpecialIds
+from fourm.data.masking import AlphasMixture, DirichletComponent, MaskSample
+from tokenizers_vq.text import TextSpecialIds
 from fourm.errors import RecordError, UsageError
 from tokenizers_vq import boxes, text
 

@@ -15,9 +15,9 @@ from flax import nnx
 
 from fourm import modalities
 from fourm.data import synthetic
-from fourm.data.masking import TextSpecialIds
+from tokenizers_vq.text import TextSpecialIds
 from fourm.errors import UsageError
-from fourm.generation import evaluate
+from fourm.generation import evaluate, loading
 from fourm.generation import guidance as guidance_lib
 from fourm.generation.chain import decoding_from_dict, default_chain, run_chain
 from fourm.generation.conditions import mask_region
@@ -230,12 +230,13 @@ def test_changing_temperatures_and_guidance_weights_does_not_recompile(sampler):
   settings = [dict(temperature=1.0, guidance=Guidance(scale=2.0)),
               dict(temperature=0.5, temperature_end=0.1, temperature_schedule="cosine",
                    guidance=Guidance(scale=3.0))]
-  for setting in settings:
-    generate(sampler, known, target="tok_rgb", num_steps=3, **setting)
-  compiled = [fn for static, fn in sampler._compiled.items()
-              if static.target == "tok_rgb" and static.num_streams == 2
-              and len(static.budgets) == 3]
-  assert len(compiled) == 1 and compiled[0]._cache_size() == 1
+  generate(sampler, known, target="tok_rgb", num_steps=3, **settings[0])
+  traced = sampler.num_traces
+  generate(sampler, known, target="tok_rgb", num_steps=3, **settings[1])
+  assert sampler.num_traces == traced
+  # A different number of steps is another program.
+  generate(sampler, known, target="tok_rgb", num_steps=4, **settings[1])
+  assert sampler.num_traces == traced + 1
 
 
 def test_each_step_computes_only_the_slots_it_needs():
@@ -351,6 +352,19 @@ def test_the_colour_detector_finds_named_colours_in_real_scenes_and_not_others()
   assert evaluate.named_colours("a small red cube left of the blue cone.") == {"red", "blue"}
 
 
+def test_colour_agreement_p_value_on_hand_built_cases():
+  present = [{"red"}, {"blue"}, {"green"}, {"yellow"}]
+  # Every scene shows exactly what its caption names, and no shuffling that moves a name
+  # does as well: only the identity permutations (1 in 24) tie.
+  exact = evaluate.colour_agreement(present, present, permutations=999, seed=0)
+  assert exact["named"] == 1.0 and exact["unnamed"] == 0.0 and exact["named_count"] == 4
+  assert exact["p_value"] < 0.1
+  # The same names on every scene: every shuffling is as good, so p is exactly 1.
+  same = [{"red"}] * 4
+  tied = evaluate.colour_agreement(present, same, permutations=99)
+  assert tied["named"] == 0.25 and tied["p_value"] == 1.0
+
+
 def test_reconstructions_through_a_vq_tokenizer_match_encode_then_decode():
   import types
   from fourm.generation.conditions import ConditionEncoder
@@ -370,3 +384,17 @@ def test_reconstructions_through_a_vq_tokenizer_match_encode_then_decode():
                                   for i in images)
   expected = np.asarray(tokenizer.decode(tokenizer.encode(np.stack([s["rgb"] for s in scenes]))))
   np.testing.assert_allclose(np.stack(images).astype(int), expected.astype(int), atol=1)
+
+
+def test_a_tokenizer_for_another_grid_is_refused():
+  class Config:  # what a VQ-VAE for 224 px, 16 px patches would say
+    resolution, patch_size, vocab_size = 224, 16, 1024
+
+  class Tokenizer:
+    config = Config()
+
+  with pytest.raises(UsageError, match="14x14 grid; the model reads 8x8"):
+    loading.check_tokenizer("tok_rgb", Tokenizer(), modalities.SMALL_LAYOUT)
+  Config.resolution, Config.patch_size, Config.vocab_size = 64, 8, 100_000
+  with pytest.raises(UsageError, match="more than the model's vocabulary"):
+    loading.check_tokenizer("tok_rgb", Tokenizer(), modalities.SMALL_LAYOUT)

@@ -15,7 +15,8 @@ import pytest
 
 from fourm import modalities
 from fourm.data import masking
-from fourm.data.masking import AlphasMixture, DirichletComponent, MaskSample, TextSpecialIds
+from fourm.data.masking import AlphasMixture, DirichletComponent, MaskSample
+from tokenizers_vq.text import TextSpecialIds
 from fourm.data.pipeline import collate
 from fourm.errors import RecordError, UsageError
 from tests.helpers import registered_modalities

@@ -11,7 +11,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from fourm import modalities
-from fourm.models import embeddings, sharding, slots
+from fourm.models import slots
+from fourm.nn import positions, sharding
 from fourm.models import fourm as fourm_model
 from fourm.models.loss import fourm_loss
 from tests.helpers import registered_modalities
@@ -222,10 +223,10 @@ def test_sincos_positions_match_the_reference_formula():
   omega = 1.0 / 10000.0 ** (np.arange(dim // 4, dtype=np.float32) / (dim // 4))
   out_w, out_h = np.outer(grid_w.reshape(-1), omega), np.outer(grid_h.reshape(-1), omega)
   expected = np.concatenate([np.sin(out_w), np.cos(out_w), np.sin(out_h), np.cos(out_h)], 1)
-  np.testing.assert_allclose(embeddings.sincos_2d(grid, dim), expected, rtol=1e-6)
+  np.testing.assert_allclose(positions.sincos_2d(grid, dim), expected, rtol=1e-6)
   omega = 1.0 / 10000.0 ** (np.arange(dim // 2, dtype=np.float32) / (dim // 2))
   angles = np.outer(np.arange(7, dtype=np.float32), omega)
-  np.testing.assert_allclose(embeddings.sincos_1d(7, dim),
+  np.testing.assert_allclose(positions.sincos_1d(7, dim),
                              np.concatenate([np.sin(angles), np.cos(angles)], 1), rtol=1e-6)
 
 

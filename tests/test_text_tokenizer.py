@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fourm.data import records, synthetic, world
-from fourm.data.masking import TextSpecialIds
+from tokenizers_vq.text import TextSpecialIds
 from fourm.errors import RecordError, UsageError
 from tests.helpers import write_dataset
 from tokenizers_vq import boxes, text, text_train

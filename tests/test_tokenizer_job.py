@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 
 from fourm import cli, modalities
+from fourm import config as config_lib
 from fourm.data import patch_tokens, world
 from fourm.data.masking import AlphasMixture, MaskSample
 from fourm.data.pipeline import Pipeline, PipelineConfig
 from fourm.data.records import RecordSource
 from fourm.errors import RecordError, UsageError
-from fourm.train import config as config_lib
 from tokenizers_vq import boxes, detokenize, tokenize
 from tokenizers_vq import train as train_lib
 from tokenizers_vq.text import TextEncoder
+from tokenizers_vq.vqvae import PRESETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +39,7 @@ def depth_tokenizer(scenes, tmp_path_factory):
   overrides = [f"data.paths=('{scenes}',)", "total_steps=30", "batch_size=16", "log_every=10",
                "eval_every=30", "eval_batches=1", "checkpoint.every=15",
                "checkpoint.async_save=False"]
-  config = config_lib.load_config(os.path.join(ROOT, "configs/tokenizers/depth_tiny.py"),
+  config = config_lib.load_config(os.path.join(ROOT, "configs/tokenizers/vqvae.py:depth_tiny"),
                                   overrides)
   lines = []
   last = train_lib.train(config, workdir, log=lines.append)
@@ -125,9 +126,14 @@ def test_detokenizer_gives_pictures_text_and_boxes(depth_tokenizer):
     detok.decode("tok_rgb", np.zeros(64, np.int32))
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs/tokenizers/*.py"))))
-def test_every_tokenizer_config_makes_a_valid_vqvae(path):
-  config = config_lib.load_config(path)
+@pytest.mark.parametrize("variant", sorted(PRESETS))
+def test_every_tokenizer_config_makes_a_valid_vqvae(variant):
+  config = config_lib.load_config(os.path.join(ROOT, f"configs/tokenizers/vqvae.py:{variant}"))
   vq = train_lib.vqvae_config(config)
   assert vq.vocab_size <= modalities.get(f"tok_{vq.modality}").vocab_size
-  assert os.path.basename(path).startswith(vq.modality)
+  assert variant.startswith(vq.modality)
+
+
+def test_an_unknown_config_variant_is_named():
+  with pytest.raises(UsageError, match="unknown variant 'rgb_huge'"):
+    config_lib.load_config(os.path.join(ROOT, "configs/tokenizers/vqvae.py:rgb_huge"))

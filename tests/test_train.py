@@ -16,12 +16,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from fourm import config as config_lib
+from fourm import metrics, modalities
+from fourm.checkpoint import Checkpoints
 from fourm.data import patch_tokens, world
-from fourm import modalities
 from fourm.errors import RecordError, UsageError
-from fourm.train import config as config_lib
-from fourm.train import loop, metrics
-from fourm.train.checkpoint import Checkpoints
+from fourm.train import loop
+from fourm.train.config import default_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOURM = os.path.join(os.path.dirname(sys.executable), "fourm")
@@ -89,6 +90,7 @@ def assert_trees_equal(a, b, **tolerance):
       np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_held_out_loss_falls_for_every_modality_and_logs_reach_tensorboard(data, tmp_path):
   config = small_config(data, total_steps=30, eval_every=30, log_every=10,
                         **{"optimizer.base_lr": 0.08, "optimizer.warmup_steps": 5})
@@ -106,6 +108,7 @@ def test_held_out_loss_falls_for_every_modality_and_logs_reach_tensorboard(data,
     assert final < first - 0.5, (name, first, final)
 
 
+@pytest.mark.slow
 def test_one_device_and_a_2x2x2_mesh_give_the_same_losses(data, whole_run, tmp_path):
   single = metrics.read_scalars(os.path.join(whole_run, "tensorboard"))
   sharded = loop.train(small_config(data, eval_every=0, **{"mesh.data": 2, "mesh.fsdp": 2,
@@ -119,6 +122,7 @@ def test_one_device_and_a_2x2x2_mesh_give_the_same_losses(data, whole_run, tmp_p
                      rtol=2e-4, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_a_stopped_run_resumes_bitwise_and_onto_another_mesh(data, whole_run, tmp_path):
   config = small_config(data, eval_every=0)
   _, whole = final_params(whole_run)
@@ -138,6 +142,7 @@ def test_a_stopped_run_resumes_bitwise_and_onto_another_mesh(data, whole_run, tm
   assert_trees_equal(final_params(str(tmp_path / "remesh"))[1], whole, rtol=2e-4, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_is_skipped(data, whole_run, tmp_path):
   config = small_config(data, eval_every=0)
   shutil.copytree(os.path.join(whole_run, "checkpoints"), str(tmp_path / "checkpoints"))
@@ -185,6 +190,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(data, tmp_path, monkeypa
   assert step == 3 and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_problems_are_reported_before_training_starts(data, whole_run, tmp_path):
   with pytest.raises(UsageError, match="batch_size 6 does not split over the mesh's data x "
                                        "fsdp = 4 batch shards"):
@@ -220,6 +226,7 @@ def _wait_for(predicate, proc, timeout=120):
     time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_restart_matches_an_uninterrupted_run(data, tmp_path):
   common = ["--config.total_steps=40", "--config.checkpoint.every=4", "--config.log_every=1",
             "--config.mesh.data=1"]
@@ -239,6 +246,7 @@ def test_sigkill_after_a_checkpoint_then_restart_matches_an_uninterrupted_run(da
   assert_trees_equal(final_params(killed)[1], final_params(whole)[1])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
   workdir = str(tmp_path)
   proc = subprocess.Popen(_train_command(data, workdir, "--config.total_steps=100000",
@@ -265,6 +273,7 @@ def _multiprocess(command):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_of_four_devices_match_one_process_of_eight(data, tmp_path):
   common = ["--config.total_steps=4", "--config.log_every=4", "--config.mesh.data=8"]
   # The one-process runs happen here (this process has eight devices): the same config as
@@ -285,18 +294,36 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(data, tmp_path
   assert_trees_equal(final_params(moved)[1], final_params(single)[1], rtol=2e-4, atol=2e-6)
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
-def test_every_config_loads_and_initialises_abstractly(path):
+def _config_variants():
+  """FILE or FILE:VARIANT for every training config and each variant it declares."""
+  specs = []
+  for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
+    with open(path) as f:
+      module = {}
+      exec(compile(f.read(), path, "exec"), module)
+    specs += [f"{path}:{v}" if v else path for v in module.get("VARIANTS", ("",))]
+  return specs
+
+
+@pytest.mark.parametrize("spec", _config_variants(), ids=lambda s: os.path.basename(s))
+def test_every_config_loads_and_initialises_abstractly(spec):
   from flax import nnx
   from fourm.train import state
-  config = config_lib.load_config(path)
+  config = config_lib.load_config(spec)
   model = nnx.eval_shape(state.model_factory(config))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) > 0
   assert config.batch_size % 8 == 0 or config.mesh.data == -1
 
 
+def test_an_unknown_config_variant_is_named():
+  with pytest.raises(UsageError, match="unknown variant 'smok'"):
+    config_lib.load_config(os.path.join(ROOT, "configs/tiny_synthetic.py:smok"))
+  with pytest.raises(UsageError, match="unknown variant 'xxl'"):
+    config_lib.load_config(os.path.join(ROOT, "configs/4m_mod7.py:xxl"))
+
+
 def test_overrides_parse_and_refuse_unknown_fields():
-  config = config_lib.default_config()
+  config = default_config()
   config_lib.apply_override(config, "optimizer.base_lr=3e-4")
   config_lib.apply_override(config, "--config.modalities=rgb,tok_rgb")
   config_lib.apply_override(config, "model.size=base")

@@ -1,6 +1,6 @@
 """What each modality's VQ-VAE reads and writes: input normalisation, loss, metrics.
 
-A tokenizer sees raw arrays exactly as records store them (README, "The synthetic
+A tokenizer sees raw arrays exactly as records store them (docs/data.md, "The synthetic
 world"), batched, and returns them in the same form after decoding:
 
   modality  raw batch             encoder input x                 losses (first: default)

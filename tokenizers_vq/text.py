@@ -28,10 +28,32 @@ from collections.abc import Iterable
 import numpy as np
 import tokenizers
 
-from fourm.data.masking import TextSpecialIds
 from fourm.errors import UsageError
 
 DEFAULT_VOCAB_FILE = "text_tokenizer_4m_wordpiece_30k.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSpecialIds:
+  """The special ids that masking and generation need (defaults: the reference 4M
+  WordPiece vocabulary). `SpecialTokens.masking_ids()` reads them from a vocabulary."""
+  pad: int = 0
+  unk: int = 1
+  sos: int = 2
+  eos: int = 3
+  first_sentinel: int = 4
+  num_sentinels: int = 200
+
+  def sentinel(self, i: int) -> int:
+    """The id of [S_i]."""
+    if not 0 <= i < self.num_sentinels:
+      raise ValueError(f"sentinel [S_{i}] out of range: the vocabulary has "
+                       f"[S_0]..[S_{self.num_sentinels - 1}]")
+    return self.first_sentinel + i
+
+  def is_sentinel(self, ids: np.ndarray) -> np.ndarray:
+    return (ids >= self.first_sentinel) & (ids < self.first_sentinel + self.num_sentinels)
+
 
 # The reference layout of the added tokens (what `text_train.py` reproduces).
 PAD, UNK, SOS, EOS = "[PAD]", "[UNK]", "[SOS]", "[EOS]"

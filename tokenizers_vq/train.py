@@ -1,4 +1,4 @@
-"""`fourm tokenizer train --config configs/tokenizers/<modality>_<size>.py --workdir DIR`.
+"""`fourm tokenizer train --config configs/tokenizers/vqvae.py:<modality>_<size> --workdir DIR`.
 
 The same conventions as `fourm train`: an ml_collections config with `--config.x=y`
 overrides, the grain pipeline (augmented crops of the raw modality), orbax checkpoints
@@ -28,8 +28,8 @@ from flax import nnx
 from fourm.data import visualize
 from fourm.data.pipeline import Pipeline, PipelineConfig
 from fourm.errors import UsageError
-from fourm.train import metrics as metrics_lib
-from fourm.train.checkpoint import Checkpoints
+from fourm import metrics as metrics_lib
+from fourm.checkpoint import Checkpoints
 from tokenizers_vq import train_step as step_lib
 from tokenizers_vq.vqvae import VQVAE, VQVAEConfig, preset
 
@@ -43,7 +43,7 @@ def default_config(preset_name: str = "rgb_tiny") -> ml_collections.ConfigDict:
   c.vocab_size = 0               # 0: the preset's
   c.dead_code_replacement = True
   c.data = ml_collections.ConfigDict(dict(
-      paths=("demo_out/world",), train_split="train", eval_split="val", augment=True,
+      paths=("/path/to/records",), train_split="train", eval_split="val", augment=True,
       worker_count=0))
   c.batch_size = 32
   c.total_steps = 600
@@ -57,7 +57,7 @@ def default_config(preset_name: str = "rgb_tiny") -> ml_collections.ConfigDict:
   c.num_reconstructions = 4
   c.checkpoint = ml_collections.ConfigDict(dict(every=200, keep=2, async_save=True))
   if preset_name.endswith("_base"):
-    c.data.paths = ("/path/to/dataset",)  # change me: records at 224 px
+    c.data.paths = ("/path/to/records",)  # change me: records at 224 px
     c.data.worker_count = 8
     c.batch_size = 256
     c.total_steps = 100_000

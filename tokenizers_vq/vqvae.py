@@ -57,8 +57,8 @@ from flax import nnx
 
 from fourm import modalities
 from fourm.errors import UsageError
-from fourm.models.embeddings import sincos_2d
-from fourm.models.layers import Dense
+from fourm.nn.positions import sincos_2d
+from fourm.nn.dense import Dense
 from tokenizers_vq import modality_io
 from tokenizers_vq import quantizer as quantizer_lib
 

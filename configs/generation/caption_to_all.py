@@ -11,6 +11,8 @@ trained with tok_clip.
 
 import ml_collections
 
+from fourm.errors import UsageError
+
 
 def get_config(variant: str = ""):
   config = ml_collections.ConfigDict()
@@ -26,6 +28,7 @@ def get_config(variant: str = ""):
   if variant == "clip":  # the 4M-7 chain: caption -> CLIP -> rgb
     steps.insert(0, dict(target="tok_clip", num_steps=8, guidance=dict(scale=3.0)))
   elif variant:
-    raise ValueError(f"unknown variant {variant!r} (known: clip)")
+    raise UsageError(f"configs/generation/caption_to_all.py: unknown variant {variant!r}; "
+                     "one of ['clip']")
   config.steps = steps
   return config

@@ -13,8 +13,11 @@ How the stream is laid out, and why:
 * A finite stream (`num_epochs` set) is padded up to a whole number of global batches
   with wrapped-around samples marked `meta.valid = False`: every process yields the
   same number of batches and nothing is dropped.
-* Iterators are grain `DatasetIterator`s: `get_state()` / `set_state()` resume exactly,
-  and grain's orbax handler checkpoints them beside the train state.
+* Resuming needs no iterator state: global batch k depends only on the data, seed,
+  batch size and k, so the train loop restarts the stream with
+  `iterator(start_batch=step)` at the step of the checkpoint it restored (whose metadata
+  records `batches_consumed`). The grain iterator's own state (`get_state()` /
+  `set_state()`) is not checkpointed.
 
 A batch is a dict keyed by raw modality name (static shapes), plus `meta` with the
 record index, epoch, and validity of each row. Text becomes an object array of str;
@@ -239,7 +242,7 @@ class Pipeline:
     return ds
 
   def iterator(self, start_batch: int = 0) -> grain.DatasetIterator:
-    """A checkpointable iterator (`get_state` / `set_state`) from `start_batch` on."""
+    """A grain iterator over the stream from global batch `start_batch` on."""
     return iter(self.dataset(start_batch))
 
   def __iter__(self):

@@ -54,7 +54,7 @@ def decoding_from_dict(step: Mapping[str, Any], where: str = "schedule") -> Deco
 
 def load_chain(path: str) -> tuple[Decoding, ...]:
   """The chain in a schedule file (`path[:arg]`, like training configs)."""
-  from fourm.train.config import load_config
+  from fourm.config import load_config
   config = load_config(path)
   if "steps" not in config:
     raise UsageError(f"--schedule {path}: get_config() must set `steps`, a list of dicts")

@@ -29,7 +29,8 @@ from PIL import Image
 from fourm import modalities
 from fourm.data import augment as augment_lib
 from fourm.data import records
-from fourm.data.masking import FIRST_SPAN, PIXEL_STATS, TextSpecialIds
+from fourm.data.masking import FIRST_SPAN
+from tokenizers_vq.text import TextSpecialIds
 from fourm.errors import UsageError
 from fourm.generation.sampler import sequence_entry
 
@@ -77,7 +78,7 @@ class ConditionEncoder:
     self.model_names, self.input_names = tuple(model_names), tuple(input_names)
     self.layout, self.tokenizers = layout, dict(tokenizers)
     self.text_vocab, self.text_ids = text_vocab, text_ids
-    mean, std = (np.asarray(v, np.float32) for v in PIXEL_STATS[pixel_normalization])
+    mean, std = (np.asarray(v, np.float32) for v in modalities.PIXEL_STATS[pixel_normalization])
     self._pixel_scale, self._pixel_shift = 1.0 / (255.0 * std), -mean / std
 
   def modality_for(self, name: str) -> str:

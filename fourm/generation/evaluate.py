@@ -34,7 +34,7 @@ MIN_SATURATION, MIN_VALUE = 0.45, 0.2
 MIN_SHARE = 0.01
 
 
-def _records(data: Sequence[str], split: str, count: int) -> list[dict]:
+def held_out_records(data: Sequence[str], split: str, count: int) -> list[dict]:
   source = records.RecordSource(list(data), split)
   return [source[i] for i in range(min(count, len(source)))]
 
@@ -80,8 +80,8 @@ def rgb_to_maps(generator, data: Sequence[str], *, count: int = 64, batch_size: 
                 ) -> dict[str, float]:
   """rgb -> tok_depth and rgb -> tok_semseg (greedy MaskGIT), scored against the exact
   maps and the baselines."""
-  baselines = layout_baselines(_records(data, "train", train_count))
-  held_out = _records(data, split, count)
+  baselines = layout_baselines(held_out_records(data, "train", train_count))
+  held_out = held_out_records(data, split, count)
   depth_pred, semseg_pred = [], []
   chain = [Decoding("tok_depth", num_steps=num_steps, temperature=0.0, conditions=("rgb",)),
            Decoding("tok_semseg", num_steps=num_steps, temperature=0.0, conditions=("rgb",))]
@@ -189,7 +189,7 @@ def caption_to_rgb(generator, data: Sequence[str], chain: Sequence[Decoding], *,
                    seed: int = 0) -> dict[str, float]:
   """Generated images against held-out captions: colour rates, and the same detector on
   the real images of those captions (its calibration)."""
-  held_out = _records(data, split, count)
+  held_out = held_out_records(data, split, count)
   captions = [r["caption"] for r in held_out]
   images = []
   for index, batch in enumerate(_batches(captions, batch_size)):
@@ -224,7 +224,7 @@ def rgb_to_caption(generator, data: Sequence[str], *, count: int = 32, batch_siz
   scene (the colours its true caption names) more often than colours they do not name?
   The same statistic and permutation test as caption -> rgb, with the true caption's
   colours as what is "present"; and a few of the captions, to read."""
-  held_out = _records(data, split, count)
+  held_out = held_out_records(data, split, count)
   chain = [Decoding("caption", temperature=temperature, conditions=("rgb",))]
   generated = []
   for batch in _batches(held_out, batch_size):
@@ -238,4 +238,4 @@ def rgb_to_caption(generator, data: Sequence[str], *, count: int = 32, batch_siz
           "named_colour_count": agreement["named_count"],
           "colour_p_value": agreement["p_value"],
           "examples": list(zip([r["caption"] for r in held_out[:3]], generated[:3])),
-          "num_images": len(held_out)}
+          "captions": generated, "num_images": len(held_out)}

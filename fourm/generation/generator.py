@@ -23,7 +23,6 @@ import numpy as np
 
 from fourm import modalities
 from fourm.data import visualize
-from fourm.data.masking import PIXEL_STATS
 from fourm.errors import UsageError
 from fourm.generation import loading
 from fourm.generation.chain import run_chain
@@ -122,7 +121,7 @@ class Generation:
     """Sample `index`'s modality `name` as a raw value: an image array, a str, boxes."""
     spec = modalities.get(name)
     if spec.kind == Kind.PIXELS:
-      mean, std = (np.asarray(v, np.float32) for v in PIXEL_STATS[
+      mean, std = (np.asarray(v, np.float32) for v in modalities.PIXEL_STATS[
           self.generator.pixel_normalization])
       pixels = (self.tokens(name)[index] * std + mean) * 255.0
       return np.clip(np.round(pixels), 0, 255).astype(np.uint8)

@@ -23,7 +23,7 @@ from flax import nnx
 from fourm import modalities
 from fourm.data import patch_tokens, records
 from fourm.errors import UsageError
-from fourm.train.checkpoint import Checkpoints
+from fourm.checkpoint import Checkpoints
 from fourm.train.optimizer import make_optimizer
 from fourm.train.state import TrainState, model_factory
 

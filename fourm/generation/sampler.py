@@ -40,7 +40,8 @@ import numpy as np
 from flax import nnx
 
 from fourm import modalities
-from fourm.data.masking import FIRST_SPAN, TextSpecialIds
+from fourm.data.masking import FIRST_SPAN
+from tokenizers_vq.text import TextSpecialIds
 from fourm.errors import UsageError
 from fourm.generation import guidance as guidance_lib
 from fourm.generation import sampling, schedules
@@ -134,6 +135,9 @@ class Sampler:
     self.layout = model.layout
     self.text_ids = text_ids
     self._compiled: dict[_Static, callable] = {}
+    # Programs traced so far: each is one compilation, so a caller (or a test) can check
+    # that changing traced settings such as temperatures reuses the program.
+    self.num_traces = 0
 
   # Public API ----------------------------------------------------------------------------
 
@@ -254,8 +258,11 @@ class Sampler:
   def _compiled_fn(self, static: _Static, loop):
     if static not in self._compiled:
       graphdef = self.graphdef
-      self._compiled[static] = jax.jit(
-          lambda params, *args: loop(nnx.merge(graphdef, params), static, *args))
+
+      def run(params, *args):
+        self.num_traces += 1  # runs only while jax traces
+        return loop(nnx.merge(graphdef, params), static, *args)
+      self._compiled[static] = jax.jit(run)
     return self._compiled[static]
 
 

@@ -3,7 +3,7 @@
 from fourm.models.config import (PRESETS, FourMConfig, fourm_base, fourm_large, fourm_tiny,
                                  fourm_xlarge)
 from fourm.models.fourm import DecoderOutput, FourM
-from fourm.models.sharding import DEFAULT_RULES
+from fourm.nn.sharding import DEFAULT_RULES
 
 __all__ = ["DEFAULT_RULES", "DecoderOutput", "FourM", "FourMConfig", "PRESETS", "fourm_base",
            "fourm_large", "fourm_tiny", "fourm_xlarge"]

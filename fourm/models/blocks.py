@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fourm.models import sharding
+from fourm.nn import sharding
 from fourm.models.layers import Attention, CrossAttention, GatedMlp, LayerNorm
 
 _RESIDUAL_AXES = ("act_batch", "act_len", "act_embed")

@@ -36,8 +36,3 @@ def forward_flops(config: FourMConfig, input_tokens: int, target_tokens: int,
               for name, count in target_tokens_by_modality.items())
   return float(config.encoder_depth * encoder_block + config.decoder_depth * decoder_block
                + context + heads)
-
-
-def train_step_flops(config: FourMConfig, input_tokens: int, target_tokens: int,
-                     target_tokens_by_modality: Mapping[str, int]) -> float:
-  return 3 * forward_flops(config, input_tokens, target_tokens, target_tokens_by_modality)

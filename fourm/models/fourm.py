@@ -30,13 +30,15 @@ import numpy as np
 from flax import nnx
 
 from fourm import modalities
-from fourm.models import sharding, slots
+from fourm.models import slots
 from fourm.models.blocks import DecoderBlock, EncoderBlock
 # The presets are re-exported: `fourm_model.fourm_base(dtype=...)` reads naturally.
 from fourm.models.config import (PRESETS, FourMConfig, fourm_base,  # noqa: F401
                                  fourm_large, fourm_tiny, fourm_xlarge)
 from fourm.models.embeddings import INIT_STD, DecoderEmbedding, encoder_embedding
-from fourm.models.layers import Dense, LayerNorm, normal_init
+from fourm.models.layers import LayerNorm
+from fourm.nn import sharding
+from fourm.nn.dense import Dense, normal_init
 
 _RESIDUAL_AXES = ("act_batch", "act_len", "act_embed")
 

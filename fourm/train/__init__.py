@@ -1,1 +1,2 @@
-"""Training: config loading, optimizer, sharded train step, checkpoints, the loop."""
+"""Training: the config's defaults, optimizer, sharded train step, the loop (config
+loading and checkpoint I/O are the neutral `fourm.config` and `fourm.checkpoint`)."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -25,8 +26,8 @@ from fourm.data.masking import AlphasMixture, MaskSample
 from fourm.data.pipeline import Pipeline, PipelineConfig
 from fourm.errors import FourmError, UsageError
 from fourm.train import mesh as mesh_lib
-from fourm.train import metrics as metrics_lib
-from fourm.train.checkpoint import Checkpoints
+from fourm import metrics as metrics_lib
+from fourm.checkpoint import Checkpoints
 from fourm.train.optimizer import make_optimizer
 from fourm.train.state import create_train_state, layout, model_factory, num_params
 from fourm.train.step import make_eval_step, make_train_step
@@ -157,6 +158,16 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
   return {name: float(value) for name, value in jax.device_get(dict(metrics)).items()}
 
 
+@jax.jit
+def _longest_streak(longest: tuple[jax.Array, jax.Array], streak: jax.Array,
+                    step: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(the longest non-finite streak so far, the step at which it had that length),
+  updated on the device with the streak after `step`."""
+  length, at = longest
+  longer = streak > length
+  return jnp.where(longer, streak, length), jnp.where(longer, step, at)
+
+
 def _batches(iterator: Iterator, mesh) -> Iterator:
   for local in iterator:
     yield mesh_lib.global_batch(model_inputs(local), mesh)
@@ -224,6 +235,27 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   if config.eval_every and start == 0:
     last.update(run_eval(0))  # the baseline every later eval is compared with
 
+  # The step counts its non-finite steps (state.nonfinite_streak). Reading that on the
+  # host every step, int(state.nonfinite_streak), would make the host wait for each
+  # step to finish before dispatching the next, idling the accelerator while the next
+  # batch is prepared. Instead `longest` tracks, on the device, the longest streak so
+  # far and the step it reached that length, and the host reads it only where it waits
+  # for the device anyway (log, eval and checkpoint steps, the last step, a preemption),
+  # always before saving, so no checkpoint is taken past a streak that stops the run.
+  # A streak that ends between two such steps still stops the run, at the next one.
+  longest = (np.int32(0), np.int32(0))
+
+  def stop_if_not_finite(tracked) -> None:
+    streak, at = (int(x) for x in jax.device_get(tracked))
+    if streak >= config.max_consecutive_nonfinite:
+      checkpoints.wait()
+      good = checkpoints.manager.latest_step()
+      raise TrainingStopped(
+          f"the loss or gradient was not finite for {streak} steps in a row (up to step "
+          f"{at}); stopping. Updates of those steps were skipped; the last good "
+          f"checkpoint is step {good} in {checkpoints.directory}. Lower the learning rate "
+          "or check the data, then resume.")
+
   with _Preemption() as preemption:
     window_start, window_steps = time.perf_counter(), 0
     for step in range(start, total_steps):
@@ -231,20 +263,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
       state, metrics = train_step(state, next(batches))
       window_steps += 1
+      longest = _longest_streak(longest, state.nonfinite_streak, state.step)
       if profile and step + 1 == profile[1]:
         jax.block_until_ready(state)
         jax.profiler.stop_trace()
-      streak = int(state.nonfinite_streak)
-      if streak >= config.max_consecutive_nonfinite:
-        checkpoints.wait()
-        good = checkpoints.manager.latest_step()
-        raise TrainingStopped(
-            f"the loss or gradient was not finite for {streak} steps in a row (up to step "
-            f"{step + 1}); stopping. Updates of those steps were skipped; the last good "
-            f"checkpoint is step {good} in {checkpoints.directory}. Lower the learning rate "
-            "or check the data, then resume.")
-      done = step + 1
-      if done % config.log_every == 0 or done == total_steps:
+      done = step + 1  # == state.step, known without asking the device
+      logging = done % config.log_every == 0 or done == total_steps
+      evaluating = bool(config.eval_every) and (done % config.eval_every == 0
+                                                or done == total_steps)
+      stopping = stop_after is not None and done - start >= stop_after
+      force_save = done == total_steps or stopping
+      # Checkpoints.save reads state.step, a wait for the device: call it only when a
+      # save is due (it would return without saving on the other steps).
+      saving = force_save or done % checkpoints.every == 0
+      if logging or evaluating or saving:
+        stop_if_not_finite(longest)
+      if logging:
         last = _scalars(metrics)
         last["nonfinite_total"] = float(state.nonfinite_total)
         elapsed = time.perf_counter() - window_start
@@ -254,15 +288,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         log(metrics_lib.format_progress(done, total_steps, last, tokens_per_s,
                                         (total_steps - done) * elapsed / window_steps))
         window_start, window_steps = time.perf_counter(), 0
-      if config.eval_every and (done % config.eval_every == 0 or done == total_steps):
+      if evaluating:
         last.update(run_eval(done))
       writer.flush()
-      stopping = stop_after is not None and done - start >= stop_after
-      checkpoints.save(state, meta(), force=done == total_steps or stopping)
+      if saving:
+        checkpoints.save(state, meta(), force=force_save)
       if stopping:
         log(f"stopping after {stop_after} steps at step {done}, as asked; run again to resume")
         break
       if preemption.requested:
+        stop_if_not_finite(longest)
         checkpoints.save(state, meta(), force=True)
         checkpoints.wait()
         log(f"SIGTERM: saved the checkpoint at step {done} in {checkpoints.directory}; "

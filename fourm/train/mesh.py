@@ -2,7 +2,7 @@
 
 A mesh config names the size of each axis, `data`, `fsdp` and `tensor`, one of which
 may be -1 (all devices left). The batch is split over `data` x `fsdp`; parameters follow
-the logical-axis table of `fourm/models/sharding.py`. Only the mesh changes between a
+the logical-axis table of `fourm/nn/sharding.py`. Only the mesh changes between a
 laptop, an 8-device test, a GPU node and a TPU pod slice.
 """
 
@@ -60,10 +60,6 @@ def check_batch_divides(mesh: jax.sharding.Mesh, global_batch: int) -> None:
   if global_batch % jax.process_count():
     raise UsageError(f"batch_size {global_batch} does not split over "
                      f"{jax.process_count()} processes")
-
-
-def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
 def global_batch(local: Mapping, mesh: jax.sharding.Mesh):

@@ -14,7 +14,7 @@ from flax import nnx
 from fourm import modalities
 from fourm.errors import UsageError
 from fourm.models import fourm as fourm_model
-from fourm.models import sharding
+from fourm.nn import sharding
 
 LAYOUTS = {"small": modalities.SMALL_LAYOUT, "reference": modalities.REFERENCE_LAYOUT}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

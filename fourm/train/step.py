@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from fourm.models import sharding
+from fourm.nn import sharding
 from fourm.models.loss import fourm_loss, per_modality_losses
 from fourm.train.state import TrainState
 

@@ -1,0 +1,304 @@
+"""The per-sample transform: a record in, the masked-batch contract out (see the
+package docstring)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from fourm import modalities
+from fourm.data.masking.budgets import allocate, draw_proportions, redistribute
+from fourm.data.masking.mixtures import AlphasMixture, spec_or_error
+from fourm.data.masking.spans import FIRST_SPAN, choose_keep_mask, span_mask, truncate_target
+from fourm.errors import RecordError, UsageError
+from tokenizers_vq.text import TextSpecialIds
+
+Kind = modalities.Kind
+
+
+class MaskSample:
+  """The 4M masking of one sample: `masked = MaskSample(...)(sample, rng)`.
+
+  `sample` is a record after augmentation: token ids int [G, G] or [N] under the name of
+  IMAGE_TOKENS / GLOBAL modalities; uint8 [R, R, 3] under "rgb" for PIXELS; float32
+  [G, G, D] under the raw source's name for FEATURE_MAPs; for SEQUENCEs either int token
+  ids (the text's own, without [EOS]; trailing PADs are dropped) or a raw value (a
+  caption str, a boxes dict) that `sequence_encoders[name]` turns into such ids.
+  A modality the sample lacks gets empty masks, and the budgets go to the others.
+
+  The result has one entry per name in the contract format (module docstring) plus the
+  sample's "meta" if it has one; other fields are dropped. The same sample and rng state
+  give the same result.
+  """
+
+  def __init__(self, names: Iterable[str], layout: modalities.Layout, input_budget: int,
+               target_budget: int, mixture: AlphasMixture, *,
+               text_ids: TextSpecialIds = TextSpecialIds(),
+               sequence_encoders: Mapping[str, Callable[[Any], np.ndarray]] | None = None,
+               pixel_normalization: str = "imagenet"):
+    self.names = tuple(names)
+    if not self.names or len(set(self.names)) != len(self.names):
+      raise UsageError(f"masking needs distinct modality names, got {list(self.names)}")
+    self.specs = tuple(spec_or_error(name, "masking") for name in self.names)
+    for budget, what in ((input_budget, "input"), (target_budget, "target")):
+      if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
+        raise UsageError(f"{what} budget must be an int >= 0, got {budget!r}")
+    self.layout, self.text_ids = layout, text_ids
+    self.input_budget, self.target_budget = int(input_budget), int(target_budget)
+    self.mixture = mixture
+    self.sequence_encoders = dict(sequence_encoders or {})
+    if pixel_normalization not in modalities.PIXEL_STATS:
+      raise UsageError(f"pixel_normalization is {pixel_normalization!r}, expected one of "
+                       f"{list(modalities.PIXEL_STATS)}")
+    self.pixel_normalization = pixel_normalization
+    mean, std = (np.asarray(v, np.float32) for v in modalities.PIXEL_STATS[pixel_normalization])
+    # (x / 255 - mean) / std as one multiply-add.
+    self._pixel_scale, self._pixel_shift = 1.0 / (255.0 * std), -mean / std
+
+    self.num_tokens = np.array([spec.num_tokens(layout) for spec in self.specs], np.int64)
+    self._is_sequence = np.array([spec.kind == Kind.SEQUENCE for spec in self.specs])
+    self._sequences = tuple(np.flatnonzero(self._is_sequence))
+    self._can_target = np.array([spec.can_target for spec in self.specs])
+    self._check_specs()
+    self._check_encoders()
+    self._input_alphas, self._target_alphas, self._keep = self._component_tables()
+    self._warned_truncation: set[str] = set()
+
+  # Configuration checks -------------------------------------------------------------------
+
+  def _check_specs(self) -> None:
+    ids = self.text_ids
+    for spec in self.specs:
+      if spec.kind == Kind.FEATURE_MAP and not spec.source.channels:
+        raise UsageError(f"feature map {spec.name!r}: its raw source {spec.source.name!r} "
+                         "must say how many channels a feature vector has")
+      if spec.kind != Kind.SEQUENCE:
+        continue
+      if ids.first_sentinel + ids.num_sentinels > spec.vocab_size:
+        raise UsageError(f"{spec.name!r}: sentinels up to id "
+                         f"{ids.first_sentinel + ids.num_sentinels - 1} do not fit its "
+                         f"vocabulary of {spec.vocab_size}")
+      # A text of L - 1 tokens has at most L // 2 spans, closed by [S_(L//2 + 1)].
+      if FIRST_SPAN + spec.max_length // 2 >= ids.num_sentinels:
+        raise UsageError(f"{spec.name!r}: max_length {spec.max_length} can need "
+                         f"{spec.max_length // 2 + 1} sentinels, the vocabulary has "
+                         f"{ids.num_sentinels}")
+
+  def _check_encoders(self) -> None:
+    for name, encoder in self.sequence_encoders.items():
+      if name not in self.names or modalities.get(name).kind != Kind.SEQUENCE:
+        raise UsageError(f"sequence encoder given for {name!r}, which is not one of the "
+                         "sequence modalities masked here "
+                         f"{[n for n, s in zip(self.names, self._is_sequence) if s]}")
+      if not callable(encoder):
+        raise UsageError(f"sequence encoder for {name!r} is not callable: {encoder!r}")
+
+  def _component_tables(self) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+    """Per mixture component, the alphas and keep schemes in the order of `names`."""
+    missing = set(self.names) - set(self.mixture.names)
+    if missing:
+      raise UsageError(f"the alphas mixture has no alphas for {sorted(missing)} "
+                       f"(it has {sorted(self.mixture.names)})")
+    inputs, targets, keeps = [], [], []
+    for index, component in enumerate(self.mixture.components):
+      alpha_in = np.array([component.input_alphas[name] for name in self.names])
+      alpha_tg = np.array([component.target_alphas[name] for name in self.names])
+      for alphas, budget, what in ((alpha_in, self.input_budget, "input"),
+                                   (alpha_tg, self.target_budget, "target")):
+        if budget > 0 and not (alphas > 0).any():
+          raise UsageError(f"mixture component {index} gives every modality of "
+                           f"{list(self.names)} {what} alpha 0: its {budget} {what} tokens "
+                           "could go nowhere")
+      inputs.append(alpha_in)
+      targets.append(alpha_tg)
+      keeps.append(tuple(component.keep.get(name, "random") for name in self.names))
+    return np.stack(inputs), np.stack(targets), keeps
+
+  # Masking -------------------------------------------------------------------------------
+
+  def __call__(self, sample: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    component = self.mixture.sample_index(rng)
+    alpha_in, alpha_tg = self._input_alphas[component], self._target_alphas[component]
+    keep_schemes = self._keep[component]
+    values = [self._read(spec, sample) for spec in self.specs]
+    present = np.array([value is not None for value in values])
+    dense_eligible = present & ~self._is_sequence
+
+    # Inputs: the Dirichlet split, then span masking, whose unused tokens go to the
+    # dense modalities (a sequence never needs more than its text's length).
+    capacity_in = np.where(present, self.num_tokens, 0)
+    for i in self._sequences:
+      if present[i]:
+        capacity_in[i] = len(values[i])
+    proportions_in = draw_proportions(alpha_in, rng)
+    n_in = allocate(self.input_budget, proportions_in, alpha_in, capacity_in, rng)
+    spans = {}
+    for i in self._sequences:
+      if present[i]:
+        keep = choose_keep_mask(len(values[i]), int(n_in[i]), keep_schemes[i], rng)
+        inputs, target = span_mask(values[i], keep, self.text_ids)
+        if n_in[i] == 0:
+          inputs = inputs[:0]
+        spans[i] = (inputs, target)
+        n_in[i] = len(inputs)
+    if spans:
+      n_in = redistribute(n_in, self.input_budget - int(n_in.sum()), proportions_in,
+                          capacity_in, dense_eligible & (alpha_in > 0), rng)
+
+    # Targets: dense ones from the positions the inputs left, sequences up to their
+    # full decoder sequence, cut to what they get.
+    capacity_tg = np.where(present & self._can_target, self.num_tokens - n_in, 0)
+    for i, (_, target) in spans.items():
+      capacity_tg[i] = len(target) - 1 if self._can_target[i] else 0
+    proportions_tg = draw_proportions(alpha_tg, rng)
+    n_tg = allocate(self.target_budget, proportions_tg, alpha_tg, capacity_tg, rng)
+    for i, (inputs, target) in spans.items():
+      target = truncate_target(target, int(n_tg[i]), rng, self.text_ids)
+      spans[i] = (inputs, target)
+      n_tg[i] = max(len(target) - 1, 0)
+    if spans:
+      n_tg = redistribute(n_tg, self.target_budget - int(n_tg.sum()), proportions_tg,
+                          capacity_tg, dense_eligible & (alpha_tg > 0), rng)
+
+    masked = {}
+    for i, spec in enumerate(self.specs):
+      if spec.kind == Kind.SEQUENCE:
+        masked[spec.name] = self._sequence_entry(spec, spans.get(i))
+      else:
+        masked[spec.name] = self._dense_entry(spec, values[i], int(n_in[i]), int(n_tg[i]),
+                                              rng)
+    if "meta" in sample:
+      masked["meta"] = sample["meta"]
+    return masked
+
+  def _dense_entry(self, spec: modalities.ModalitySpec, value: np.ndarray | None,
+                   n_in: int, n_tg: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    n = spec.num_tokens(self.layout)
+    input_mask, target_mask = np.zeros(n, bool), np.zeros(n, bool)
+    if n_in or n_tg:
+      order = rng.permutation(n)
+      input_mask[order[:n_in]] = True
+      target_mask[order[n_in:n_in + n_tg]] = True
+    if value is None:
+      value = self._empty_tokens(spec)
+    return {"input_mask": input_mask, "target_mask": target_mask, "tokens": value}
+
+  def _empty_tokens(self, spec: modalities.ModalitySpec) -> np.ndarray:
+    n = spec.num_tokens(self.layout)
+    if spec.kind == Kind.PIXELS:
+      return np.zeros((self.layout.resolution, self.layout.resolution, 3), np.float32)
+    if spec.kind == Kind.FEATURE_MAP:
+      return np.zeros((n, spec.source.channels), np.float32)
+    return np.zeros(n, np.int32)
+
+  def _sequence_entry(self, spec: modalities.ModalitySpec,
+                      span: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
+    length, pad = spec.max_length, self.text_ids.pad
+    entry = {"input_mask": np.zeros(length, bool), "target_mask": np.zeros(length, bool),
+             "input_tokens": np.full(length, pad, np.int32),
+             "target_tokens": np.full(length, pad, np.int32),
+             "target_labels": np.full(length, pad, np.int32)}
+    if span is not None:
+      inputs, target = span
+      entry["input_tokens"][:len(inputs)] = inputs
+      entry["input_mask"][:len(inputs)] = True
+      predictions = max(len(target) - 1, 0)
+      entry["target_tokens"][:predictions] = target[:-1]
+      entry["target_labels"][:predictions] = target[1:]
+      entry["target_mask"][:predictions] = True
+    return entry
+
+  # Reading the sample ----------------------------------------------------------------------
+
+  def _read(self, spec: modalities.ModalitySpec, sample: Mapping[str, Any]):
+    """The modality's content ready to mask, or None when the sample lacks it."""
+    key = spec.source.name if spec.kind in (Kind.PIXELS, Kind.FEATURE_MAP) else spec.name
+    value = sample.get(key)
+    if value is None:
+      return None
+    if spec.kind == Kind.PIXELS:
+      return self._read_pixels(key, value)
+    if spec.kind == Kind.FEATURE_MAP:
+      return self._read_features(spec, key, value)
+    if spec.kind == Kind.SEQUENCE:
+      return self._read_sequence(spec, value)
+    return self._read_token_grid(spec, value)
+
+  def _read_pixels(self, key: str, value: Any) -> np.ndarray:
+    size = self.layout.resolution
+    if not isinstance(value, np.ndarray) or value.shape != (size, size, 3):
+      raise RecordError(f"expected a uint8 image [{size}, {size}, 3], got "
+                        f"{_describe(value)}", field=key)
+    if value.dtype != np.uint8:
+      raise RecordError(f"expected uint8 pixels, got {value.dtype}", field=key)
+    return value * self._pixel_scale + self._pixel_shift
+
+  def _read_features(self, spec: modalities.ModalitySpec, key: str, value: Any) -> np.ndarray:
+    grid, channels = self.layout.grid, spec.source.channels
+    if not isinstance(value, np.ndarray) or value.shape != (grid, grid, channels):
+      raise RecordError(f"expected a feature map [{grid}, {grid}, {channels}], got "
+                        f"{_describe(value)}", field=key)
+    if value.dtype.kind != "f":
+      raise RecordError(f"expected float features, got {value.dtype}", field=key)
+    return value.reshape(grid * grid, channels).astype(np.float32, copy=False)
+
+  def _read_token_grid(self, spec: modalities.ModalitySpec, value: Any) -> np.ndarray:
+    n = spec.num_tokens(self.layout)
+    shapes = [(n,)] + ([spec.grid_shape(self.layout)] if spec.grid_shape(self.layout) else [])
+    if not isinstance(value, np.ndarray) or value.shape not in shapes:
+      raise RecordError(f"expected token ids of shape {' or '.join(map(str, shapes))}, got "
+                        f"{_describe(value)}", field=spec.name)
+    return self._checked_ids(spec, value.reshape(n))
+
+  def _read_sequence(self, spec: modalities.ModalitySpec, value: Any) -> np.ndarray:
+    if isinstance(value, (np.ndarray, list, tuple)):
+      ids = np.asarray(value)
+      if ids.size == 0:
+        ids = ids.astype(np.int32)
+    else:  # raw text or boxes: the encoder makes the ids
+      encoder = self.sequence_encoders.get(spec.name)
+      if encoder is None:
+        raise UsageError(f"{spec.name!r} holds a raw {type(value).__name__}; give "
+                         f"MaskSample a sequence_encoders[{spec.name!r}] to tokenize it")
+      ids = np.asarray(encoder(value))
+    if ids.ndim != 1:
+      raise RecordError(f"expected a 1-D sequence of token ids, got {_describe(ids)}",
+                        field=spec.name)
+    ids = self._checked_ids(spec, ids)
+    ids = ids[:len(ids) - _trailing_count(ids, self.text_ids.pad)]
+    if (ids == self.text_ids.pad).any() or self.text_ids.is_sentinel(ids).any():
+      raise RecordError("the text's token ids contain [PAD] or sentinel ids, which the "
+                        "span masking reserves", field=spec.name)
+    ids = np.append(ids, np.int32(self.text_ids.eos))
+    limit = spec.max_length - 1
+    if len(ids) > limit:
+      if spec.name not in self._warned_truncation:
+        self._warned_truncation.add(spec.name)
+        warnings.warn(f"{spec.name!r}: texts longer than {limit} tokens (with [EOS]) are "
+                      f"truncated to fit max_length {spec.max_length}", stacklevel=3)
+      ids = ids[:limit]
+    return ids
+
+  def _checked_ids(self, spec: modalities.ModalitySpec, ids: np.ndarray) -> np.ndarray:
+    if ids.dtype.kind not in "iu":
+      raise RecordError(f"expected integer token ids, got {ids.dtype}", field=spec.name)
+    if ids.size and (ids.min() < 0 or ids.max() >= spec.vocab_size):
+      bad = ids[(ids < 0) | (ids >= spec.vocab_size)]
+      raise RecordError(f"token id {int(bad[0])} outside the vocabulary [0, "
+                        f"{spec.vocab_size})", field=spec.name)
+    return ids.astype(np.int32, copy=False)
+
+
+def _trailing_count(ids: np.ndarray, value: int) -> int:
+  """How many entries at the end of `ids` equal `value`."""
+  differs = np.flatnonzero(ids != value)
+  return len(ids) - (differs[-1] + 1 if differs.size else 0)
+
+
+def _describe(value: Any) -> str:
+  if isinstance(value, np.ndarray):
+    return f"{value.dtype} {list(value.shape)}"
+  return type(value).__name__
