@@ -19,7 +19,7 @@ import ml_collections
 from fourm.errors import UsageError
 
 
-def _import_config_file(path: str):
+def import_config_file(path: str):
   if not os.path.isfile(path):
     raise UsageError(f"--config {path}: no such file")
   spec = importlib.util.spec_from_file_location(f"fourm_config_{abs(hash(path))}", path)
@@ -68,7 +68,7 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """`path[:arg]` -> the file's get_config(arg) with the overrides applied."""
   path, _, arg = spec.partition(":")
-  module = _import_config_file(path)
+  module = import_config_file(path)
   config = module.get_config(arg) if arg else module.get_config()
   if not isinstance(config, ml_collections.ConfigDict):
     raise UsageError(f"--config {path}: get_config() returned {type(config).__name__}, "

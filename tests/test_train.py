@@ -298,10 +298,8 @@ def _config_variants():
   """FILE or FILE:VARIANT for every training config and each variant it declares."""
   specs = []
   for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
-    with open(path) as f:
-      module = {}
-      exec(compile(f.read(), path, "exec"), module)
-    specs += [f"{path}:{v}" if v else path for v in module.get("VARIANTS", ("",))]
+    variants = getattr(config_lib.import_config_file(path), "VARIANTS", ("",))
+    specs += [f"{path}:{v}" if v else path for v in variants]
   return specs
 
 
