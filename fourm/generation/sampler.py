@@ -4,7 +4,7 @@ What is known is a dict of model entries, batched (B samples), in the encoder's 
 (fourm/models/CONTRACT.md, input side only):
 
   token grids, global   {"tokens": int32 [B, N], "input_mask": bool [B, N]}
-  pixels (rgb)          {"tokens": float32 [B, R, R, 3] normalised, "input_mask": [B, N]}
+  pixels (rgb)          {"tokens": float32 [B, R, R, 3] normalized, "input_mask": [B, N]}
   feature maps          {"tokens": float32 [B, N, C], "input_mask": bool [B, N]}
   sequences             {"input_tokens": int32 [B, L], "input_mask": bool [B, L]}
 
@@ -14,24 +14,19 @@ target already in `known` is a partial input: its visible tokens are kept and on
 rest is generated (in-painting, out-painting; for sequences, span in-filling at the
 sentinels of the given text).
 
-Dense targets decode MaskGIT-style: each step runs the encoder on the conditions plus
-the target tokens decided so far (fed back as inputs, as the reference does) and the
-decoder on the undecided positions, samples every one of them, and commits the most
-confident (MaskGIT) or a random subset (ROAR) of the size the token schedule says.
-Sequences decode left to right with a key/value cache (`fourm/models/incremental.py`)
-until [EOS] or the closing sentinel. Each whole loop is one jit-compiled function with
-static shapes: one compilation per target, batch shape, set of guidance streams and
-token schedule, none between steps. A dense loop is unrolled, each step with as many
-encoder and decoder slots as it has tokens (the reference's cost, where a fixed-size loop
-would pay for the largest step every time); temperatures and guidance weights are traced
-values, so changing them does not recompile. For sequences, `max_new_tokens` sizes the
-key/value cache.
+This module prepares each call on the host (conditions, guidance streams, the step plan
+of `step_plan.py`, temperatures) and runs the loops of `decode_loops.py`, each whole
+loop one jit-compiled function with static shapes: one compilation per target, batch
+shape, set of guidance streams and token schedule, none between steps. Temperatures and
+guidance weights are traced values, so changing them does not recompile. For sequences,
+`max_new_tokens` sizes the key/value cache.
+
+`Decoding`, `fill_spans` and `sequence_entry` are re-exported from their modules
+(`decoding.py`, `text_spans.py`), where callers have long imported them from here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Mapping
 
 import jax
@@ -44,80 +39,14 @@ from fourm.data.masking import FIRST_SPAN
 from tokenizers_vq.text import TextSpecialIds
 from fourm.errors import UsageError
 from fourm.generation import guidance as guidance_lib
-from fourm.generation import sampling, schedules
-from fourm.models import incremental, slots
+from fourm.generation import schedules
+from fourm.generation.decode_loops import LoopSettings, dense_loop, sequence_loop
+from fourm.generation.decoding import Decoding
+from fourm.generation.step_plan import (round_up_budget, step_budgets, step_counts,
+                                        visible_tokens)
+from fourm.generation.text_spans import fill_spans, sequence_entry
 
-Kind = modalities.Kind
-METHODS = ("maskgit", "roar", "autoregressive")
-# Encoder budgets are rounded up to this, so that conditions of slightly different
-# lengths (captions) share one compiled function.
-BUDGET_QUANTUM = 16
-
-
-@dataclasses.dataclass(frozen=True)
-class Decoding:
-  """How one target is generated: one link of a chain.
-
-  method: "maskgit" (most confident first) or "roar" (random order) for token grids,
-    "autoregressive" for sequences; None picks by kind.
-  num_steps, token_schedule: dense decoding steps; "cosine", "linear" or an explicit
-    list of tokens per step (adding up to the tokens to generate).
-  temperature -> temperature_end over the steps (or over the tokens of a sequence),
-    along temperature_schedule ("constant", "linear", "cosine"); 0 is greedy.
-  top_k, top_p: filtering before sampling (0 = off).
-  guidance: classifier-free / multi-condition guidance, contrastive top-K.
-  conditions: the known modalities the target may see (None: all of them).
-  max_new_tokens: sequences stop after this many tokens at the latest.
-  """
-  target: str
-  method: str | None = None
-  num_steps: int = 8
-  token_schedule: str | tuple[int, ...] = "cosine"
-  temperature: float = 1.0
-  temperature_end: float | None = None
-  temperature_schedule: str = "constant"
-  top_k: int = 0
-  top_p: float = 0.0
-  guidance: guidance_lib.Guidance = guidance_lib.Guidance()
-  conditions: tuple[str, ...] | None = None
-  max_new_tokens: int | None = None
-
-  def __post_init__(self):
-    if not isinstance(self.token_schedule, str):
-      object.__setattr__(self, "token_schedule", tuple(int(n) for n in self.token_schedule))
-    if self.conditions is not None:
-      object.__setattr__(self, "conditions", tuple(self.conditions))
-    if isinstance(self.guidance, Mapping):
-      object.__setattr__(self, "guidance", guidance_lib.Guidance(**self.guidance))
-
-  def resolved_method(self) -> str:
-    spec = modalities.get(self.target)
-    default = "autoregressive" if spec.kind == Kind.SEQUENCE else "maskgit"
-    method = self.method or default
-    if method not in METHODS:
-      raise UsageError(f"{self.target}: decoding method {method!r}, expected one of {METHODS}")
-    if (method == "autoregressive") != (spec.kind == Kind.SEQUENCE):
-      raise UsageError(f"{self.target} is a {spec.kind.value} modality: decode it with "
-                       f"{default!r}, not {method!r}")
-    return method
-
-
-@dataclasses.dataclass(frozen=True)
-class _Static:
-  """What a compiled loop depends on beyond array shapes."""
-  target: str
-  method: str
-  top_k: int
-  top_p: float
-  contrastive_top_k: int
-  num_streams: int
-  # Sequences: the encoder's slots. Dense targets: (encoder slots, decoder slots) of each
-  # step, known from the schedule, so no step computes more slots than it has tokens.
-  budgets: int | tuple[tuple[int, int], ...]
-  feed_back: bool = True          # dense: decided tokens go back in as inputs
-  pad: int = 0
-  eos: int = 3
-  vocab_limit: int | None = None  # sample ids below this only
+__all__ = ["Decoding", "Sampler", "fill_spans", "sequence_entry"]
 
 
 class Sampler:
@@ -134,7 +63,7 @@ class Sampler:
     self.input_names, self.target_names = model.input_names, model.target_names
     self.layout = model.layout
     self.text_ids = text_ids
-    self._compiled: dict[_Static, callable] = {}
+    self._compiled: dict[LoopSettings, callable] = {}
     # Programs traced so far: each is one compilation, so a caller (or a test) can check
     # that changing traced settings such as temperatures reuses the program.
     self.num_traces = 0
@@ -172,15 +101,15 @@ class Sampler:
       tokens = np.asarray(given["tokens"], np.int32).reshape(-1, n)
       decided = np.asarray(given["input_mask"], bool).reshape(-1, n)
     batch_size = tokens.shape[0]
-    counts = _step_counts(n - decided.sum(1), decoding.num_steps, decoding.token_schedule)
+    counts = step_counts(n - decided.sum(1), decoding.num_steps, decoding.token_schedule)
     temps = schedules.temperatures(counts.shape[1], decoding.temperature,
                                    decoding.temperature_end, decoding.temperature_schedule)
     feed_back = decoding.target in self.input_names
     stream_sets, weights = guidance_lib.streams(conditions, decoding.guidance, negatives)
-    budgets = _step_budgets(decided.sum(1), counts, n,
-                            max(_visible(s) for s in stream_sets), feed_back)
-    static = self._static(decoding, method, len(stream_sets), budgets, feed_back=feed_back)
-    fn = self._compiled_fn(static, _dense_loop)
+    budgets = step_budgets(decided.sum(1), counts, n,
+                           max(visible_tokens(s) for s in stream_sets), feed_back)
+    settings = self._settings(decoding, method, len(stream_sets), budgets, feed_back=feed_back)
+    fn = self._compiled_fn(settings, dense_loop)
     out = fn(self.params, _stack(stream_sets, batch_size), jnp.asarray(tokens),
              jnp.asarray(decided), jnp.asarray(counts, jnp.int32),
              jnp.asarray(temps, jnp.float32), jnp.asarray(weights or [1.0], jnp.float32), key)
@@ -215,9 +144,9 @@ class Sampler:
                              "input_mask": np.asarray(given["input_mask"], bool)}}
     stream_sets, weights = guidance_lib.streams(conditions, decoding.guidance, negatives)
     stream_sets = [{**s, **own} for s in stream_sets]
-    budget = _round_up(max(_visible(s) for s in stream_sets))
-    static = self._static(decoding, method, len(stream_sets), budget)
-    fn = self._compiled_fn(static, _sequence_loop)
+    budget = round_up_budget(max(visible_tokens(s) for s in stream_sets))
+    settings = self._settings(decoding, method, len(stream_sets), budget)
+    fn = self._compiled_fn(settings, sequence_loop)
     start = np.full(batch_size, ids.sentinel(FIRST_SPAN), np.int32)
     out = np.asarray(fn(self.params, _stack(stream_sets, batch_size), jnp.asarray(start),
                         jnp.asarray(closing, jnp.int32), jnp.asarray(temps, jnp.float32),
@@ -246,110 +175,27 @@ class Sampler:
       conditions[name] = entry
     return conditions
 
-  def _static(self, decoding: Decoding, method: str, num_streams: int, budgets,
-              feed_back: bool = True) -> _Static:
-    return _Static(target=decoding.target, method=method, top_k=int(decoding.top_k),
-                   top_p=float(decoding.top_p),
-                   contrastive_top_k=int(decoding.guidance.contrastive_top_k),
-                   num_streams=num_streams, budgets=budgets, feed_back=feed_back,
-                   pad=self.text_ids.pad, eos=self.text_ids.eos,
-                   vocab_limit=self.vocab_limits.get(decoding.target))
+  def _settings(self, decoding: Decoding, method: str, num_streams: int, budgets,
+                feed_back: bool = True) -> LoopSettings:
+    return LoopSettings(target=decoding.target, method=method, top_k=int(decoding.top_k),
+                        top_p=float(decoding.top_p),
+                        contrastive_top_k=int(decoding.guidance.contrastive_top_k),
+                        num_streams=num_streams, budgets=budgets, feed_back=feed_back,
+                        pad=self.text_ids.pad, eos=self.text_ids.eos,
+                        vocab_limit=self.vocab_limits.get(decoding.target))
 
-  def _compiled_fn(self, static: _Static, loop):
-    if static not in self._compiled:
+  def _compiled_fn(self, settings: LoopSettings, loop):
+    if settings not in self._compiled:
       graphdef = self.graphdef
 
       def run(params, *args):
         self.num_traces += 1  # runs only while jax traces
-        return loop(nnx.merge(graphdef, params), static, *args)
-      self._compiled[static] = jax.jit(run)
-    return self._compiled[static]
-
-
-# The compiled loops ------------------------------------------------------------------------
-
-
-def _tile(x: jax.Array, times: int) -> jax.Array:
-  return jnp.concatenate([x] * times, axis=0) if times > 1 else x
-
-
-def _dense_loop(model, static: _Static, batch, tokens, decided, counts, temps, weights, key):
-  name, streams = static.target, static.num_streams
-  batch_size, n = tokens.shape
-  rows = jnp.arange(batch_size)[:, None]
-  # Unrolled: each step has its own static slot counts (a while loop would need the
-  # largest for all). Still one compilation for the whole schedule.
-  for index, (input_budget, target_budget) in enumerate(static.budgets):
-    key, sample_key, order_key = jax.random.split(key, 3)
-    undecided = ~decided
-    target = {"tokens": _tile(tokens, streams), "input_mask": _tile(decided, streams),
-              "target_mask": _tile(undecided, streams)}
-    inputs = {**batch, name: target} if static.feed_back else batch
-    context, valid = model.encode(inputs, input_budget)
-    hidden = model.decode({name: target}, context, valid, target_budget).hidden
-    logits = model.logits(name, hidden)[..., :static.vocab_limit]
-    logits = logits.reshape(streams, batch_size, target_budget, -1)
-    logits = guidance_lib.combine(logits, weights, static.contrastive_top_k)
-    ids, confidence = sampling.sample(sample_key, logits, temps[index], static.top_k,
-                                      static.top_p)
-    # Decoder slots hold undecided positions in order (a sample with fewer than the
-    # budget fills the rest with decided ones, which nothing commits): put them back.
-    order, used = slots.select(undecided, target_budget)
-    ids = jnp.zeros_like(tokens).at[rows, order].set(ids)
-    confidence = jnp.full(tokens.shape, -jnp.inf).at[rows, order].set(
-        jnp.where(used, confidence, -jnp.inf))
-    if static.method == "roar":
-      confidence = sampling.random_order_scores(order_key, confidence.shape)
-    commit = sampling.commit_most_confident(confidence, undecided, counts[:, index][:, None])
-    tokens, decided = jnp.where(commit, ids, tokens), decided | commit
-  return tokens
-
-
-def _sequence_loop(model, static: _Static, batch, start, closing, temps, weights, key):
-  name, streams = static.target, static.num_streams
-  length = temps.shape[0]  # positions: the start token and what follows it
-  batch_size = start.shape[0]
-  context, valid = model.encode(batch, static.budgets)
-  cache = incremental.init_cache(model, context, valid, length)
-  tokens = jnp.full((batch_size, length), static.pad, jnp.int32).at[:, 0].set(start)
-
-  def running(carry):
-    position, _, done, _, _ = carry
-    return (position < length - 1) & ~jnp.all(done)
-
-  def step(carry):
-    position, tokens, done, cache, key = carry
-    key, sample_key = jax.random.split(key)
-    current = _tile(jax.lax.dynamic_index_in_dim(tokens, position, axis=1, keepdims=False),
-                    streams)
-    hidden, cache = incremental.decode_step(model, name, cache, current, position)
-    logits = model.logits(name, hidden)[..., :static.vocab_limit]
-    logits = logits.reshape(streams, batch_size, -1)
-    logits = guidance_lib.combine(logits, weights, static.contrastive_top_k)
-    ids, _ = sampling.sample(sample_key, logits, temps[position], static.top_k, static.top_p)
-    ids = jnp.where(done, static.pad, ids)
-    tokens = jax.lax.dynamic_update_index_in_dim(tokens, ids, position + 1, axis=1)
-    done = done | (ids == static.eos) | (ids == closing)
-    return position + 1, tokens, done, cache, key
-
-  carry = (jnp.int32(0), tokens, jnp.zeros(batch_size, bool), cache, key)
-  return jax.lax.while_loop(running, step, carry)[1]
+        return loop(nnx.merge(graphdef, params), settings, *args)
+      self._compiled[settings] = jax.jit(run)
+    return self._compiled[settings]
 
 
 # Host-side helpers ---------------------------------------------------------------------------
-
-
-def _round_up(count: int) -> int:
-  return max(BUDGET_QUANTUM, math.ceil(count / BUDGET_QUANTUM) * BUDGET_QUANTUM)
-
-
-def _visible(stream: Mapping[str, dict]) -> int:
-  """The most encoder tokens any sample of a stream has."""
-  total = 0
-  for entry in stream.values():
-    total = total + np.asarray(entry["input_mask"]).reshape(
-        np.shape(entry["input_mask"])[0], -1).sum(1)
-  return int(np.max(total)) if np.size(total) else 0
 
 
 def _batch_size(conditions: Mapping[str, dict], given) -> int | None:
@@ -370,73 +216,3 @@ def _stack(stream_sets: list[dict[str, dict]], batch_size: int) -> dict[str, dic
         for key in stream_sets[0][name]}
     assert stacked[name]["input_mask"].shape[0] == len(stream_sets) * batch_size
   return stacked
-
-
-def _step_budgets(given: np.ndarray, counts: np.ndarray, n: int, conditions: int,
-                  feed_back: bool) -> tuple[tuple[int, int], ...]:
-  """(encoder slots, decoder slots) of each step: the conditions plus the tokens decided
-  before it (rounded up, so nearby condition lengths share a compilation), and the
-  tokens still undecided, for the sample that has the most."""
-  decided_before = given[:, None] + np.cumsum(counts, axis=1) - counts  # [B, S]
-  budgets = []
-  for step in range(counts.shape[1]):
-    fed = int(decided_before[:, step].max()) if feed_back else 0
-    undecided = n - int(decided_before[:, step].min())
-    budgets.append((_round_up(conditions + fed), max(1, undecided)))
-  return tuple(budgets)
-
-
-def _step_counts(undecided: np.ndarray, num_steps: int, schedule) -> np.ndarray:
-  """int [B, S]: tokens each sample commits at each step. Samples with fewer tokens
-  left than steps take one per step and then none."""
-  steps = len(schedule) if not isinstance(schedule, str) else num_steps
-  counts = np.zeros((len(undecided), steps), np.int64)
-  for row, left in enumerate(undecided):
-    if left > 0:
-      per_step = schedules.tokens_per_step(int(left), min(steps, int(left)), schedule)
-      counts[row, :len(per_step)] = per_step
-  return counts
-
-
-def fill_spans(given: np.ndarray, generated: np.ndarray, ids: TextSpecialIds) -> np.ndarray:
-  """The complete text (ids, ending in [EOS] when the model ended it) from the given
-  encoder text (with sentinels; empty = generate from scratch) and the decoder's output
-  "[S_1] span_1 [S_2] span_2 ...".
-  """
-  given = given[given != ids.pad]
-  spans: dict[int, list[int]] = {}
-  current = None
-  for token in generated.tolist():
-    if ids.is_sentinel(np.asarray(token)):
-      current = token
-      spans.setdefault(current, [])
-    elif token == ids.pad:
-      break
-    elif current is not None:
-      spans[current].append(token)
-      if token == ids.eos:
-        break
-  if not given.size:
-    return np.asarray(spans.get(ids.sentinel(FIRST_SPAN), []), np.int32)
-  text: list[int] = []
-  for token in given.tolist():
-    text.extend(spans.get(token, []) if ids.is_sentinel(np.asarray(token)) else [token])
-    if text and text[-1] == ids.eos:
-      break
-  return np.asarray(text, np.int32)
-
-
-def sequence_entry(texts: list[np.ndarray], length: int,
-                   ids: TextSpecialIds = TextSpecialIds()) -> dict[str, np.ndarray]:
-  """Complete texts (token ids) as a sequence condition, the way training shows a whole
-  caption to the encoder: the text and its [EOS], no sentinels."""
-  tokens = np.full((len(texts), length), ids.pad, np.int32)
-  mask = np.zeros((len(texts), length), bool)
-  for row, text in enumerate(texts):
-    text = np.asarray(text, np.int32)
-    if not text.size or text[-1] != ids.eos:
-      text = np.append(text, np.int32(ids.eos))
-    text = text[:length]
-    tokens[row, :len(text)] = text
-    mask[row, :len(text)] = True
-  return {"input_tokens": tokens, "input_mask": mask}
