@@ -161,8 +161,9 @@ def main() -> None:
     del state
 
     real_state, real_step, mesh = build_real(config, heads)
+    from fourm.nn.sharding import DEFAULT_RULES
     from fourm.train.mesh import global_batch
-    sharded_batch = global_batch(jax.device_get(batch), mesh)
+    sharded_batch = global_batch(jax.device_get(batch), mesh, DEFAULT_RULES)
 
     def run_real_step(batch):
       nonlocal real_state

@@ -4,7 +4,8 @@
 imports the file, calls `get_config("smoke")` and applies the overrides, written as on
 the command line (`--config.batch_size=64` becomes `batch_size=64`). Values are parsed
 as Python literals where they parse (numbers, tuples, booleans), else kept as strings;
-ConfigDict's own type checks refuse a value of the wrong type for its field.
+ConfigDict's own type checks refuse a value of the wrong type for its field. A group made
+with `ConfigDict(type_safe=False)` is a free mapping: it takes new fields, of any type.
 """
 
 from __future__ import annotations
@@ -50,11 +51,13 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
       raise UsageError(f"config override {override!r}: no config group "
                        f"{'.'.join(parents[:depth + 1])!r}")
     node = node[part]
-  if leaf not in node:
+  # A group built with type_safe=False is a free mapping (config.sharding.rules, say):
+  # it takes fields it does not have yet.
+  if leaf not in node and node.is_type_safe:
     raise UsageError(f"config override {override!r}: no field {key!r}; the group has "
                      f"{sorted(node.keys())}")
   value = _parse_value(text)
-  old = node[leaf]
+  old = node.get(leaf)
   if isinstance(old, tuple) and isinstance(value, (list, str)):
     value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
   if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):

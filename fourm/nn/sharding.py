@@ -6,9 +6,10 @@ Every parameter carries logical axis names ("embed", "mlp", "heads", ...) as its
 default one below gives FSDP over "fsdp", tensor parallelism over "tensor" and data
 parallelism over "data" (+ "fsdp" for activations).
 
-Rules are read from flax's context (`nnx.logical_axis_rules(DEFAULT_RULES)`), the
-mesh from jax's (`jax.set_mesh(mesh)`). With no mesh or no rules everything here is
-a no-op, so a single-device run needs neither.
+Rules are read from flax's context (`nnx.logical_axis_rules(rules)`), the mesh from
+jax's (`jax.set_mesh(mesh)`). With no mesh or no rules everything here is a no-op, so a
+single-device run needs neither. A run's table is `DEFAULT_RULES` with the overrides of
+its config (`config.sharding.rules`, see `with_overrides`).
 
 Resolution is forgiving on purpose, so one table serves every mesh and model size:
 a mesh axis the current mesh lacks is dropped, a mesh axis already used by an earlier
@@ -18,17 +19,21 @@ divide evenly stays replicated (e.g. 6 heads over a tensor axis of 4).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 from flax import nnx
 from flax.core import spmd as flax_spmd
 from jax.sharding import PartitionSpec
 
+from fourm.errors import UsageError
+
 LogicalAxes = tuple[str | None, ...]
+Target = str | tuple[str, ...] | None
+Rules = tuple[tuple[str, Target], ...]
 
 # Logical name -> mesh axis (or axes, or None for replicated).
-DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+DEFAULT_RULES: Rules = (
     # Parameters.
     ("embed", "fsdp"),       # the model dimension of every weight matrix: FSDP shards it
     ("mlp", "tensor"),       # SwiGLU hidden units
@@ -46,6 +51,61 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
 )
+
+
+def _axes(target: Target) -> tuple[str, ...]:
+  return () if target is None else (target,) if isinstance(target, str) else tuple(target)
+
+
+def _as_target(value, field: str) -> Target:
+  """A rule's value as the table holds it: None, one axis name or a tuple of them.
+
+  "a,b" is read as ("a", "b") and "" or () as None, so a command line can write any of
+  them (the config loader may also have split "a,b" into a tuple already)."""
+  if value is None:
+    return None
+  if isinstance(value, str):
+    value = value.split(",")
+  if not isinstance(value, (list, tuple)) or not all(isinstance(a, str) for a in value):
+    raise UsageError(f"{field} is {value!r}; expected None, a mesh axis name or a tuple "
+                     "of them")
+  axes = tuple(axis.strip() for axis in value if axis.strip())
+  return None if not axes else axes[0] if len(axes) == 1 else axes
+
+
+def with_overrides(overrides: Mapping[str, object] | None = None,
+                   mesh_axes: Sequence[str] | None = None, base: Rules = DEFAULT_RULES,
+                   field: str = "config.sharding.rules") -> Rules:
+  """`base` with some logical names mapped anew: {name: None | axis | (axes...)}.
+
+  Every overridden name must be one `base` knows (a typo would otherwise be a silent
+  no-op), and, when `mesh_axes` is given, every axis one of them. `field` is the config
+  group the overrides come from, for the error messages.
+  """
+  table = dict(base)
+  for name, value in (overrides or {}).items():
+    where = f"{field}.{name}"
+    if name not in table:
+      raise UsageError(f"{where}: no logical axis {name!r}; known: {sorted(table)}")
+    target = _as_target(value, where)
+    unknown = [axis for axis in _axes(target) if axis not in (mesh_axes or ())]
+    if mesh_axes is not None and unknown:
+      raise UsageError(f"{where} = {value!r}: no mesh axis {unknown[0]!r}; the mesh has "
+                       f"{tuple(mesh_axes)}")
+    table[name] = target
+  return tuple(table.items())
+
+
+def mesh_axes_of(name: str, mesh, rules: Rules) -> tuple[str, ...]:
+  """The axes of `mesh` that `rules` give logical `name`, in order (() = replicated).
+
+  Unlike `logical_to_mesh` this ignores any array's size, so a caller can check that a
+  size divides (the global batch over "act_batch", say) instead of losing the split."""
+  kept: list[str] = []
+  for axis in _axes(dict(rules).get(name)):
+    if axis in mesh.axis_names and axis not in kept:
+      kept.append(axis)
+  return tuple(kept)
 
 
 def current_mesh() -> jax.sharding.AbstractMesh | None:
@@ -69,11 +129,7 @@ def logical_to_mesh(logical_axes: Sequence[str | None], shape: Sequence[int],
   used: set[str] = set()
   spec = []
   for name, size in zip(logical_axes, shape, strict=True):
-    targets = rules.get(name) if name is not None else None
-    if targets is None:
-      spec.append(None)
-      continue
-    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    targets = _axes(rules.get(name)) if name is not None else ()
     kept, product = [], 1
     for axis in targets:
       if axis not in mesh.axis_names or axis in used:

@@ -20,6 +20,9 @@ def default_config() -> ml_collections.ConfigDict:
     data: paths (directories read side by side), splits, augment, worker_count
     optimizer: AdamW, lr = base_lr * batch_size / lr_batch_base, warmup then cosine
     mesh: data / fsdp / tensor sizes, one may be -1 (the devices left)
+    sharding.rules: overrides of the logical-axis table (fourm/nn/sharding.py
+      DEFAULT_RULES), logical name -> None (replicated) | mesh axis | tuple of axes;
+      empty = the default table
   """
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -46,6 +49,11 @@ def default_config() -> ml_collections.ConfigDict:
       base_lr=1e-4, lr_batch_base=256, warmup_steps=100, min_lr_ratio=0.0, b1=0.9, b2=0.95,
       eps=1e-8, weight_decay=0.05, grad_clip=1.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Not type-safe, so that any logical name may be added and take None, an axis or a
+  # tuple in turn. On the command line: --config.sharding.rules.embed=None (replicated),
+  # --config.sharding.rules.mlp=fsdp, --config.sharding.rules.act_batch=data,fsdp (or
+  # "('data','fsdp')"). An unknown name or mesh axis is refused when the run starts.
+  c.sharding = ml_collections.ConfigDict(dict(rules=ml_collections.ConfigDict(type_safe=False)))
   c.log_every = 10
   c.eval_every = 100
   c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True))

@@ -59,15 +59,9 @@ def _alphas(config: ml_collections.ConfigDict) -> AlphasMixture:
 
 
 def _sequence_encoders(config: ml_collections.ConfigDict) -> dict[str, Callable]:
-  from tokenizers_vq.boxes import BoxEncoder
-  from tokenizers_vq.text import TextEncoder
-  vocab = config.text_tokenizer or None
-  encoders = {}
-  if "caption" in config.modalities:
-    encoders["caption"] = TextEncoder(vocab)
-  if "det" in config.modalities:
-    encoders["det"] = BoxEncoder(vocab)
-  return encoders
+  """The codec of every sequence modality of the run (`tokenizers_vq/sequences.py`)."""
+  from tokenizers_vq.sequences import codecs_for
+  return codecs_for(config.modalities, config.text_tokenizer or None)
 
 
 def make_pipeline(config: ml_collections.ConfigDict, *, split: str, train: bool,
@@ -102,7 +96,7 @@ def model_inputs(local: Mapping[str, Any]) -> dict[str, Any]:
   return batch
 
 
-def evaluate(config, eval_step, params, mesh) -> dict[str, float]:
+def evaluate(config, eval_step, params, mesh, rules) -> dict[str, float]:
   """Held-out loss per modality (token-weighted over the eval batches) and their mean."""
   pipeline = make_pipeline(config, split=config.data.eval_split, train=False,
                            batch_size=config.eval_batch_size or config.batch_size)
@@ -110,7 +104,8 @@ def evaluate(config, eval_step, params, mesh) -> dict[str, float]:
   for index, local in enumerate(pipeline.iterator()):
     if config.eval_batches and index >= config.eval_batches:
       break
-    sums = jax.device_get(eval_step(params, mesh_lib.global_batch(model_inputs(local), mesh)))
+    batch = mesh_lib.global_batch(model_inputs(local), mesh, rules)
+    sums = jax.device_get(eval_step(params, batch))
     for name, (total, count) in sums.items():
       entry = totals.setdefault(name, [0.0, 0.0])
       entry[0] += float(total)
@@ -168,9 +163,9 @@ def _longest_streak(longest: tuple[jax.Array, jax.Array], streak: jax.Array,
   return jnp.where(longer, streak, length), jnp.where(longer, step, at)
 
 
-def _batches(iterator: Iterator, mesh) -> Iterator:
+def _batches(iterator: Iterator, mesh, rules) -> Iterator:
   for local in iterator:
-    yield mesh_lib.global_batch(model_inputs(local), mesh)
+    yield mesh_lib.global_batch(model_inputs(local), mesh, rules)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
@@ -187,11 +182,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   total_steps = int(config.total_steps)
 
   mesh = mesh_lib.make_mesh(config.mesh)
-  mesh_lib.check_batch_divides(mesh, config.batch_size)
+  rules = mesh_lib.axis_rules(config, mesh)  # one table for the state, steps and batches
+  mesh_lib.check_batch_divides(mesh, config.batch_size, rules)
   pipeline = make_pipeline(config, split=config.data.train_split, train=True,
                            batch_size=config.batch_size)
   tx, schedule = make_optimizer(config.optimizer, config.batch_size, total_steps)
-  graphdef, state = create_train_state(model_factory(config), tx, mesh)
+  graphdef, state = create_train_state(model_factory(config), tx, mesh, rules)
   log(f"model: {config.model.size}, {num_params(state):,} parameters; mesh "
       f"{dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)")
 
@@ -214,11 +210,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   # The first batch is read before anything compiles: bad records, token ids outside a
   # vocabulary or grids of the wrong shape fail now, naming the file and field.
-  batches = _batches(pipeline.iterator(start_batch=start), mesh)
+  batches = _batches(pipeline.iterator(start_batch=start), mesh, rules)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   train_step = make_train_step(graphdef, tx, schedule, mesh, state_shardings,
-                               loss_type=config.loss_type)
-  eval_step = make_eval_step(graphdef, mesh)
+                               loss_type=config.loss_type, rules=rules)
+  eval_step = make_eval_step(graphdef, mesh, rules=rules)
   writer = (metrics_lib.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
             if is_chief else metrics_lib.NullWriter())
   tokens_per_step = config.batch_size * (config.input_budget + config.target_budget)
@@ -226,7 +222,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   last: dict[str, float] = {}
 
   def run_eval(done: int) -> dict[str, float]:
-    scores = evaluate(config, eval_step, state.params, mesh)
+    scores = evaluate(config, eval_step, state.params, mesh, rules)
     writer.write_scalars(done, scores)
     log(f"eval at step {done}: " +
         "  ".join(f"{k.removeprefix('eval/')}={v:.4f}" for k, v in scores.items()))

@@ -1,8 +1,9 @@
 """The device mesh of a run and global batches built from each process's shard.
 
 A mesh config names the size of each axis, `data`, `fsdp` and `tensor`, one of which
-may be -1 (all devices left). The batch is split over `data` x `fsdp`; parameters follow
-the logical-axis table of `fourm/nn/sharding.py`. Only the mesh changes between a
+may be -1 (all devices left). Parameters and the batch follow the logical-axis table of
+`fourm/nn/sharding.py` with the config's overrides (`axis_rules`): by default the batch
+is split over `data` x `fsdp` (its "act_batch" rule). Only the mesh changes between a
 laptop, an 8-device test, a GPU node and a TPU pod slice.
 """
 
@@ -17,9 +18,9 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from fourm.errors import UsageError
+from fourm.nn import sharding
 
 AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
 
 
 def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
@@ -52,26 +53,46 @@ def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
                        devices=jax.devices()[:count])
 
 
-def check_batch_divides(mesh: jax.sharding.Mesh, global_batch: int) -> None:
-  shards = math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+def axis_rules(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> sharding.Rules:
+  """The run's logical-axis table: the default one with `config.sharding.rules` applied."""
+  return sharding.with_overrides(config.sharding.rules.to_dict(), mesh.axis_names)
+
+
+def batch_axes(mesh: jax.sharding.Mesh, rules: sharding.Rules) -> tuple[str, ...]:
+  """The mesh axes the batch is split over: its "act_batch" rule, as the model's
+  activations are, so the batch arrives where the model wants it."""
+  return sharding.mesh_axes_of("act_batch", mesh, rules)
+
+
+def check_batch_divides(mesh: jax.sharding.Mesh, global_batch: int,
+                        rules: sharding.Rules) -> None:
+  axes = batch_axes(mesh, rules)
+  shards = math.prod(mesh.shape[axis] for axis in axes)
   if global_batch % shards:
     raise UsageError(f"batch_size {global_batch} does not split over the mesh's "
-                     f"data x fsdp = {shards} batch shards; make it a multiple of {shards}")
+                     f"{' x '.join(axes)} = {shards} batch shards; make it a multiple of "
+                     f"{shards}")
   if global_batch % jax.process_count():
     raise UsageError(f"batch_size {global_batch} does not split over "
                      f"{jax.process_count()} processes")
+  if not axes and jax.process_count() > 1:
+    # A replicated batch would need every process to hold all of it, not its share.
+    raise UsageError("config.sharding.rules.act_batch replicates the batch; a "
+                     "multi-process run must split it over a mesh axis")
 
 
-def global_batch(local: Mapping, mesh: jax.sharding.Mesh):
-  """Each process's rows -> one global array per leaf, split over data x fsdp.
+def global_batch(local: Mapping, mesh: jax.sharding.Mesh, rules: sharding.Rules):
+  """Each process's rows -> one global array per leaf, split over the batch axes.
 
   The rows of process i become global rows [i * B/P, (i + 1) * B/P) on its devices. The
   pipeline gives every process its share of the same global batch, so the batch holds
   the same samples on any process count (in another row order, which no loss sees).
   """
+  axes = batch_axes(mesh, rules)
+
   def to_global(x):
     x = np.asarray(x)
-    spec = PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1)))
+    spec = PartitionSpec(axes or None, *([None] * (x.ndim - 1)))
     return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x)
 
   return jax.tree.map(to_global, dict(local))

@@ -67,9 +67,10 @@ def model_factory(config: ml_collections.ConfigDict) -> Callable[[], fourm_model
 
 
 def create_train_state(build: Callable[[], fourm_model.FourM],
-                       tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
+                       tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                       rules: sharding.Rules = sharding.DEFAULT_RULES
                        ) -> tuple[nnx.GraphDef, TrainState]:
-  """A fresh state, parameters born sharded by the logical-axis table."""
+  """A fresh state, parameters born sharded by the logical-axis table `rules`."""
   graphdef = nnx.graphdef(nnx.eval_shape(build))
 
   def init() -> TrainState:
@@ -78,7 +79,7 @@ def create_train_state(build: Callable[[], fourm_model.FourM],
     return TrainState(step=zero, params=params, opt_state=tx.init(params),
                       nonfinite_streak=zero, nonfinite_total=zero)
 
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     state = jax.jit(init)()
   return graphdef, state
 

@@ -22,8 +22,12 @@ from fourm.train.state import TrainState
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: jax.sharding.Mesh, state_shardings,
-                    loss_type: str = "mod", heads: str = "grouped") -> Callable:
-  """(state, batch) -> (state, metrics), compiled once; the state's buffers are donated."""
+                    loss_type: str = "mod", heads: str = "grouped",
+                    rules: sharding.Rules = sharding.DEFAULT_RULES) -> Callable:
+  """(state, batch) -> (state, metrics), compiled once; the state's buffers are donated.
+
+  `rules` is the logical-axis table the activations are constrained by (the one the
+  state was created with)."""
 
   def train_step(state: TrainState, batch: Mapping) -> tuple[TrainState, dict]:
     def loss_fn(params):
@@ -53,13 +57,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   jitted = jax.jit(train_step, donate_argnums=0, out_shardings=(state_shardings, None))
 
   def run(state, batch):
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
       return jitted(state, batch)
   return run
 
 
 def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh,
-                   heads: str = "grouped") -> Callable:
+                   heads: str = "grouped",
+                   rules: sharding.Rules = sharding.DEFAULT_RULES) -> Callable:
   """(params, batch) -> {modality: (loss sum, token count)} for averaging over batches."""
 
   @jax.jit
@@ -68,6 +73,6 @@ def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh,
     return per_modality_losses(model, model(batch), heads=heads)
 
   def run(params, batch):
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
       return eval_step(params, batch)
   return run
