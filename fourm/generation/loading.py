@@ -2,10 +2,12 @@
 tokenizers that made its token modalities.
 
 The checkpoint holds the whole train state and, beside it, the run's config; the model is
-rebuilt from that config and its parameters restored onto one device. Which tokenizer
-made which modality is recorded by `fourm tokenize` in the token datasets the run read
-(`config.data.paths`): a VQ-VAE workdir per modality, or the ground-truth patch
-quantisers. `--tokenizers tok_x=WORKDIR` overrides or completes that.
+rebuilt from that config and only its parameters are restored (the optimizer's state is
+neither read nor rebuilt): onto one device, or, given a mesh, sharded by the run's
+logical-axis table straight onto the mesh's devices. Which tokenizer made which modality
+is recorded by `fourm tokenize` in the token datasets the run read (`config.data.paths`):
+a VQ-VAE workdir per modality, or the ground-truth patch quantizers. `--tokenizers
+tok_x=WORKDIR` overrides or completes that.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from fourm import modalities
 from fourm.data import patch_tokens, records
 from fourm.errors import UsageError
+from tokenizers_vq.grid import GridTokenizer
 from fourm.checkpoint import Checkpoints
-from fourm.train.optimizer import make_optimizer
-from fourm.train.state import TrainState, model_factory
+from fourm.nn import sharding
+from fourm.train.state import model_factory
 
 
 @dataclasses.dataclass
@@ -36,8 +39,12 @@ class TrainedModel:
   workdir: str
 
 
-def load_model(workdir: str) -> TrainedModel:
-  """The model of the newest readable checkpoint in a `fourm train` workdir."""
+def load_model(workdir: str, mesh: jax.sharding.Mesh | None = None) -> TrainedModel:
+  """The model of the newest readable checkpoint in a `fourm train` workdir.
+
+  Without `mesh` every parameter lands on this process's first device. With one, each
+  is read straight into its `NamedSharding` under the run's logical-axis table, so a
+  model too big for one device never has to fit on one."""
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(directory):
     raise UsageError(f"--checkpoint {workdir}: no checkpoints there (expected {directory}; "
@@ -52,26 +59,48 @@ def load_model(workdir: str) -> TrainedModel:
       raise UsageError(f"--checkpoint {workdir}: its checkpoint is not a 4M model's (a "
                        "tokenizer's? load those with --tokenizers)")
     build = model_factory(config)
-    tx, _ = make_optimizer(config.optimizer, config.batch_size, config.total_steps)
-
-    def init() -> TrainState:
-      params = nnx.state(build(), nnx.Param)
-      zero = jnp.zeros((), jnp.int32)
-      return TrainState(step=zero, params=params, opt_state=tx.init(params),
-                        nonfinite_streak=zero, nonfinite_total=zero)
-
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        jax.eval_shape(init))
-    restored = checkpoints.restore_latest(like)
+    abstract_model = nnx.eval_shape(build)
+    target = _placed(nnx.state(abstract_model, nnx.Param), config, mesh)
+    restored = checkpoints.restore_latest_params(target)
   finally:
     checkpoints.close()
   if restored is None:
     raise UsageError(f"--checkpoint {workdir}: no checkpoint could be read")
-  state, _ = restored
-  model = nnx.merge(nnx.graphdef(nnx.eval_shape(build)), state.params)
-  return TrainedModel(model=model, config=config, step=int(state.step),
+  params, step, _ = restored
+  model = nnx.merge(nnx.graphdef(abstract_model), params)
+  return TrainedModel(model=model, config=config, step=step,
                       workdir=os.path.abspath(workdir))
+
+
+def _placed(params: nnx.State, config: ml_collections.ConfigDict,
+            mesh: jax.sharding.Mesh | None) -> nnx.State:
+  """The abstract parameters, each carrying the sharding it is to be restored into."""
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda v: _with_sharding(v, device), params, is_leaf=_is_variable)
+  specs = sharding.partition_specs(params, mesh, _axis_rules(config))
+  return jax.tree.map(lambda v, spec: _with_sharding(v, NamedSharding(mesh, spec)),
+                      params, specs, is_leaf=_is_variable)
+
+
+def _with_sharding(variable: nnx.Variable, where: jax.sharding.Sharding) -> nnx.Variable:
+  value = variable.get_value()
+  return variable.copy(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=where))
+
+
+def _is_variable(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def _axis_rules(config: ml_collections.ConfigDict) -> sharding.Rules:
+  """The logical-axis table the run trained with: the default one with the overrides its
+  config names (`config.sharding.rules`; configs from before them have none). The axes
+  are not checked against the mesh: generation may run on another mesh than training,
+  and an axis it lacks just leaves that dimension replicated."""
+  overrides = (config.get("sharding") or {}).get("rules")
+  if not overrides:
+    return sharding.DEFAULT_RULES
+  return sharding.with_overrides(dict(overrides))
 
 
 def _find_dataset(path: str, workdir: str) -> str | None:
@@ -92,7 +121,7 @@ def _find_dataset(path: str, workdir: str) -> str | None:
 
 
 def recorded_tokenizers(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """{tok_x: VQ-VAE workdir (str) or patch quantiser} as the run's token datasets record."""
+  """{tok_x: VQ-VAE workdir (str) or patch quantizer} as the run's token datasets record."""
   found: dict[str, Any] = {}
   for path in config.data.paths:
     location = _find_dataset(path, workdir)
@@ -104,7 +133,7 @@ def recorded_tokenizers(config: ml_collections.ConfigDict, workdir: str) -> dict
         found[name] = entry["workdir"]
     elif job.get("method") == "ground-truth patches":
       for name in job.get("modalities", []):
-        found[name] = patch_tokens.QUANTIZERS[name]
+        found[name] = patch_tokens.quantizer_for(name)
   return found
 
 
@@ -127,25 +156,21 @@ def load_tokenizers(config: ml_collections.ConfigDict, workdir: str,
   return loaded
 
 
-def tokenizer_vocab_size(tokenizer) -> int:
-  """How many codes a grid tokenizer (VQ-VAE or patch quantiser) has."""
-  config = getattr(tokenizer, "config", None)
-  return config.vocab_size if config is not None else tokenizer.num_ids
-
-
-def check_tokenizer(name: str, tokenizer, layout: modalities.Layout) -> None:
+def check_tokenizer(name: str, tokenizer: GridTokenizer, layout: modalities.Layout) -> None:
   """A tokenizer must make the model's grid and fit its vocabulary."""
   spec = modalities.get(name)
-  config = getattr(tokenizer, "config", None)
-  grid = config.resolution // config.patch_size if config is not None else layout.grid
-  vocab = tokenizer_vocab_size(tokenizer)
+  if not isinstance(tokenizer, GridTokenizer):
+    raise UsageError(f"the {name} tokenizer {type(tokenizer).__name__} is not a grid "
+                     "tokenizer (tokenizers_vq/grid.py)")
+  grid = tokenizer.grid_at(layout)
   if grid != layout.grid:
     raise UsageError(f"the {name} tokenizer makes a {grid}x{grid} grid; the model reads "
                      f"{layout.grid}x{layout.grid} ({layout.resolution} px, "
                      f"{layout.patch_size} px patches): it is not this model's tokenizer")
-  if vocab > spec.vocab_size:
-    raise UsageError(f"the {name} tokenizer has {vocab} codes, more than the model's "
-                     f"vocabulary of {spec.vocab_size}: it is not this model's tokenizer")
+  if tokenizer.num_codes > spec.vocab_size:
+    raise UsageError(f"the {name} tokenizer has {tokenizer.num_codes} codes, more than the "
+                     f"model's vocabulary of {spec.vocab_size}: it is not this model's "
+                     "tokenizer")
 
 
 def text_vocab_path(config: Mapping[str, Any]) -> str | None:
