@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 # The main job on the embedded default dataset: render the synthetic world and draw its
 # samples, train an rgb VQ-VAE tokenizer on it, tokenize the world (rgb with the VQ-VAE,
-# depth / normals / segmentation with ground-truth patch quantisers), train the tiny 4M
+# depth / normals / segmentation with ground-truth patch quantizers), train the tiny 4M
 # model on it, and generate with it: rgb -> everything, caption -> everything (chained).
 # Every step but the last two resumes or finds its work done when run again.
 demo: $(STAMP)
@@ -50,7 +50,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 # The inner loop: everything but the tests marked slow (multi-process, kill / resume,
-# the notebook, those that train a model for a minute or more).
+# the notebook, those that train or compile for more than ~7 s). Under 3 minutes on 2 cores.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
 

@@ -5,10 +5,10 @@
 
 rgb -> depth and rgb -> segmentation are decoded greedily (MaskGIT, 4 steps) and scored
 against the exact maps of held-out scenes, beside baselines that never look at the image
-(`fourm/generation/evaluate.py`). rgb -> caption checks that the colours a generated
+(`fourm/generation/evaluate.py`). rgb -> caption checks that the colors a generated
 caption names are the scene's. caption -> rgb generates images from held-out captions
-and checks, with a hue detector calibrated on the real images, whether the colours the
-caption names are in the image more often than the colours it does not name (chance).
+and checks, with a hue detector calibrated on the real images, whether the colors the
+caption names are in the image more often than the colors it does not name (chance).
 """
 
 from __future__ import annotations
@@ -49,25 +49,25 @@ def main() -> None:
         f"{maps['semseg_miou_majority_map_baseline']:>10.3f}")
   if generator.model.can_predict("caption"):
     words = evaluate.rgb_to_caption(generator, args.data, count=args.count // 2)
-    print(f"{'rgb -> caption (greedy)':<26} {'named colour in':<16} "
-          f"{words['named_colour_rate']:>8.3f} {'unnamed:':>14} "
-          f"{words['unnamed_colour_rate']:>10.3f}")
-    print(f"  (the scene's colours are those its true caption names; permutation p = "
-          f"{words['colour_p_value']:.3f} over {words['named_colour_count']} colours named)")
+    print(f"{'rgb -> caption (greedy)':<26} {'named color in':<16} "
+          f"{words['named_color_rate']:>8.3f} {'unnamed:':>14} "
+          f"{words['unnamed_color_rate']:>10.3f}")
+    print(f"  (the scene's colors are those its true caption names; permutation p = "
+          f"{words['color_p_value']:.3f} over {words['named_color_count']} colors named)")
     for truth, text in words["examples"]:
       print(f"  true: {truth!r}\n   gen: {text!r}")
   if generator.model.can_predict("tok_rgb") and "tok_rgb" in generator.tokenizers:
     chain = [Decoding("tok_rgb", num_steps=args.rgb_steps, guidance=Guidance(scale=args.cfg_scale))]
-    colours = evaluate.caption_to_rgb(generator, args.data, chain, count=args.count)
-    print(f"{'caption -> rgb':<26} {'named colour in':<16} "
-          f"{colours['named_colour_rate']:>8.3f} {'unnamed:':>14} "
-          f"{colours['unnamed_colour_rate']:>10.3f}")
-    print(f"  (permutation p = {colours['colour_p_value']:.3f} over "
-          f"{colours['named_colour_count']} named colours; the detector on the real images: named "
-          f"{colours['real_named_colour_rate']:.3f}, unnamed "
-          f"{colours['real_unnamed_colour_rate']:.3f}; through the rgb tokenizer (the ceiling): "
-          f"named {colours['tokenizer_named_colour_rate']:.3f}, unnamed "
-          f"{colours['tokenizer_unnamed_colour_rate']:.3f}; {colours['num_images']} captions, "
+    colors = evaluate.caption_to_rgb(generator, args.data, chain, count=args.count)
+    print(f"{'caption -> rgb':<26} {'named color in':<16} "
+          f"{colors['named_color_rate']:>8.3f} {'unnamed:':>14} "
+          f"{colors['unnamed_color_rate']:>10.3f}")
+    print(f"  (permutation p = {colors['color_p_value']:.3f} over "
+          f"{colors['named_color_count']} named colors; the detector on the real images: named "
+          f"{colors['real_named_color_rate']:.3f}, unnamed "
+          f"{colors['real_unnamed_color_rate']:.3f}; through the rgb tokenizer (the ceiling): "
+          f"named {colors['tokenizer_named_color_rate']:.3f}, unnamed "
+          f"{colors['tokenizer_unnamed_color_rate']:.3f}; {colors['num_images']} captions, "
           f"cfg {args.cfg_scale})")
 
 

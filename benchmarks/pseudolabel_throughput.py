@@ -4,7 +4,7 @@ resample back to the photo's size, conversion to the stored modality).
     python benchmarks/pseudolabel_throughput.py                             # tiny, CPU
     python benchmarks/pseudolabel_throughput.py --size real --device cuda   # a GPU machine
 
-Speed does not depend on the weights, so the networks are randomly initialised: `tiny`
+Speed does not depend on the weights, so the networks are randomly initialized: `tiny`
 are the test configurations, `real` the published architectures (DPT-Hybrid 384 px,
 Mask2Former Swin-B 384 px, DETR ResNet-50 640 px, CLIP ViT-B/16 224 px). The inputs are
 scikit-image's photographs resized to --image-size.

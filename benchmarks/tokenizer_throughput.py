@@ -3,7 +3,7 @@
     python benchmarks/tokenizer_throughput.py               # the tiny presets, 64 px, CPU
     python benchmarks/tokenizer_throughput.py --size base   # ViT-B presets at 224 px (a GPU)
 
-Speed does not depend on the weights, so the tokenizers are freshly initialised; the
+Speed does not depend on the weights, so the tokenizers are freshly initialized; the
 inputs are synthetic-world scenes at the preset's resolution (clip: its feature maps).
 """
 
@@ -28,7 +28,7 @@ def main() -> None:
   args = parser.parse_args()
   print(f"{'tokenizer':<14} {'params':>11} {'tokens':>7} {'encode img/s':>13} "
         f"{'decode img/s':>13}")
-  for modality in modality_io.MODALITIES:
+  for modality in modality_io.tokenizable():
     config = vqvae.preset(f"{modality}_{args.size}")
     model = vqvae.VQVAE(config, rngs=nnx.Rngs(0))
     tokenizer = VQTokenizer.from_model(model)

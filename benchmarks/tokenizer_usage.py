@@ -4,7 +4,7 @@
     python benchmarks/tokenizer_usage.py --steps 1000 --batch 64 --preset depth_tiny
 
 Renders `--num` scenes of the synthetic world (90% train, 10% held out, as `fourm synth`
-splits them), trains the tokenizer twice from the same initialisation and the same batch
+splits them), trains the tokenizer twice from the same initialization and the same batch
 order, once with dead-code replacement and once without, and prints one table: held-out
 reconstruction metric(s), codebook usage (the share of the vocabulary that the held-out
 tokens use, pooled over the whole held-out set), perplexity of those tokens, the last

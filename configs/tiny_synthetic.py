@@ -13,7 +13,7 @@ A 4+4-block, 256-wide model (the tiny layout, narrower) for 200 steps of batch 1
 six minutes on 2 cores. `--config.model.dim=384 --config.model.encoder_depth=6 ...` gives
 the reference tiny size. Variant `configs/tiny_synthetic.py:smoke`: a few steps of a
 2-block model, for tests. rgb tokens come from the VQ-VAE, the other grids from the
-ground-truth patch quantisers (fourm/data/patch_tokens.py) until their VQ-VAEs are
+ground-truth patch quantizers (fourm/data/patch_tokens.py) until their VQ-VAEs are
 trained too (`fourm tokenize --tokenizers` takes several).
 """
 

@@ -43,6 +43,7 @@ def _show(args: argparse.Namespace) -> None:
 
 
 def _samples_to_show(args: argparse.Namespace) -> list[dict]:
+  from fourm import modalities
   from fourm.data import pipeline, records
   if not args.augmented:
     source = records.RecordSource(args.data, args.split)
@@ -55,7 +56,7 @@ def _samples_to_show(args: argparse.Namespace) -> list[dict]:
     batch = next(pipeline.Pipeline(config).iterator())
     samples = [s for s in pipeline.unbatch(batch) if s["meta"]["valid"]]
   for sample in samples:
-    sample["__name__"] = str(sample.pop("key", ""))
+    sample["__name__"] = str(sample.pop(modalities.KEY.name, ""))
     sample.pop("meta", None)
   return samples
 
@@ -83,7 +84,7 @@ def _tokenize(args: argparse.Namespace) -> None:
                                      batch_size=args.batch_size, progress=not args.quiet)
   elif args.method == "patches":
     names = (tuple(args.modalities.split(",")) if args.modalities
-             else tuple(patch_tokens.QUANTIZERS))
+             else patch_tokens.quantizable())
     info = patch_tokens.write_patch_tokens(args.data, args.out,
                                            modalities.LAYOUTS[args.layout], names,
                                            progress=not args.quiet)
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "as tok_<modality>=WORKDIR")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--method", default="",
-                 help="'patches': ground-truth patch quantisers of the exact labels (no "
+                 help="'patches': ground-truth patch quantizers of the exact labels (no "
                       "training needed; a stand-in for VQ-VAEs)")
   p.add_argument("--modalities", default="", help="with --method patches: comma-separated")
   p.add_argument("--layout", choices=("small", "reference"), default="small",
@@ -299,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--temperature", type=float, default=None, help="with --targets")
   p.set_defaults(run=_generate)
 
-  p = sub.add_parser("info", help="summarise a dataset directory")
+  p = sub.add_parser("info", help="summarize a dataset directory")
   p.add_argument("data")
   p.set_defaults(run=_info)
 

@@ -10,9 +10,9 @@ Two levels, deliberately kept apart:
   positions, and whether it may be an input, a target or both. Each names the raw
   modality it is derived from, inline, so adding a 4M-21 modality is one entry:
 
-      register(ModalitySpec("tok_canny_edge", Kind.IMAGE_TOKENS, vocab_size=8192,
-                            tokenizer="vqvae_canny_edge",
-                            source=RawSpec("canny_edge", Form.IMAGE, "uint8", 1)))
+      register(ModalitySpec("tok_edges", Kind.IMAGE_TOKENS, vocab_size=8192,
+                            source=RawSpec("edges", Form.IMAGE, "uint8", Values.CLASSES,
+                                           resample=Resample.NEAREST)))
 
 Resolution is not part of a name: a `Layout` (resolution, patch size) turns a spec
 into token counts, so the same registry serves the reference 224 px layout and the
@@ -47,7 +47,7 @@ class Form(enum.StrEnum):
 
 
 class Resample(enum.StrEnum):
-  BILINEAR = "bilinear"          # continuous values (colour, depth, normals, features)
+  BILINEAR = "bilinear"          # continuous values (color, depth, normals, features)
   NEAREST = "nearest"            # labels (class ids, instance ids, edges as classes)
 
 
@@ -58,6 +58,24 @@ class Flip(enum.StrEnum):
   SWAP_LEFT_RIGHT = "swap_left_right"  # text: "left of" becomes "right of"
 
 
+class Values(enum.StrEnum):
+  """What the numbers of a raw modality mean. Code that treats modalities alike by
+  meaning reads this, never a name: a VQ-VAE's normalization, loss and metrics
+  (`tokenizers_vq/modality_io.py`), the ground-truth patch quantizer
+  (`fourm/data/patch_tokens.py`), how a picture draws it (`fourm/data/visualize.py`),
+  which texts train the WordPiece vocabulary. A new family may use a string of its own
+  (e.g. "palette") and register its drawer / codec under it."""
+  COLOR = "color"            # uint8 RGB [H, W, 3]
+  DISTANCE = "distance"      # positive float32 distances [H, W] (depth, metres)
+  DIRECTION = "direction"    # float32 unit vectors [H, W, 3] (surface normals)
+  CLASSES = "classes"        # integer semantic class ids [H, W]
+  INSTANCES = "instances"    # integer instance ids [H, W]: labels without classes
+  FEATURES = "features"      # float32 vectors [G, G, D] at patch resolution
+  BOXES = "boxes"            # {"boxes", "classes"}
+  TEXT = "text"              # words a person wrote or reads (captions)
+  NAME = "name"              # bookkeeping (a sample's key): never drawn or modelled
+
+
 class Role(enum.StrEnum):
   INPUT = "input"
   TARGET = "target"
@@ -65,7 +83,7 @@ class Role(enum.StrEnum):
 
 BOTH = frozenset({Role.INPUT, Role.TARGET})
 
-# Pixel normalisations (mean, std per rgb channel) of the reference: "imagenet" is what
+# Pixel normalizations (mean, std per rgb channel) of the reference: "imagenet" is what
 # its 4M models read rgb pixels with, "inception" (= [-1, 1]) what its tokenizers use.
 PIXEL_STATS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -79,10 +97,11 @@ class RawSpec:
   name: str
   form: Form
   dtype: str                     # numpy dtype name; "str" for text, "boxes" for boxes
+  values: str                    # what the numbers mean: a `Values` (or a new family's)
   channels: int | None = None    # None: [H, W]; an int C: [H, W, C] (or [G, G, C])
   resample: Resample | None = None
   flip: Flip = Flip.NONE
-  unit_vectors: bool = False     # values are unit vectors: renormalise after resampling
+  labeler: str | None = None     # the `fourm pseudolabel` task that writes it, if any
 
   def __post_init__(self):
     spatial = self.form in (Form.IMAGE, Form.FEATURE_MAP)
@@ -98,6 +117,11 @@ class RawSpec:
   @property
   def is_spatial(self) -> bool:
     return self.form in (Form.IMAGE, Form.FEATURE_MAP)
+
+  @property
+  def unit_vectors(self) -> bool:
+    """Values are unit vectors: renormalized after resampling."""
+    return self.values == Values.DIRECTION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +154,10 @@ class ModalitySpec:
   kind: Kind
   source: RawSpec
   vocab_size: int | None = None  # None for continuous kinds
-  tokenizer: str | None = None   # name of the tokenizer that makes the tokens
+  # The tokenizer family that makes and reads the tokens: "vqvae" for grids (a trained
+  # VQ-VAE, or the ground-truth patch quantizer for the demo), a sequence codec of
+  # `tokenizers_vq/sequences.py` ("text", "boxes", or one a new family registers).
+  tokenizer: str | None = None
   roles: frozenset[Role] = BOTH
   max_length: int | None = None  # sequences: max tokens; global: tokens per sample
 
@@ -145,6 +172,10 @@ class ModalitySpec:
       raise ValueError(f"modality {self.name!r}: raw pixels can only be an input")
     if not self.roles:
       raise ValueError(f"modality {self.name!r}: needs at least one role")
+    if self.kind == Kind.IMAGE_TOKENS and self.tokenizer is None:
+      object.__setattr__(self, "tokenizer", GRID_TOKENIZER)
+    if self.kind == Kind.SEQUENCE and self.tokenizer is None:
+      raise ValueError(f"modality {self.name!r}: a sequence needs a tokenizer (its codec)")
 
   @property
   def positions(self) -> str:
@@ -172,38 +203,39 @@ class ModalitySpec:
 # --------------------------------------------------------------------------------------
 # Raw modalities of the 4M-7 set, plus instance ids (the synthetic world has them
 # exactly; detection and instance tasks use them) and the sample key.
-RGB = RawSpec("rgb", Form.IMAGE, "uint8", channels=3)
-DEPTH = RawSpec("depth", Form.IMAGE, "float32")
-NORMAL = RawSpec("normal", Form.IMAGE, "float32", channels=3, flip=Flip.NEGATE_X,
-                 unit_vectors=True)
-SEMSEG = RawSpec("semseg", Form.IMAGE, "uint8", resample=Resample.NEAREST)
-INSTANCE = RawSpec("instance", Form.IMAGE, "uint8", resample=Resample.NEAREST)
-CLIP = RawSpec("clip", Form.FEATURE_MAP, "float32", channels=None)
-DET = RawSpec("det", Form.BOXES, "boxes")
+RGB = RawSpec("rgb", Form.IMAGE, "uint8", Values.COLOR, channels=3)
+DEPTH = RawSpec("depth", Form.IMAGE, "float32", Values.DISTANCE, labeler="depth")
+NORMAL = RawSpec("normal", Form.IMAGE, "float32", Values.DIRECTION, channels=3,
+                 flip=Flip.NEGATE_X, labeler="normals")
+SEMSEG = RawSpec("semseg", Form.IMAGE, "uint8", Values.CLASSES, resample=Resample.NEAREST,
+                 labeler="semseg")
+INSTANCE = RawSpec("instance", Form.IMAGE, "uint8", Values.INSTANCES,
+                   resample=Resample.NEAREST)
+CLIP = RawSpec("clip", Form.FEATURE_MAP, "float32", Values.FEATURES, labeler="clip")
+DET = RawSpec("det", Form.BOXES, "boxes", Values.BOXES, labeler="det")
 # Captions describe spatial relations, which a horizontal flip mirrors.
-CAPTION = RawSpec("caption", Form.TEXT, "str", flip=Flip.SWAP_LEFT_RIGHT)
+CAPTION = RawSpec("caption", Form.TEXT, "str", Values.TEXT, flip=Flip.SWAP_LEFT_RIGHT)
 # The sample's name: the image's path relative to the ingested folder, or "train/000042"
 # in the synthetic world. Jobs that fail on a sample report it.
-KEY = RawSpec("key", Form.TEXT, "str")
+KEY = RawSpec("key", Form.TEXT, "str", Values.NAME)
 
+GRID_TOKENIZER = "vqvae"
 TEXT_VOCAB = 30_000               # the reference WordPiece vocabulary
 SEQUENCE_MAX_LENGTH = 256
 
 # The 4M-7 model modalities, vocab sizes as the reference trains them.
 _4M7 = (
     ModalitySpec("rgb", Kind.PIXELS, RGB, roles=frozenset({Role.INPUT})),
-    ModalitySpec("tok_rgb", Kind.IMAGE_TOKENS, RGB, vocab_size=16384, tokenizer="vqvae_rgb"),
-    ModalitySpec("tok_depth", Kind.IMAGE_TOKENS, DEPTH, vocab_size=8192,
-                 tokenizer="vqvae_depth"),
-    ModalitySpec("tok_normal", Kind.IMAGE_TOKENS, NORMAL, vocab_size=8192,
-                 tokenizer="vqvae_normal"),
-    ModalitySpec("tok_semseg", Kind.IMAGE_TOKENS, SEMSEG, vocab_size=4096,
-                 tokenizer="vqvae_semseg"),
-    ModalitySpec("tok_clip", Kind.IMAGE_TOKENS, CLIP, vocab_size=8192, tokenizer="vqvae_clip"),
+    ModalitySpec("tok_rgb", Kind.IMAGE_TOKENS, RGB, vocab_size=16384),
+    ModalitySpec("tok_depth", Kind.IMAGE_TOKENS, DEPTH, vocab_size=8192),
+    ModalitySpec("tok_normal", Kind.IMAGE_TOKENS, NORMAL, vocab_size=8192),
+    ModalitySpec("tok_semseg", Kind.IMAGE_TOKENS, SEMSEG, vocab_size=4096),
+    ModalitySpec("tok_clip", Kind.IMAGE_TOKENS, CLIP, vocab_size=8192),
+    # Both sequences are WordPiece ids; "boxes" serializes boxes as coordinate words.
     ModalitySpec("caption", Kind.SEQUENCE, CAPTION, vocab_size=TEXT_VOCAB,
-                 tokenizer="wordpiece", max_length=SEQUENCE_MAX_LENGTH),
+                 tokenizer="text", max_length=SEQUENCE_MAX_LENGTH),
     ModalitySpec("det", Kind.SEQUENCE, DET, vocab_size=TEXT_VOCAB,
-                 tokenizer="wordpiece", max_length=SEQUENCE_MAX_LENGTH),
+                 tokenizer="boxes", max_length=SEQUENCE_MAX_LENGTH),
 )
 MODALITY_SET_4M7 = tuple(spec.name for spec in _4M7)
 
@@ -263,6 +295,26 @@ def get_raw(name: str) -> RawSpec:
     return RAW_MODALITIES[name]
   except KeyError:
     raise KeyError(f"unknown raw modality {name!r}; known: {sorted(RAW_MODALITIES)}") from None
+
+
+def grid_modality_of(raw_name: str) -> str:
+  """The token-grid modality made from raw modality `raw_name` (rgb -> tok_rgb)."""
+  found = [spec.name for spec in MODALITIES.values()
+           if spec.kind == Kind.IMAGE_TOKENS and spec.source.name == raw_name]
+  if len(found) != 1:
+    raise KeyError(f"raw modality {raw_name!r} has {len(found)} token-grid modalities "
+                   f"{found}; expected one")
+  return found[0]
+
+
+def raws_with(values: str) -> list[RawSpec]:
+  """The registered raw modalities whose values mean `values`, in registration order."""
+  return [raw for raw in RAW_MODALITIES.values() if raw.values == values]
+
+
+def labeler_outputs() -> dict[str, str]:
+  """{pseudo-label task: the raw modality it writes}."""
+  return {raw.labeler: raw.name for raw in RAW_MODALITIES.values() if raw.labeler}
 
 
 def token_counts(names: Iterable[str], layout: Layout) -> dict[str, int]:

@@ -2,7 +2,7 @@
 
 Each labeler is a small class with `from_pretrained(name_or_path)` (a hub id or a local
 directory of published weights), `tiny()` (the same architecture, tiny and randomly
-initialised: meaningless labels, for tests and demos) and a batch
+initialized: meaningless labels, for tests and demos) and a batch
 `__call__(images) -> outputs`, one output per uint8 [H, W, 3] image, aligned with it.
 
 | task | labeler | raw modality |
@@ -18,9 +18,11 @@ labeler is built, so importing this package, or running `fourm --help`, does not
 them. This package knows nothing about tokens.
 """
 
-# task name (as `fourm pseudolabel --tasks` takes it) -> the raw modality it writes
-TASK_MODALITIES = {"depth": "depth", "normals": "normal", "semseg": "semseg", "det": "det",
-                   "clip": "clip"}
+from fourm import modalities as _modalities
+
+# task name (as `fourm pseudolabel --tasks` takes it) -> the raw modality it writes: the
+# registry says which task writes which raw modality (`RawSpec.labeler`).
+TASK_MODALITIES = _modalities.labeler_outputs()
 
 # The published checkpoints used by default (hub ids; a local directory works as well).
 DEFAULT_MODELS = {"depth": "Intel/dpt-hybrid-midas",

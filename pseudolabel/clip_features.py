@@ -34,7 +34,7 @@ class ClipLabeler(TorchLabeler):
     _, transformers = torch_model.import_torch()
     model = torch_model.load_model("clip", transformers.CLIPVisionModel, name_or_path)
     preprocessing = torch_model.preprocessing_config(name_or_path)
-    mean, std = cls.normalisation(preprocessing, CLIP_MEAN, CLIP_STD)
+    mean, std = cls.normalization(preprocessing, CLIP_MEAN, CLIP_STD)
     # The position table fixes the input size to what CLIP was trained at.
     return cls(model, name=name_or_path, device=device, mean=mean, std=std,
                input_size=input_size or model.config.image_size)

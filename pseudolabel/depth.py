@@ -50,7 +50,7 @@ class DepthLabeler(TorchLabeler):
     model = torch_model.load_model("depth", transformers.AutoModelForDepthEstimation,
                                    name_or_path)
     preprocessing = torch_model.preprocessing_config(name_or_path)
-    mean, std = cls.normalisation(preprocessing, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    mean, std = cls.normalization(preprocessing, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     return cls(model, name=name_or_path, device=device, mean=mean, std=std,
                input_size=input_size or _input_size(model.config, preprocessing),
                metric=getattr(model.config, "depth_estimation_type", None) == "metric")

@@ -1,8 +1,8 @@
 """Boxes: a detection transformer (DETR family) on COCO; detections scored >= 0.6 are kept.
 
-Each query of a DETR-style model predicts one box (centre x, centre y, width, height,
-normalised to the input image) and class scores. Because the whole photo is resized
-(not cropped or padded) to the input, normalised boxes carry over to the photo as they
+Each query of a DETR-style model predicts one box (center x, center y, width, height,
+normalized to the input image) and class scores. Because the whole photo is resized
+(not cropped or padded) to the input, normalized boxes carry over to the photo as they
 are. The original DETR scores with a softmax that includes a "no object" class; its
 descendants (Conditional / Deformable DETR, RT-DETR) use per-class sigmoids. Class names
 come from the checkpoint's label map (`id2label`).
@@ -55,7 +55,7 @@ class DetectionLabeler(TorchLabeler):
     _, transformers = torch_model.import_torch()
     model = torch_model.load_model("det", transformers.AutoModelForObjectDetection, name_or_path)
     preprocessing = torch_model.preprocessing_config(name_or_path)
-    mean, std = cls.normalisation(preprocessing, torch_model.IMAGENET_MEAN,
+    mean, std = cls.normalization(preprocessing, torch_model.IMAGENET_MEAN,
                                   torch_model.IMAGENET_STD)
     # DETR trains on an 800 px shortest side; a square 640 keeps most of that on CPUs too.
     return cls(model, name=name_or_path, device=device, mean=mean, std=std,

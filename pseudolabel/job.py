@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from fourm import modalities
 from fourm.data import derived, records
 from fourm.errors import RecordError, UsageError
 from pseudolabel import DEFAULT_MODELS, TASK_MODALITIES, normals, torch_model
 
+IMAGE = modalities.RGB.name  # what every labeler reads
 TASK_ORDER = ("depth", "normals", "semseg", "det", "clip")  # normals reuse the depth maps
 
 
@@ -93,7 +95,7 @@ def _checked(task: str, output, image, image_errors: list[str]):
 def label_batch(labelers: Mapping[str, Any], samples: Sequence[dict]
                 ) -> list[dict | derived.Failure]:
   """One derived record per sample: every modality its labelers made for it."""
-  images = [sample["rgb"] for sample in samples]
+  images = [sample[IMAGE] for sample in samples]
   records_out: list[dict] = [{} for _ in samples]
   errors: list[list[str]] = [[] for _ in samples]
   results: dict[str, list] = {}
@@ -130,23 +132,24 @@ def pseudolabel_dataset(data: str, out: str, labelers: Mapping[str, Any], *,
   if batch_size < 1:
     raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
   info = records.DatasetInfo.load(data)
-  if "rgb" not in info.modalities:
-    raise UsageError(f"{data} has no rgb images to label (it has {sorted(info.modalities)})")
+  if IMAGE not in info.modalities:
+    raise UsageError(f"{data} has no {IMAGE} images to label (it has {sorted(info.modalities)})")
   models = {task: labeler.name for task, labeler in labelers.items()}
   metadata: dict[str, Any] = {"created_by": "fourm pseudolabel", "models": models}
   if "semseg" in labelers:
     metadata["classes"] = labelers["semseg"].class_names
   if "depth" in labelers:
-    metadata["depth"] = ("metric depth in metres" if labelers["depth"].metric else
+    metadata[TASK_MODALITIES["depth"]] = ("metric depth in metres" if labelers["depth"].metric else
                          "relative depth, median 1 per image (from relative inverse depth)")
   if "normals" in labelers:
-    metadata["normal"] = (f"unit vectors, camera frame x right, y down, z forward, facing "
+    metadata[TASK_MODALITIES["normals"]] = (f"unit vectors, camera frame x right, y down, z forward, facing "
                           f"the camera; {labelers['normals'].name}")
   if any(getattr(labeler, "depth", labeler).name == torch_model.TINY
          for labeler in labelers.values()):
     metadata["warning"] = "made by tiny random-init networks: these labels are meaningless"
   job = {"method": "pseudolabel", "tasks": sorted(labelers), "models": models}
-  keep = ["rgb"] + (["key"] if "key" in info.modalities else [])
+  key = modalities.KEY.name
+  keep = [IMAGE] + ([key] if key in info.modalities else [])
   return derived.write_derived(
       data, out, lambda samples: label_batch(labelers, samples), job=job,
       name="pseudo_labels", modalities=keep, batch_size=batch_size, metadata=metadata,

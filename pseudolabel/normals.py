@@ -15,7 +15,7 @@ them. Relative depth (unknown scale and shift) gives normals that are right wher
 shift is small; scale alone does not change them.
 
 Photos carry no intrinsics; `DEFAULT_FOV_DEG` (horizontal field of view of a typical
-phone or web photo) stands in, with the principal point at the image centre.
+phone or web photo) stands in, with the principal point at the image center.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ DEFAULT_FOV_DEG = 60.0
 
 def intrinsics_from_fov(height: int, width: int, fov_deg: float = DEFAULT_FOV_DEG
                         ) -> tuple[float, float, float, float]:
-  """(fx, fy, cx, cy) in pixels for a horizontal field of view; square pixels, centred."""
+  """(fx, fy, cx, cy) in pixels for a horizontal field of view; square pixels, centered."""
   focal = width / 2 / np.tan(np.radians(fov_deg) / 2)
   return float(focal), float(focal), width / 2, height / 2
 
 
 def back_project(depth: np.ndarray, intrinsics: tuple[float, float, float, float]) -> np.ndarray:
-  """z-depth [H, W] -> camera-frame points [H, W, 3]; pixel (col, row) centred at +0.5."""
+  """z-depth [H, W] -> camera-frame points [H, W, 3]; pixel (col, row) centered at +0.5."""
   fx, fy, cx, cy = intrinsics
   height, width = depth.shape
   x = (np.arange(width) + 0.5 - cx) / fx

@@ -39,7 +39,7 @@ class SemsegLabeler(TorchLabeler):
     model = torch_model.load_model("semseg", transformers.Mask2FormerForUniversalSegmentation,
                                    name_or_path)
     preprocessing = torch_model.preprocessing_config(name_or_path)
-    mean, std = cls.normalisation(preprocessing, torch_model.IMAGENET_MEAN,
+    mean, std = cls.normalization(preprocessing, torch_model.IMAGENET_MEAN,
                                   torch_model.IMAGENET_STD)
     return cls(model, name=name_or_path, device=device, mean=mean, std=std,
                input_size=input_size or torch_model.input_size_of(preprocessing, 384))

@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised configurations of the real architectures.
+"""Tiny, randomly initialized configurations of the real architectures.
 
 Same model classes, same code paths as the published checkpoints (a DPT-Hybrid with a
 BiT backbone, Mask2Former with a Swin backbone and COCO panoptic's 133 classes, DETR
@@ -6,7 +6,7 @@ with a ResNet backbone and COCO's label map, a CLIP ViT with 16 px patches), onl
 channels wide, so tests and the CPU benchmark run in seconds without any download.
 Their weights are random: the labels they make are meaningless.
 
-`size="real"` gives the published sizes, still randomly initialised (for timing on a
+`size="real"` gives the published sizes, still randomly initialized (for timing on a
 GPU machine without the weights).
 """
 

@@ -47,7 +47,7 @@ def load_model(task: str, model_class, name_or_path: str):
 
 
 def preprocessing_config(name_or_path: str) -> dict[str, Any]:
-  """The checkpoint's preprocessor_config.json (normalisation, input size), or {}.
+  """The checkpoint's preprocessor_config.json (normalization, input size), or {}.
 
   Read as plain JSON: the image processor classes would pull in torchvision, and we only
   need their numbers."""
@@ -87,13 +87,13 @@ class TorchLabeler:
     self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
   @staticmethod
-  def normalisation(preprocessing: dict[str, Any], mean, std) -> tuple[Sequence, Sequence]:
+  def normalization(preprocessing: dict[str, Any], mean, std) -> tuple[Sequence, Sequence]:
     if preprocessing.get("do_normalize") is False:
       return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     return preprocessing.get("image_mean", mean), preprocessing.get("image_std", std)
 
   def pixels(self, images: Sequence[np.ndarray]):
-    """uint8 [H, W, 3] images of any sizes -> normalised float [B, 3, S, S] on the device."""
+    """uint8 [H, W, 3] images of any sizes -> normalized float [B, 3, S, S] on the device."""
     torch = self.torch
     resized = []
     for image in images:

@@ -26,7 +26,7 @@ def registered_modalities(*specs: modalities.ModalitySpec):
 def striped_sample(height: int = 48, width: int = 64, stripe: int = 8) -> dict:
   """A sample whose modalities encode where each pixel came from, so alignment is checkable.
 
-  depth = the pixel centre's x coordinate (in source pixels), semseg = x // stripe,
+  depth = the pixel center's x coordinate (in source pixels), semseg = x // stripe,
   rgb red channel = y, normals tilted in x, one box around stripe 2.
   """
   ys, xs = np.mgrid[0:height, 0:width]

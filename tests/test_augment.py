@@ -64,12 +64,12 @@ def test_feature_maps_keep_their_grid_and_follow_the_crop():
   assert clip.min() >= 3.5 and clip.max() <= 7  # only the right half of the grid
 
 
-def test_eval_mode_is_a_deterministic_centre_crop():
+def test_eval_mode_is_a_deterministic_center_crop():
   sample = striped_sample(height=48, width=64)
   config = AugmentConfig(resolution=24, train=False)
   a, b = augment.augment(sample, config), augment.augment(sample, config)
   np.testing.assert_array_equal(a["rgb"], b["rgb"])
-  # The 48x48 centre of a 64-wide image spans source x in [8, 56).
+  # The 48x48 center of a 64-wide image spans source x in [8, 56).
   assert a["depth"].min() >= 8 and a["depth"].max() <= 56
   assert a["depth"][:, 0].mean() < 10.5 and a["depth"][:, -1].mean() > 53.5
 
@@ -110,4 +110,4 @@ def test_float_resampling_matches_pils_bilinear(box, out):
   ours = augment.resize_box(labels, box, out, nearest=True)
   pil = np.asarray(Image.fromarray(labels).resize((out[1], out[0]), Image.Resampling.NEAREST,
                                                   box=box))
-  assert (ours == pil).mean() > 0.97  # rounding of pixel centres may differ at a few edges
+  assert (ours == pil).mean() > 0.97  # rounding of pixel centers may differ at a few edges

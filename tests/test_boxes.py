@@ -1,4 +1,4 @@
-"""Boxes as tokens: the reference serialisation, the round trip, sort order, quantisation,
+"""Boxes as tokens: the reference serialization, the round trip, sort order, quantization,
 and the errors a malformed (or cut-off generated) sequence gets."""
 
 from __future__ import annotations
@@ -49,14 +49,14 @@ HAND = det([[0.5, 0.5, 0.9, 0.9], [0.1, 0.6, 0.2, 0.7], [0.0, 0.0, 1.0, 1.0],
 
 
 def test_ids_equal_the_reference_string_tokenized(tokenizer, worlds):
-  """Same ids as 4M tokenizing its det string: order, quantisation, token spelling."""
+  """Same ids as 4M tokenizing its det string: order, quantization, token spelling."""
   for record in worlds + [HAND]:
     expected = tokenizer.encode(reference_string(record), add_special_tokens=False).ids
     ids = boxes.encode_boxes(record)
     assert ids.dtype == np.int32 and ids.tolist() == expected
 
 
-def test_round_trip_is_exact_up_to_quantisation(worlds):
+def test_round_trip_is_exact_up_to_quantization(worlds):
   for record in worlds + [HAND]:
     decoded = boxes.decode_boxes(boxes.encode_boxes(record))
     order = boxes.box_order(record["boxes"])
@@ -74,7 +74,7 @@ def test_sort_order_is_by_the_top_left_corner_and_stable():
   decoded = boxes.decode_boxes(boxes.encode_boxes(HAND))
   assert decoded["classes"] == ["dining table", "person", "traffic light", "dog",
                                 "wine glass"]
-  # Each pair sorts the other way by area, by centre, or by xmin alone.
+  # Each pair sorts the other way by area, by center, or by xmin alone.
   for rows in ([[0.3, 0.3, 0.31, 0.31], [0.4, 0.4, 1.0, 1.0]],
                [[0.3, 0.3, 1.0, 1.0], [0.35, 0.35, 0.4, 0.4]],
                [[0.2, 0.2, 0.3, 0.3], [0.1, 0.5, 0.2, 0.6]]):
@@ -84,7 +84,7 @@ def test_sort_order_is_by_the_top_left_corner_and_stable():
     assert boxes.decode_boxes(boxes.encode_boxes(swapped))["classes"] == ["first", "second"]
 
 
-def test_quantisation_matches_python_round():
+def test_quantization_matches_python_round():
   values = np.random.default_rng(0).random(10_000)
   values = np.concatenate([values, np.arange(BINS) / (BINS - 1), [0.0, 1.0, 0.5]])
   expected = [round(float(v) * (BINS - 1)) for v in values]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import pytest
 from flax import nnx
 
 from fourm import modalities
@@ -13,6 +14,7 @@ from tests.test_model import random_batch
 NAMES = ("tok_rgb", "tok_depth", "caption")
 
 
+@pytest.mark.slow
 def test_forward_flops_match_xla_cost_analysis():
   config = fourm_model.FourMConfig(dim=128, encoder_depth=2, decoder_depth=2, num_heads=4)
   batch_size, input_budget, target_budget = 2, 48, 40

@@ -22,7 +22,8 @@ from fourm.generation import guidance as guidance_lib
 from fourm.generation.chain import decoding_from_dict, default_chain, run_chain
 from fourm.generation.conditions import mask_region
 from fourm.generation.guidance import Guidance
-from fourm.generation import sampler as sampler_lib
+from fourm.generation import schedules, step_plan
+from fourm.generation.decode_loops import LoopSettings, dense_loop
 from fourm.generation.sampler import Decoding, Sampler, fill_spans, sequence_entry
 from fourm.models import fourm as fourm_model
 from fourm.models import incremental
@@ -62,6 +63,7 @@ def generate(sampler, known, seed=0, **settings):
 # The key/value cache ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cached_decoding_matches_the_full_decoder(model):
   rng = np.random.default_rng(0)
   steps = 12
@@ -85,6 +87,7 @@ def test_cached_decoding_matches_the_full_decoder(model):
 # Dense targets ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_position_is_decided_and_valid(sampler):
   known = caption_known()
   out = generate(sampler, known, target="tok_rgb", num_steps=2)
@@ -94,6 +97,7 @@ def test_every_position_is_decided_and_valid(sampler):
   assert out["caption"] is known["caption"]  # conditions pass through untouched
 
 
+@pytest.mark.slow
 def test_same_seed_same_output_other_seed_other_output(sampler):
   settings = dict(target="tok_rgb", method="roar", num_steps=2)
   first = generate(sampler, caption_known(), seed=3, **settings)
@@ -103,6 +107,7 @@ def test_same_seed_same_output_other_seed_other_output(sampler):
   assert (first["tok_rgb"]["tokens"] != other["tok_rgb"]["tokens"]).mean() > 0.5
 
 
+@pytest.mark.slow
 def test_one_greedy_step_is_the_argmax_of_one_forward_pass(model, sampler):
   known = rgb_known()
   out = generate(sampler, known, target="tok_depth", num_steps=1, temperature=0.0)
@@ -115,6 +120,7 @@ def test_one_greedy_step_is_the_argmax_of_one_forward_pass(model, sampler):
   np.testing.assert_array_equal(out["tok_depth"]["tokens"], expected)
 
 
+@pytest.mark.slow
 def test_in_painting_keeps_the_given_tokens(sampler):
   rng = np.random.default_rng(1)
   given = {"tokens": rng.integers(0, 500, (B, 64)).astype(np.int32),
@@ -130,22 +136,41 @@ def test_in_painting_keeps_the_given_tokens(sampler):
   assert ((~outside["input_mask"]) == partial["input_mask"]).all()
 
 
-def test_step_counts_follow_the_schedule(sampler, monkeypatch):
-  """Each step commits exactly the schedule's count: checked through the committed
-  positions of a ROAR run stopped after one and after two steps of the schedule."""
+def test_step_counts_spread_each_samples_tokens_over_the_schedule():
   schedule = (3, 10, 20, 31)
-  known = caption_known()
+  explicit = step_plan.step_counts(np.array([64, 64]), 8, schedule)  # the list sets S
+  assert explicit.tolist() == [list(schedule)] * 2
+  cosine = step_plan.step_counts(np.array([64, 2, 0]), 4, "cosine")
+  assert cosine[0].tolist() == schedules.tokens_per_step(64, 4, "cosine").tolist()
+  assert cosine[0].sum() == 64 and cosine[0][0] < cosine[0][-1]  # few first, many last
+  # Fewer tokens left than steps: one per step, then none; nothing left: no step commits.
+  assert cosine[1:].tolist() == [[1, 1, 0, 0], [0, 0, 0, 0]]
+  with pytest.raises(UsageError, match="adding up"):
+    step_plan.step_counts(np.array([64, 60]), 8, schedule)
+
+
+@pytest.mark.slow
+def test_each_step_commits_exactly_its_count(model):
+  """The dense loop commits counts[:, s] tokens at step s: a loop stopped after the
+  first one or two steps of a schedule has decided exactly their sum."""
+  schedule = (3, 10, 20, 31)
+  condition = {name: {key: jnp.asarray(value) for key, value in entry.items()}
+               for name, entry in caption_known().items()}
+  visible = step_plan.visible_tokens(caption_known())
   for steps in (1, 2):
     counts = np.tile(schedule[:steps], (B, 1))
-    monkeypatch.setattr("fourm.generation.sampler._step_counts", lambda *_: counts)
-    given = {"tokens": np.full((B, 64), -1, np.int32), "input_mask": np.zeros((B, 64), bool)}
+    budgets = step_plan.step_budgets(np.zeros(B, int), counts, 64, visible, feed_back=True)
+    settings = LoopSettings(target="tok_rgb", method="roar", top_k=0, top_p=0.0,
+                            contrastive_top_k=0, num_streams=1, budgets=budgets)
     # -1 marks undecided positions: a committed position holds a real id afterwards.
-    out = sampler.generate({**known, "tok_rgb": given}, Decoding("tok_rgb", method="roar"),
-                           jax.random.key(0))
-    decided = (out["tok_rgb"]["tokens"] >= 0).sum(1)
+    tokens = dense_loop(model, settings, condition, jnp.full((B, 64), -1, jnp.int32),
+                        jnp.zeros((B, 64), bool), jnp.asarray(counts, jnp.int32),
+                        jnp.ones(steps), jnp.ones(1), jax.random.key(0))
+    decided = (np.asarray(tokens) >= 0).sum(1)
     assert decided.tolist() == [sum(schedule[:steps])] * B
 
 
+@pytest.mark.slow
 def test_explicit_schedule_must_add_up(sampler):
   with pytest.raises(UsageError, match="adding up"):
     generate(sampler, caption_known(), target="tok_rgb", token_schedule=(10, 10))
@@ -154,6 +179,7 @@ def test_explicit_schedule_must_add_up(sampler):
 # Guidance ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_guidance_weight_zero_is_the_unguided_path(sampler):
   for target, known in (("tok_rgb", caption_known()), ("caption", rgb_known())):
     plain = generate(sampler, known, seed=5, target=target, max_new_tokens=12, num_steps=2)
@@ -180,6 +206,7 @@ def test_combine_is_the_weighted_sum_over_the_unconditional():
   assert all(set(np.flatnonzero(kept[i])) == set(top2[i]) for i in range(2))
 
 
+@pytest.mark.slow
 def test_contrastive_top_1_is_the_conditional_argmax(sampler):
   known = {**caption_known(), **rgb_known()}
   greedy = generate(sampler, known, target="tok_depth", num_steps=1, temperature=0.0)
@@ -188,6 +215,7 @@ def test_contrastive_top_1_is_the_conditional_argmax(sampler):
   np.testing.assert_array_equal(greedy["tok_depth"]["tokens"], cdk["tok_depth"]["tokens"])
 
 
+@pytest.mark.slow
 def test_one_condition_weight_of_one_is_that_condition_alone(sampler):
   known = {**caption_known(), **rgb_known()}
   alone = generate(sampler, known, seed=2, target="tok_depth", conditions=("rgb",),
@@ -214,6 +242,7 @@ def test_streams_for_multi_condition_and_negative_guidance():
     guidance_lib.streams(conditions, Guidance(condition_weights={"det": 1.0}))
 
 
+@pytest.mark.slow
 def test_negative_prompt_changes_the_output(sampler):
   known = caption_known()
   negative = {"caption": sequence_entry([np.array([4321, 5135], np.int32)] * B, 256)}
@@ -225,6 +254,7 @@ def test_negative_prompt_changes_the_output(sampler):
   assert (guided["tok_rgb"]["tokens"] != pushed["tok_rgb"]["tokens"]).any()
 
 
+@pytest.mark.slow
 def test_changing_temperatures_and_guidance_weights_does_not_recompile(sampler):
   known = caption_known()
   settings = [dict(temperature=1.0, guidance=Guidance(scale=2.0)),
@@ -241,10 +271,10 @@ def test_changing_temperatures_and_guidance_weights_does_not_recompile(sampler):
 
 def test_each_step_computes_only_the_slots_it_needs():
   counts = np.array([[3, 10, 20, 31], [3, 10, 20, 31]])
-  budgets = sampler_lib._step_budgets(np.zeros(2, int), counts, 64, 5, feed_back=True)
+  budgets = step_plan.step_budgets(np.zeros(2, int), counts, 64, 5, feed_back=True)
   # Encoder: 5 condition tokens + those decided so far, rounded up to 16; decoder: the rest.
   assert budgets == ((16, 64), (16, 61), (32, 51), (48, 31))
-  partial = sampler_lib._step_budgets(np.array([10, 0]), np.array([[54], [64]]), 64, 5, True)
+  partial = step_plan.step_budgets(np.array([10, 0]), np.array([[54], [64]]), 64, 5, True)
   assert partial == ((16, 64),)
 
 
@@ -293,6 +323,7 @@ def test_a_complete_caption_cannot_be_filled_in(sampler):
 # Chains and errors ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_chain_conditions_each_target_on_the_ones_before(sampler, monkeypatch):
   chain = default_chain(["tok_depth", "caption"])
   chain = (dataclasses.replace(chain[0], num_steps=2),
@@ -332,36 +363,37 @@ def test_unknown_schedule_fields_are_named():
     decoding_from_dict({"target": "tok_nothing"})
 
 
+@pytest.mark.slow
 def test_vocab_limits_keep_ids_decodable(model):
   limited = Sampler(model, vocab_limits={"tok_depth": 37, "caption": 4400})
   out = limited.generate(rgb_known(), Decoding("tok_depth", num_steps=2), jax.random.key(0))
   assert out["tok_depth"]["tokens"].max() < 37
 
 
-def test_the_colour_detector_finds_named_colours_in_real_scenes_and_not_others():
+def test_the_color_detector_finds_named_colors_in_real_scenes_and_not_others():
   scenes = [synthetic.make_sample(0, "val", i) for i in range(24)]
   images, captions = [s["rgb"] for s in scenes], [s["caption"] for s in scenes]
-  real = evaluate.colour_rates(images, captions)
+  real = evaluate.color_rates(images, captions)
   assert real["named_count"] >= 24 and real["named"] > 0.8 and real["unnamed"] < 0.1
   assert real["p_value"] < 0.01
-  # Captions of other scenes: named colours are no likelier to be there than others.
-  shuffled = evaluate.colour_rates(images, captions[1:] + captions[:1])
+  # Captions of other scenes: named colors are no likelier to be there than others.
+  shuffled = evaluate.color_rates(images, captions[1:] + captions[:1])
   assert shuffled["p_value"] > 0.05
   gray = np.full((64, 64, 3), 128, np.uint8)
-  assert evaluate.colours_present(gray) == set()
-  assert evaluate.named_colours("a small red cube left of the blue cone.") == {"red", "blue"}
+  assert evaluate.colors_present(gray) == set()
+  assert evaluate.named_colors("a small red cube left of the blue cone.") == {"red", "blue"}
 
 
-def test_colour_agreement_p_value_on_hand_built_cases():
+def test_color_agreement_p_value_on_hand_built_cases():
   present = [{"red"}, {"blue"}, {"green"}, {"yellow"}]
   # Every scene shows exactly what its caption names, and no shuffling that moves a name
   # does as well: only the identity permutations (1 in 24) tie.
-  exact = evaluate.colour_agreement(present, present, permutations=999, seed=0)
+  exact = evaluate.color_agreement(present, present, permutations=999, seed=0)
   assert exact["named"] == 1.0 and exact["unnamed"] == 0.0 and exact["named_count"] == 4
   assert exact["p_value"] < 0.1
   # The same names on every scene: every shuffling is as good, so p is exactly 1.
   same = [{"red"}] * 4
-  tied = evaluate.colour_agreement(present, same, permutations=99)
+  tied = evaluate.color_agreement(present, same, permutations=99)
   assert tied["named"] == 0.25 and tied["p_value"] == 1.0
 
 
@@ -387,14 +419,22 @@ def test_reconstructions_through_a_vq_tokenizer_match_encode_then_decode():
 
 
 def test_a_tokenizer_for_another_grid_is_refused():
-  class Config:  # what a VQ-VAE for 224 px, 16 px patches would say
-    resolution, patch_size, vocab_size = 224, 16, 1024
+  class Tokenizer:  # what a VQ-VAE for 224 px, 16 px patches would say
+    raw_name, num_codes, grid = "rgb", 1024, 14
 
-  class Tokenizer:
-    config = Config()
+    def grid_at(self, layout):
+      return self.grid
+
+    def tokenize(self, raws, layout):
+      raise AssertionError("not called")
+
+    def detokenize(self, ids):
+      raise AssertionError("not called")
 
   with pytest.raises(UsageError, match="14x14 grid; the model reads 8x8"):
     loading.check_tokenizer("tok_rgb", Tokenizer(), modalities.SMALL_LAYOUT)
-  Config.resolution, Config.patch_size, Config.vocab_size = 64, 8, 100_000
+  Tokenizer.grid, Tokenizer.num_codes = 8, 100_000
   with pytest.raises(UsageError, match="more than the model's vocabulary"):
     loading.check_tokenizer("tok_rgb", Tokenizer(), modalities.SMALL_LAYOUT)
+  with pytest.raises(UsageError, match="not a grid tokenizer"):
+    loading.check_tokenizer("tok_rgb", object(), modalities.SMALL_LAYOUT)

@@ -18,7 +18,7 @@ from fourm import cli
 from fourm import config as config_lib
 from fourm.data import patch_tokens, world
 from fourm.generation import evaluate, loading
-from fourm.generation.evaluate import named_colours
+from fourm.generation.evaluate import named_colors
 from fourm.generation.generator import Generator
 from fourm.train import loop
 
@@ -74,39 +74,39 @@ def test_rgb_to_depth_and_segmentation_beat_the_baselines(trained, generator):
   assert scores["semseg_pixel_acc"] > scores["semseg_pixel_acc_majority_baseline"] + 0.1
 
 
-def test_rgb_to_caption_scores_the_colours_its_captions_name(trained, generator):
+def test_rgb_to_caption_scores_the_colors_its_captions_name(trained, generator):
   words = evaluate.rgb_to_caption(generator, [trained["data"], trained["tokens"]], count=4,
                                   batch_size=4, permutations=99)
   assert words["num_images"] == 4 and len(words["examples"]) == 3
   assert all(isinstance(text, str) and text for _, text in words["examples"])
   # The statistic pairs each generated caption with its own scene's caption: scored
   # again from the returned captions, it gives the same rates.
-  truth = [named_colours(r["caption"]) for r in _val_records(trained, 4)]
-  again = evaluate.colour_agreement(truth, [named_colours(text) for text in words["captions"]],
+  truth = [named_colors(r["caption"]) for r in _val_records(trained, 4)]
+  again = evaluate.color_agreement(truth, [named_colors(text) for text in words["captions"]],
                                     permutations=99)
-  assert words["named_colour_rate"] == again["named"]
-  assert words["unnamed_colour_rate"] == again["unnamed"]
-  assert words["colour_p_value"] == again["p_value"]
+  assert words["named_color_rate"] == again["named"]
+  assert words["unnamed_color_rate"] == again["unnamed"]
+  assert words["color_p_value"] == again["p_value"]
 
 
-def test_caption_to_rgb_reports_colours_beside_the_tokenizers_ceiling(trained, generator):
+def test_caption_to_rgb_reports_colors_beside_the_tokenizers_ceiling(trained, generator):
   from fourm.generation.sampler import Decoding
   chain = [Decoding("tok_rgb", num_steps=2)]
-  colours = evaluate.caption_to_rgb(generator, [trained["data"], trained["tokens"]], chain,
+  colors = evaluate.caption_to_rgb(generator, [trained["data"], trained["tokens"]], chain,
                                     count=8, batch_size=8)
-  assert colours["num_images"] == 8 and colours["named_colour_count"] > 0
-  # The real images and their reconstructions through the patch quantiser are scored
-  # with the same detector: the quantiser keeps most named colours and adds no others.
-  assert colours["real_named_colour_rate"] > 0.8 and colours["real_unnamed_colour_rate"] < 0.05
-  assert colours["tokenizer_named_colour_rate"] > colours["tokenizer_unnamed_colour_rate"] + 0.3
+  assert colors["num_images"] == 8 and colors["named_color_count"] > 0
+  # The real images and their reconstructions through the patch quantizer are scored
+  # with the same detector: the quantizer keeps most named colors and adds no others.
+  assert colors["real_named_color_rate"] > 0.8 and colors["real_unnamed_color_rate"] < 0.05
+  assert colors["tokenizer_named_color_rate"] > colors["tokenizer_unnamed_color_rate"] + 0.3
   captions = [r["caption"] for r in _val_records(trained, 8)]
-  assert colours["named_colour_count"] == sum(len(named_colours(c)) for c in captions)
+  assert colors["named_color_count"] == sum(len(named_colors(c)) for c in captions)
 
 
 def test_tokenizers_come_from_the_token_datasets(generator):
   assert set(generator.tokenizers) == {"tok_rgb", "tok_depth", "tok_semseg"}
-  assert generator.sampler.vocab_limits["tok_semseg"] == patch_tokens.QUANTIZERS[
-      "tok_semseg"].num_ids
+  assert generator.sampler.vocab_limits["tok_semseg"] == patch_tokens.quantizer_for(
+      "tok_semseg").num_codes
 
 
 def test_same_seed_same_images(generator):

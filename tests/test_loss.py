@@ -43,6 +43,7 @@ def _ragged_problem(seed: int = 0):
   return hidden, jnp.asarray(group), jnp.asarray(labels), tables, weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_size", [1, 5, 128])
 def test_grouped_losses_and_gradients_equal_dense_heads(chunk_size):
   hidden, group, labels, tables, weights = _ragged_problem()
@@ -84,6 +85,7 @@ def model_and_output():
   return model, batch
 
 
+@pytest.mark.slow
 def test_model_loss_is_the_same_through_grouped_and_dense_heads(model_and_output):
   model, batch = model_and_output
 
@@ -99,6 +101,7 @@ def test_model_loss_is_the_same_through_grouped_and_dense_heads(model_and_output
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mod_and_token_reductions(model_and_output):
   model, batch = model_and_output
   output = model(batch)
@@ -117,6 +120,7 @@ def test_mod_and_token_reductions(model_and_output):
   np.testing.assert_allclose(loss, losses[index >= 0].mean(), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_modality_without_targets_is_left_out_of_the_mod_mean(model_and_output):
   model, batch = model_and_output
   batch = jax.tree.map(np.array, batch)
@@ -128,6 +132,7 @@ def test_a_modality_without_targets_is_left_out_of_the_mod_mean(model_and_output
       loss, (metrics["loss/tok_rgb"] + metrics["loss/tok_depth"]) / 2, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_unknown_options_are_refused(model_and_output):
   model, batch = model_and_output
   with pytest.raises(ValueError, match="loss_type"):

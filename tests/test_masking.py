@@ -363,7 +363,7 @@ def test_sources_to_all_gives_each_source_alone_as_whole_input_a_third_of_the_ti
   assert 70 <= rgb_only <= 130 and 70 <= caption_only <= 130  # ~100 draws of each
   target_only = modalities.ModalitySpec(
       "test_target_only", Kind.GLOBAL,
-      modalities.RawSpec("test_target_only_raw", modalities.Form.VECTOR, "float32"),
+      modalities.RawSpec("test_target_only_raw", modalities.Form.VECTOR, "float32", "vector"),
       vocab_size=8, max_length=2, roles=frozenset({modalities.Role.TARGET}))
   with registered_modalities(target_only), pytest.raises(UsageError, match="cannot be a source"):
     AlphasMixture.sources_to_all_plus_all_to_all(names + ("test_target_only",),
@@ -735,7 +735,7 @@ def test_tokens_carry_the_sample_content():
     ("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     ("inception", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 ])
-def test_rgb_pixels_are_normalised(normalization, mean, std):
+def test_rgb_pixels_are_normalized(normalization, mean, std):
   names = ("rgb", "tok_rgb")
   sample = make_sample(names, np.random.default_rng(0))
   transform = MaskSample(names, SMALL, 16, 16, AlphasMixture.uniform(names),

@@ -5,7 +5,7 @@ import pytest
 
 from fourm import modalities
 from fourm.data import augment, records
-from fourm.modalities import Form, Kind, ModalitySpec, RawSpec, Resample, Role
+from fourm.modalities import Form, Kind, ModalitySpec, RawSpec, Resample, Role, Values
 
 
 def test_4m7_set_at_reference_and_small_layouts():
@@ -39,9 +39,9 @@ def test_invalid_specs_are_refused():
   with pytest.raises(ValueError, match="needs max_length"):
     ModalitySpec("x", Kind.SEQUENCE, modalities.CAPTION, vocab_size=10)
   with pytest.raises(ValueError, match="already registered"):
-    modalities.register_raw(RawSpec("depth", Form.IMAGE, "uint16"))
+    modalities.register_raw(RawSpec("depth", Form.IMAGE, "uint16", Values.DISTANCE))
   with pytest.raises(ValueError, match="reserved"):
-    modalities.register_raw(RawSpec("meta", Form.TEXT, "str"))
+    modalities.register_raw(RawSpec("meta", Form.TEXT, "str", Values.TEXT))
   with pytest.raises(ValueError, match="not a multiple"):
     modalities.Layout(100, 16)
   with pytest.raises(KeyError, match="unknown modality 'tok_nope'"):
@@ -52,8 +52,8 @@ def test_invalid_specs_are_refused():
 def canny_edge():
   """A 4M-21 modality added with one `register` call, removed afterwards."""
   spec = modalities.register(ModalitySpec(
-      "tok_canny_edge", Kind.IMAGE_TOKENS, vocab_size=8192, tokenizer="vqvae_canny_edge",
-      source=RawSpec("canny_edge", Form.IMAGE, "uint8", resample=Resample.NEAREST)))
+      "tok_canny_edge", Kind.IMAGE_TOKENS, vocab_size=8192,
+      source=RawSpec("canny_edge", Form.IMAGE, "uint8", Values.CLASSES, resample=Resample.NEAREST)))
   yield spec
   modalities.MODALITIES.pop("tok_canny_edge")
   modalities.RAW_MODALITIES.pop("canny_edge")

@@ -26,11 +26,12 @@ SMALL = fourm_model.FourMConfig(dim=64, encoder_depth=2, decoder_depth=2, num_he
 # Test-only modalities, so every kind the model knows is exercised.
 TEST_GLOBAL = modalities.ModalitySpec(
     "test_global", Kind.GLOBAL, modalities.RawSpec("test_global_raw", modalities.Form.VECTOR,
-                                                   "float32"),
+                                                   "float32", "vector"),
     vocab_size=32, max_length=4)
 TEST_FEATURES = modalities.ModalitySpec(
     "test_features", Kind.FEATURE_MAP,
-    modalities.RawSpec("test_features_raw", modalities.Form.FEATURE_MAP, "float32", channels=12),
+    modalities.RawSpec("test_features_raw", modalities.Form.FEATURE_MAP, "float32",
+                         modalities.Values.FEATURES, channels=12),
     roles=frozenset({modalities.Role.INPUT}))
 NAMES = ("rgb", "tok_rgb", "tok_depth", "caption", "det", "test_global", "test_features")
 
@@ -314,6 +315,7 @@ def test_slot_selection_pads_when_the_budget_exceeds_the_tokens():
 # Sharding ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sharded_forward_matches_single_device():
   assert jax.device_count() == 8, "tests/conftest.py should give 8 CPU devices"
   batch = random_batch(seed=6, batch_size=4)
@@ -367,6 +369,7 @@ def test_bfloat16_compute_is_close_to_float32(model):
   assert diff[valid].mean() < 0.03 and diff[valid].max() < 0.3, (diff.mean(), diff.max())
 
 
+@pytest.mark.slow
 def test_remat_gives_identical_outputs_and_gradients(model):
   batch = random_batch(seed=9)
   remat = make_model(fourm_model.FourMConfig(**{**SMALL.__dict__, "remat": True}))

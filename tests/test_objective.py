@@ -45,6 +45,7 @@ def pipeline_batch(data, seed: int = 0) -> dict:
   return jax.tree.map(jnp.asarray, batch)
 
 
+@pytest.mark.slow
 def test_initial_loss_of_tiny_is_ln_vocab_for_every_modality(data):
   batch = pipeline_batch(data)
   model = fourm_model.FourM(fourm_model.fourm_tiny(), NAMES, LAYOUT, BUDGET, BUDGET,
@@ -59,6 +60,7 @@ def test_initial_loss_of_tiny_is_ln_vocab_for_every_modality(data):
   assert sum(int(metrics[f"tokens/{name}"]) for name in TARGETS) == 8 * BUDGET
 
 
+@pytest.mark.slow
 def test_one_fixed_batch_overfits(data):
   batch = pipeline_batch(data, seed=1)
   config = fourm_model.FourMConfig(dim=128, encoder_depth=2, decoder_depth=2, num_heads=4)

@@ -27,38 +27,38 @@ def test_patches_are_row_major_blocks():
   np.testing.assert_array_equal(blocks[0, 1], image[:8, 8:].reshape(-1))
 
 
-def test_each_quantiser_decodes_to_within_its_bin():
+def test_each_quantizer_decodes_to_within_its_bin():
   rng = np.random.default_rng(0)
   rgb = rng.integers(0, 256, (GRID, GRID, 3)).astype(np.uint8)
-  back = patch_tokens.QUANTIZERS["tok_rgb"].decode(
-      patch_tokens.QUANTIZERS["tok_rgb"].encode(_constant_patches(rgb), GRID))
+  back = patch_tokens.quantizer_for("tok_rgb").decode(
+      patch_tokens.quantizer_for("tok_rgb").encode(_constant_patches(rgb), GRID))
   assert np.abs(back.astype(int) - rgb).max() <= 8  # 16 levels: half a level of 16
 
   depth = rng.uniform(0.2, 60, (GRID, GRID)).astype(np.float32)
-  back = patch_tokens.QUANTIZERS["tok_depth"].decode(
-      patch_tokens.QUANTIZERS["tok_depth"].encode(_constant_patches(depth), GRID))
+  back = patch_tokens.quantizer_for("tok_depth").decode(
+      patch_tokens.quantizer_for("tok_depth").encode(_constant_patches(depth), GRID))
   assert np.abs(back / depth - 1).max() < 0.004  # log bins of 0.67 %: half of one
 
   normal = rng.normal(size=(GRID, GRID, 3))
   normal = (normal / np.linalg.norm(normal, axis=-1, keepdims=True)).astype(np.float32)
-  back = patch_tokens.QUANTIZERS["tok_normal"].decode(
-      patch_tokens.QUANTIZERS["tok_normal"].encode(_constant_patches(normal), GRID))
+  back = patch_tokens.quantizer_for("tok_normal").decode(
+      patch_tokens.quantizer_for("tok_normal").encode(_constant_patches(normal), GRID))
   angles = np.degrees(np.arccos(np.clip((back * normal).sum(-1), -1, 1)))
   assert angles.max() < 3.0
 
   semseg = rng.integers(0, 7, (GRID, GRID)).astype(np.uint8)
   image = _constant_patches(semseg)
   image[0, 0] = 6  # one odd pixel does not outvote 63
-  back = patch_tokens.QUANTIZERS["tok_semseg"].decode(
-      patch_tokens.QUANTIZERS["tok_semseg"].encode(image, GRID))
+  back = patch_tokens.quantizer_for("tok_semseg").decode(
+      patch_tokens.quantizer_for("tok_semseg").encode(image, GRID))
   np.testing.assert_array_equal(back, semseg)
 
 
 def test_ids_fit_the_registered_vocabularies():
-  for name, quantizer in patch_tokens.QUANTIZERS.items():
+  for name, quantizer in ((n, patch_tokens.quantizer_for(n)) for n in patch_tokens.quantizable()):
     assert quantizer.num_ids <= modalities.get(name).vocab_size
   with pytest.raises(UsageError, match="tok_depth: token id 5000 is not one of"):
-    patch_tokens.QUANTIZERS["tok_depth"].decode(np.array([5000]))
+    patch_tokens.quantizer_for("tok_depth").decode(np.array([5000]))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_tokens_are_written_side_by_side_and_resume(scenes, tmp_path):
   sample = joined[4]
   assert sample["tok_semseg"].shape == (GRID, GRID) and sample["tok_semseg"].dtype == np.int32
   np.testing.assert_array_equal(
-      sample["tok_semseg"], patch_tokens.QUANTIZERS["tok_semseg"].encode(sample["semseg"], GRID))
+      sample["tok_semseg"], patch_tokens.quantizer_for("tok_semseg").encode(sample["semseg"], GRID))
 
   shards = sorted(f for f in os.listdir(out) if f.endswith(".array_record"))
   before = {f: open(os.path.join(out, f), "rb").read() for f in shards}
@@ -94,10 +94,10 @@ def test_tokens_are_written_side_by_side_and_resume(scenes, tmp_path):
                                     progress=False)
 
 
-def test_unknown_quantisers_and_missing_sources_are_named(scenes, tmp_path):
-  with pytest.raises(UsageError, match=r"no ground-truth patch quantiser for \['tok_clip'\]"):
+def test_unknown_quantizers_and_missing_sources_are_named(scenes, tmp_path):
+  with pytest.raises(UsageError, match=r"no ground-truth patch quantizer for 'tok_clip'"):
     patch_tokens.write_patch_tokens(scenes, str(tmp_path / "x"), modalities.SMALL_LAYOUT,
                                     ("tok_clip",))
   with pytest.raises(Exception, match="field 'depth'"):
     patch_tokens.tokenize_sample({"rgb": np.zeros((64, 64, 3), np.uint8)},
-                                 [patch_tokens.QUANTIZERS["tok_depth"]], GRID)
+                                 [patch_tokens.quantizer_for("tok_depth")], GRID)

@@ -116,6 +116,7 @@ def test_finite_stream_pads_the_last_batch_and_drops_nothing(dataset):
   assert sum(b["meta"]["valid"].sum() for b in batches) == NUM_RECORDS
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches(dataset):
   plain = list(zip(range(3), Pipeline(_config(dataset))))
   workers = Pipeline(_config(dataset, worker_count=2)).iterator()

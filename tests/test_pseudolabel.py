@@ -47,6 +47,7 @@ def depth_labeler():
   return depth.DepthLabeler.tiny()
 
 
+@pytest.mark.slow
 def test_depth_and_normals_on_photos(images, depth_labeler):
   depths = depth_labeler(images)
   normal_maps = normals.NormalsFromDepth(depth_labeler).from_depth(depths)
@@ -214,7 +215,7 @@ def test_normals_from_exact_depth_match_the_synthetic_world():
 
 
 def test_normals_of_a_tilted_plane_are_exact():
-  # The plane z = 2 + 0.5 y seen through the default camera: n is (0, -0.5, 1) normalised,
+  # The plane z = 2 + 0.5 y seen through the default camera: n is (0, -0.5, 1) normalized,
   # flipped toward the camera, at every pixel.
   fx, fy, cx, cy = normals.intrinsics_from_fov(40, 50)
   ys = (np.arange(40) + 0.5 - cy) / fy

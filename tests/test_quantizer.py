@@ -70,7 +70,7 @@ def test_ema_update_moves_codes_towards_their_assigned_vectors():
   codes = jnp.zeros(20, jnp.int32)  # all assigned to code 0
   ema = jax.jit(functools.partial(q.ema_update, decay=0.9))
   new = ema(state, jnp.asarray(latents), codes)
-  # From empty statistics the code becomes the (renormalised) mean of its vectors.
+  # From empty statistics the code becomes the (renormalized) mean of its vectors.
   np.testing.assert_allclose(np.asarray(new.codebook[0]), _unit(latents.mean(0)), atol=1e-5)
   np.testing.assert_allclose(np.asarray(new.cluster_size), [2.0, 0, 0, 0], atol=1e-6)
   np.testing.assert_allclose(np.asarray(new.embed_avg[0]), 0.1 * latents.sum(0), atol=1e-5)

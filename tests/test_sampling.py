@@ -53,6 +53,7 @@ def test_top_k_and_top_p_keep_exactly_their_sets():
   np.testing.assert_array_equal(kept, [[1, 0, 0, 0, 0]])
 
 
+@pytest.mark.slow
 def test_sampling_follows_the_distribution_and_zero_temperature_is_greedy():
   logits = jnp.log(jnp.array([0.7, 0.2, 0.1]))
   keys = jax.random.split(jax.random.key(0), 4000)
@@ -77,6 +78,7 @@ def test_commit_most_confident_picks_among_undecided_only():
   assert int(sampling.commit_most_confident(scores, undecided, jnp.int32(3)).sum()) == 3
 
 
+@pytest.mark.slow
 def test_blockwise_categorical_matches_the_distribution():
   """Two-stage sampling over a vocabulary of several blocks (the last one partial)."""
   vocab = 1000
@@ -84,9 +86,9 @@ def test_blockwise_categorical_matches_the_distribution():
   probabilities[[3, 130, 700, 999]] = [0.35, 0.25, 0.15, 0.05]  # spread over blocks
   logits = jnp.log(jnp.asarray(probabilities / probabilities.sum(), jnp.float32)) + 4.0
   draws = 40_000
-  ids, normaliser = sampling.categorical(jax.random.key(0),
+  ids, normalizer = sampling.categorical(jax.random.key(0),
                                          jnp.broadcast_to(logits, (draws, vocab)))
-  np.testing.assert_allclose(normaliser, jax.nn.logsumexp(logits), rtol=1e-5)
+  np.testing.assert_allclose(normalizer, jax.nn.logsumexp(logits), rtol=1e-5)
   counts = np.bincount(np.asarray(ids), minlength=vocab) / draws
   np.testing.assert_allclose(counts[[3, 130, 700, 999]], [0.35, 0.25, 0.15, 0.05], atol=0.01)
   tail = np.delete(counts, [3, 130, 700, 999])

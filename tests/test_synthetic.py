@@ -31,14 +31,14 @@ def _backproject(depth: np.ndarray) -> np.ndarray:
 
 
 def _same_in_3x3(values: np.ndarray) -> np.ndarray:
-  """Interior mask [R-2, R-2]: all 8 neighbours equal the centre (any trailing dims)."""
-  centre = values[1:-1, 1:-1]
-  same = np.ones(centre.shape[:2], bool)
+  """Interior mask [R-2, R-2]: all 8 neighbours equal the center (any trailing dims)."""
+  center = values[1:-1, 1:-1]
+  same = np.ones(center.shape[:2], bool)
   size = values.shape[0]
   for dy in (-1, 0, 1):
     for dx in (-1, 0, 1):
       other = values[1 + dy:size - 1 + dy, 1 + dx:size - 1 + dx]
-      same &= np.all(np.abs(other - centre) < 1e-5, axis=tuple(range(2, values.ndim)))
+      same &= np.all(np.abs(other - center) < 1e-5, axis=tuple(range(2, values.ndim)))
   return same
 
 
@@ -173,7 +173,7 @@ def test_captions_mention_every_visible_object(samples):
   for scene, maps, sample in samples:
     for name in sample["det"]["classes"]:
       assert name in sample["caption"]
-    for k, obj in enumerate(scene.objects):  # visible ones appear with size and colour
+    for k, obj in enumerate(scene.objects):  # visible ones appear with size and color
       if (maps["object_index"] == k).any():
         assert f"{obj.size} {obj.color} {obj.category}" in sample["caption"]
 
@@ -196,7 +196,7 @@ def test_scenes_show_several_objects(samples):
 
 
 def test_rgb_is_albedo_times_shading(samples):
-  """Object pixels decode to colour x shading, and shadows darken the floor."""
+  """Object pixels decode to color x shading, and shadows darken the floor."""
   darker_shadows = 0
   for scene, maps, sample in samples:
     linear = (sample["rgb"].astype(np.float64) / 255) ** 2.2
@@ -216,14 +216,14 @@ def test_clip_like_features_depend_on_content_only(samples):
   _, _, sample = samples[0]
   again = synthetic.clip_like_features(sample["semseg"], sample["rgb"], sample["depth"], 8, 64)
   np.testing.assert_array_equal(again, sample["clip"])
-  # Patches of floor and of objects point different ways; recolouring changes features.
+  # Patches of floor and of objects point different ways; recoloring changes features.
   semseg = sample["semseg"][::8, ::8]
   floor, objects = sample["clip"][semseg == 1], sample["clip"][semseg >= 2]
   if len(objects):
     assert (floor @ objects.T).mean() < (floor @ floor.T).mean()
-  recoloured = synthetic.clip_like_features(sample["semseg"], 255 - sample["rgb"],
+  recolored = synthetic.clip_like_features(sample["semseg"], 255 - sample["rgb"],
                                             sample["depth"], 8, 64)
-  assert not np.allclose(recoloured, sample["clip"], atol=1e-3)
+  assert not np.allclose(recolored, sample["clip"], atol=1e-3)
 
 
 # ---------------------------------------------------------------------------- ray caster

@@ -12,7 +12,7 @@ import pytest
 
 from fourm import cli, modalities
 from fourm import config as config_lib
-from fourm.data import patch_tokens, world
+from fourm.data import patch_tokens, tiles, world
 from fourm.data.masking import AlphasMixture, MaskSample
 from fourm.data.pipeline import Pipeline, PipelineConfig
 from fourm.data.records import RecordSource
@@ -46,6 +46,7 @@ def depth_tokenizer(scenes, tmp_path_factory):
   return workdir, config, last, lines
 
 
+@pytest.mark.slow
 def test_training_logs_metrics_writes_reconstructions_and_resumes(depth_tokenizer):
   workdir, config, last, lines = depth_tokenizer
   assert any(line.startswith("step 10/30") and "abs_rel=" in line for line in lines)
@@ -64,6 +65,7 @@ def test_training_logs_metrics_writes_reconstructions_and_resumes(depth_tokenize
     train_lib.train(config, workdir, log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_tokenize_writes_records_the_pipeline_reads_and_resumes_identically(
     scenes, depth_tokenizer, tmp_path):
   workdir = depth_tokenizer[0]
@@ -93,6 +95,7 @@ def test_tokenize_writes_records_the_pipeline_reads_and_resumes_identically(
   assert batch["tok_depth"]["tokens"].shape == (4, 64)
 
 
+@pytest.mark.slow
 def test_tokenize_refuses_the_wrong_tokenizer_and_bad_records(scenes, depth_tokenizer,
                                                               tmp_path):
   workdir = depth_tokenizer[0]
@@ -107,14 +110,18 @@ def test_tokenize_refuses_the_wrong_tokenizer_and_bad_records(scenes, depth_toke
     tokenizer.decode(np.full((1, 8, 8), 9999))
 
 
+@pytest.mark.slow
 def test_detokenizer_gives_pictures_text_and_boxes(depth_tokenizer):
   tokenizer = train_lib.load_tokenizer(depth_tokenizer[0])
   detok = detokenize.Detokenizer({"tok_depth": tokenizer,
-                                  "tok_semseg": patch_tokens.QUANTIZERS["tok_semseg"]})
+                                  "tok_semseg": patch_tokens.quantizer_for("tok_semseg")})
   depth = detok.decode("tok_depth", np.zeros(64, np.int32))
   assert depth.shape == (64, 64) and depth.dtype == np.float32
-  assert detok.to_image("tok_depth", np.zeros((8, 8), np.int32)).shape == (64, 64, 3)
-  assert detok.to_image("tok_semseg", np.arange(64) % 7).shape == (8, 8, 3)
+  semseg = detok.decode("tok_semseg", np.arange(64) % 7)
+  assert semseg.shape == (8, 8) and semseg.max() == 6  # the quantizer decodes per patch
+  pictures = dict(tiles.sample_tiles({"depth": depth, "semseg": semseg}, 32))
+  assert {name: p.shape for name, p in pictures.items()} == {"depth": (32, 32, 3),
+                                                             "semseg": (32, 32, 3)}
   text = TextEncoder()
   ids = np.append(text("a red cube left of a blue sphere."), 3)
   assert detok.decode("caption", ids) == "a red cube left of a blue sphere."

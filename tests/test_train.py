@@ -168,6 +168,7 @@ def test_a_damaged_newest_checkpoint_is_skipped(data, whole_run, tmp_path):
     Checkpoints(str(tmp_path), every=3, keep=3, log=quiet).restore_latest(fresh)
 
 
+@pytest.mark.slow
 def test_non_finite_steps_are_skipped_then_stop_the_run(data, tmp_path, monkeypatch):
   real = loop.make_train_step
 
@@ -304,7 +305,7 @@ def _config_variants():
 
 
 @pytest.mark.parametrize("spec", _config_variants(), ids=lambda s: os.path.basename(s))
-def test_every_config_loads_and_initialises_abstractly(spec):
+def test_every_config_loads_and_initializes_abstractly(spec):
   from flax import nnx
   from fourm.train import state
   config = config_lib.load_config(spec)

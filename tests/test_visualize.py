@@ -1,10 +1,10 @@
-"""Tests for fourm.data.visualize: colour maps, boxes, tiles and the grid layout."""
+"""Tests for fourm.data.visualize: color maps, boxes, tiles and the grid layout."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fourm.data import visualize
+from fourm.data import colorize, visualize
 
 SIZE = 16
 CLASS_NAMES = ("background", "floor", "wall")
@@ -52,13 +52,13 @@ def _tile_box(tile: int, grid: Image.Image, column: int, num_columns: int,
 
 
 # --------------------------------------------------------------------------------------
-# Colour maps.
+# Color maps.
 
 
 def test_normal_facing_camera_is_olive():
   normal = np.zeros((2, 2, 3), np.float32)
   normal[..., 2] = -1.0
-  rgb = visualize.normal_to_rgb(normal)
+  rgb = colorize.normal_to_rgb(normal)
   assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
   assert set(rgb[..., 0].ravel()) <= {127, 128}
   assert set(rgb[..., 1].ravel()) <= {127, 128}
@@ -67,13 +67,13 @@ def test_normal_facing_camera_is_olive():
 
 def test_normal_axes_follow_the_camera_frame():
   right_down = np.array([[[1.0, 1.0, 0.0]]], np.float32)
-  assert tuple(visualize.normal_to_rgb(right_down)[0, 0]) == (255, 255, 128)
-  assert tuple(visualize.normal_to_rgb(np.full((1, 1, 3), np.nan))[0, 0]) == (0, 0, 0)
+  assert tuple(colorize.normal_to_rgb(right_down)[0, 0]) == (255, 255, 128)
+  assert tuple(colorize.normal_to_rgb(np.full((1, 1, 3), np.nan))[0, 0]) == (0, 0, 0)
 
 
 def test_depth_nearer_is_brighter_along_a_ramp():
   depth = np.linspace(0.5, 20.0, 64, dtype=np.float32)[None, :].repeat(4, axis=0)
-  rgb = visualize.depth_to_rgb(depth)
+  rgb = colorize.depth_to_rgb(depth)
   assert rgb.dtype == np.uint8 and rgb.shape == (4, 64, 3)
   brightness = _luminance(rgb[0])
   # Depth grows left to right, so brightness must never rise and must fall overall.
@@ -84,38 +84,38 @@ def test_depth_nearer_is_brighter_along_a_ramp():
 
 def test_depth_invalid_pixels_are_black_and_range_is_settable():
   depth = np.array([[1.0, 2.0, 0.0, np.inf]], np.float32)
-  rgb = visualize.depth_to_rgb(depth)
+  rgb = colorize.depth_to_rgb(depth)
   assert (rgb[0, 2] == 0).all() and (rgb[0, 3] == 0).all()
-  clipped = visualize.depth_to_rgb(np.array([[1.0, 2.0]], np.float32), vmin=0.5, vmax=100.0)
+  clipped = colorize.depth_to_rgb(np.array([[1.0, 2.0]], np.float32), vmin=0.5, vmax=100.0)
   # Both lie well inside [0.5 m, 100 m], so neither reaches the bright end of the map.
   assert _luminance(clipped).max() < _luminance(rgb[0, 0])
 
 
 def test_palette_is_distinct_deterministic_and_prefix_stable():
-  colours = visualize.palette(256)
-  assert colours.shape == (256, 3) and colours.dtype == np.uint8
-  assert len({tuple(c) for c in colours}) == 256
-  assert _luminance(colours[0]) < 30  # background is black-ish
-  assert (colours[1:].max(axis=1) > 120).all()  # nothing else looks like background
+  colors = colorize.palette(256)
+  assert colors.shape == (256, 3) and colors.dtype == np.uint8
+  assert len({tuple(c) for c in colors}) == 256
+  assert _luminance(colors[0]) < 30  # background is black-ish
+  assert (colors[1:].max(axis=1) > 120).all()  # nothing else looks like background
   # The first classes, the ones usually on screen, must be far apart, not just unequal.
-  first = colours[:8].astype(np.float64)
+  first = colors[:8].astype(np.float64)
   distances = np.linalg.norm(first[:, None] - first[None], axis=-1)
   assert distances[~np.eye(8, dtype=bool)].min() > 60
-  np.testing.assert_array_equal(visualize.palette(256), colours)
-  np.testing.assert_array_equal(visualize.palette(5), colours[:5])
+  np.testing.assert_array_equal(colorize.palette(256), colors)
+  np.testing.assert_array_equal(colorize.palette(5), colors[:5])
 
 
 def test_semseg_to_rgb_uses_the_palette():
   semseg = np.array([[0, 1], [2, 2]], np.uint8)
-  rgb = visualize.semseg_to_rgb(semseg, num_classes=3)
-  colours = visualize.palette(3)
-  np.testing.assert_array_equal(rgb, colours[semseg])
+  rgb = colorize.semseg_to_rgb(semseg, num_classes=3)
+  colors = colorize.palette(3)
+  np.testing.assert_array_equal(rgb, colors[semseg])
 
 
 def test_features_to_rgb_separates_two_clusters():
   features = np.zeros((4, 4, 16), np.float32)
   features[:, :2, 0] = 5.0  # left half differs from the right half along one direction
-  rgb = visualize.features_to_rgb(features, 32)
+  rgb = colorize.features_to_rgb(features, 32)
   assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
   assert not np.array_equal(rgb[0, 0], rgb[0, -1])
   # NEAREST upscaling: every patch is a flat 8x8 block.
@@ -130,17 +130,17 @@ def test_draw_boxes_changes_exactly_the_border():
   image = np.full((64, 64, 3), 100, np.uint8)
   boxes = np.array([[0.25, 0.5, 0.75, 0.875]], np.float32)  # pixels x 16..47, y 32..55
   drawn = visualize.draw_boxes(image, boxes, ["cube"], line_width=1)
-  colour = np.array(visualize.class_colour("cube"), np.uint8)
+  color = np.array(colorize.class_color("cube"), np.uint8)
   x0, y0, x1, y1 = 16, 32, 47, 55
   border = np.zeros((64, 64), bool)
   border[y0, x0:x1 + 1] = border[y1, x0:x1 + 1] = True
   border[y0:y1 + 1, x0] = border[y0:y1 + 1, x1] = True
-  assert (drawn[border] == colour).all()
+  assert (drawn[border] == color).all()
   # The label sits above the box, so inside the box and below/right of it nothing moves.
   np.testing.assert_array_equal(drawn[y0 + 1:y1, x0 + 1:x1], image[y0 + 1:y1, x0 + 1:x1])
   np.testing.assert_array_equal(drawn[y1 + 1:], image[y1 + 1:])
   np.testing.assert_array_equal(drawn[:, x1 + 1:], image[:, x1 + 1:])
-  assert (drawn[y0 - 4, x0] == colour).all()  # the label's background
+  assert (drawn[y0 - 4, x0] == color).all()  # the label's background
   assert (image == 100).all()  # the input is not modified
 
 
@@ -152,15 +152,15 @@ def test_draw_boxes_skips_invalid_rows_and_accepts_numpy_classes():
                                line_width=1)
   # The kept box and its label lie right of x = 64, the skipped one left of it.
   assert (drawn[:, :64] == 0).all()
-  assert (drawn[127, 64:] == visualize.class_colour("kept")).all()
+  assert (drawn[127, 64:] == colorize.class_color("kept")).all()
   # All-zero padded rows are empty boxes and draw nothing either.
   nothing = visualize.draw_boxes(image, np.zeros((3, 4)), np.array(["", "", ""]))
   np.testing.assert_array_equal(nothing, image)
 
 
-def test_class_colour_is_stable():
-  assert visualize.class_colour("chair") == visualize.class_colour("chair")
-  assert visualize.class_colour("chair") != tuple(visualize.palette(1)[0])
+def test_class_color_is_stable():
+  assert colorize.class_color("chair") == colorize.class_color("chair")
+  assert colorize.class_color("chair") != tuple(colorize.palette(1)[0])
 
 
 # --------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_sample_tiles_order_and_size():
 
 def test_label_maps_stay_exact_when_upscaled():
   tiles = dict(visualize.sample_tiles(_sample(), 48))
-  allowed = {tuple(c) for c in visualize.palette(3)}
+  allowed = {tuple(c) for c in colorize.palette(3)}
   assert {tuple(c) for c in tiles["semseg"].reshape(-1, 3)} <= allowed
 
 
@@ -188,8 +188,8 @@ def test_det_without_rgb_uses_a_grey_canvas():
   sample = _sample()
   del sample["rgb"]
   det = dict(visualize.sample_tiles(sample, 64))["det"]
-  assert (det[40, 40] == visualize.CANVAS_COLOUR).all()
-  assert (det[16, 16:48] == visualize.class_colour("cube")).all()  # the top edge
+  assert (det[40, 40] == visualize.CANVAS_COLOR).all()
+  assert (det[16, 16:48] == colorize.class_color("cube")).all()  # the top edge
 
 
 def test_unknown_array_is_shown_in_grey():
@@ -228,14 +228,14 @@ def test_missing_modality_gets_a_blank_tile():
   grid = visualize.make_grid([full, missing], tile=tile)
   pixels = np.asarray(grid)
   # Both rows have the same height: tile + ROW_GAP apart. Depth is column 2.
-  header = visualize._line_height(visualize.font(visualize.TEXT_SIZE))
+  header = visualize.line_height(visualize.font(visualize.TEXT_SIZE))
   first_top = visualize.PAD + header
   second_top = first_top + tile + visualize.ROW_GAP
   left, _, right, _ = _tile_box(tile, grid, 2, 7, first_top)
   present = pixels[first_top:first_top + tile, left:right]
   blank = pixels[second_top:second_top + tile, left:right]
-  assert (blank == visualize.BLANK_COLOUR).all(axis=-1).mean() > 0.9
-  assert (present == visualize.BLANK_COLOUR).all(axis=-1).mean() < 0.1
+  assert (blank == visualize.BLANK_COLOR).all(axis=-1).mean() > 0.9
+  assert (present == visualize.BLANK_COLOR).all(axis=-1).mean() < 0.1
   # The tile really is the depth map of the first sample, upscaled.
   expected = dict(visualize.sample_tiles(full, tile))["depth"]
   np.testing.assert_array_equal(present, expected)
@@ -272,8 +272,8 @@ def test_save_grid_writes_a_png(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [np.zeros((4,)), np.zeros((2, 2, 2, 2))])
-def test_colour_maps_reject_wrong_shapes(bad):
+def test_color_maps_reject_wrong_shapes(bad):
   with pytest.raises(ValueError):
-    visualize.depth_to_rgb(bad)
+    colorize.depth_to_rgb(bad)
   with pytest.raises(ValueError):
-    visualize.normal_to_rgb(bad)
+    colorize.normal_to_rgb(bad)

@@ -14,7 +14,7 @@ from fourm.errors import RecordError, UsageError
 from tokenizers_vq import modality_io, vqvae
 from tokenizers_vq import train_step as ts
 
-MODALITIES = modality_io.MODALITIES
+MODALITIES = modality_io.tokenizable()
 # Small enough to compile in about a second; the presets are exercised by the benchmark.
 SMALL = dict(enc_width=32, enc_depth=1, enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2,
              vocab_size=64, post_mlp=False)
@@ -26,7 +26,7 @@ def small_config(modality: str, **overrides) -> vqvae.VQVAEConfig:
 
 def rngs(seed: int = 0) -> nnx.Rngs:
   # The "rbg" generator compiles several times faster on CPU than threefry: tests start
-  # many small models, each of whose initialisers is its own compiled program.
+  # many small models, each of whose initializers is its own compiled program.
   return nnx.Rngs(jax.random.key(seed, impl="rbg"))
 
 
@@ -95,7 +95,7 @@ def test_the_base_presets_give_14x14_tokens_at_224_px():
   for modality in MODALITIES:
     config = vqvae.preset(f"{modality}_base")
     assert config.grid == 14 and config.tokens_per_image == 196
-    assert config.vocab_size == vqvae.REFERENCE_VOCAB[modality]
+    assert config.vocab_size == modalities.get(modalities.grid_modality_of(modality)).vocab_size
     assert (config.enc_width, config.enc_depth, config.dec_depth) == (768, 12, 12)
   model = nnx.eval_shape(lambda: vqvae.VQVAE(vqvae.preset("rgb_base"), rngs=rngs(0)))
   # ViT-B encoder + decoder with the reference's post-MLPs: about 2 x 90M parameters.
@@ -139,10 +139,10 @@ def test_the_decoder_is_swappable():
   np.testing.assert_allclose(decoded, out, atol=1e-6)
 
 
-# Normalisation and metrics ----------------------------------------------------------------
+# Normalization and metrics ----------------------------------------------------------------
 
 
-def test_depth_is_normalised_per_image_robustly_and_inverts_exactly(scenes):
+def test_depth_is_normalized_per_image_robustly_and_inverts_exactly(scenes):
   io = modality_io.for_config(small_config("depth"))
   depth = scenes[0]["depth"][:2]
   x, stats = io.normalize(jnp.asarray(depth))
@@ -151,20 +151,20 @@ def test_depth_is_normalised_per_image_robustly_and_inverts_exactly(scenes):
   np.testing.assert_allclose(np.median(np.asarray(x), axis=(1, 2, 3)), 0.0, atol=1e-3)
   low, high = np.quantile(np.asarray(x), [0.05, 0.95], axis=(1, 2, 3))
   np.testing.assert_allclose(high - low, 2.0, atol=0.02)
-  # The same scene three times as far (and a metre back) normalises to the same x.
+  # The same scene three times as far (and a metre back) normalizes to the same x.
   x_far, stats_far = io.normalize(jnp.asarray(3 * depth + 1))
   np.testing.assert_allclose(np.asarray(x_far), np.asarray(x), atol=1e-4)
   np.testing.assert_allclose(np.asarray(stats_far), np.asarray(stats) * [3, 3] + [1, 0],
                              rtol=1e-5)
   np.testing.assert_allclose(np.asarray(io.denormalize(x, stats)), depth, rtol=1e-5)
-  # A few wild pixels do not move the normalisation.
+  # A few wild pixels do not move the normalization.
   spiky = depth.copy()
   spiky[:, :2, :2] = 1000.0
   _, stats_spiky = io.normalize(jnp.asarray(spiky))
   np.testing.assert_allclose(np.asarray(stats_spiky), np.asarray(stats), rtol=0.02)
 
 
-def test_rgb_and_clip_normalisation_constants():
+def test_rgb_and_clip_normalization_constants():
   rgb = modality_io.for_config(small_config("rgb"))
   x, _ = rgb.normalize(jnp.array([[[[0, 255, 127]]]], jnp.uint8).repeat(64, 1).repeat(64, 2))
   np.testing.assert_allclose(np.asarray(x[0, 0, 0]), [-1.0, 1.0, -0.5 / 127.5], atol=1e-6)
@@ -249,6 +249,7 @@ def _train(config, train, val, steps: int, batch_size: int = 8, seed: int = 0):
   return history, pooled_usage, state
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_dead_code_replacement_keeps_codes_in_use(scenes):
   train, val = scenes[0]["rgb"], scenes[1]["rgb"]
   usage = {}
@@ -285,7 +286,7 @@ def test_every_preset_round_trips_through_json():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(modality="lidar"), "unknown modality"),
+    (dict(modality="lidar"), "no VQ-VAE handling for modality .lidar."),
     (dict(modality="rgb", patch_size=7), "multiple of patch_size"),
     (dict(modality="rgb", loss="cross_entropy"), "does not fit rgb"),
     (dict(modality="semseg"), "num_classes"),

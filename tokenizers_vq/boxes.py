@@ -1,4 +1,4 @@
-"""Boxes as text tokens, the way 4M serialises detections.
+"""Boxes as text tokens, the way 4M serializes detections.
 
 A detection record {"boxes": [N, 4] (xmin, ymin, xmax, ymax) in [0, 1], "classes": [str]}
 becomes one token sequence, objects one after the other:
@@ -7,16 +7,16 @@ becomes one token sequence, objects one after the other:
 
 * Order: by the squared distance of the box's top-left corner (xmin, ymin) to the image
   origin, nearest first, ties kept in record order (the reference's default
-  `bbox_order='dist_to_orig'`, sorted on the float coordinates before quantisation).
+  `bbox_order='dist_to_orig'`, sorted on the float coordinates before quantization).
   A fixed order makes the sequence a function of the set of boxes, so the model need
   not guess a permutation.
 * Coordinates: bin q = round(x * (bins - 1)) with bins = 1000 for the reference
   vocabulary, so bin 0 is exactly 0 and bin 999 exactly 1; decoding returns the bin
-  value q / (bins - 1) (not a bin centre), the reference's inverse. The round trip
+  value q / (bins - 1) (not a bin center), the reference's inverse. The round trip
   is exact up to 0.5 / (bins - 1) per coordinate.
-* Class names are tokenised as text (lowercased by the BERT normaliser; the reference
+* Class names are tokenized as text (lowercased by the BERT normalizer; the reference
   vocabulary holds the COCO names as single tokens, "wine glass" included), and their
-  ids are the same as tokenising the whole string "v0=12 v1=34 ... cube" at once.
+  ids are the same as tokenizing the whole string "v0=12 v1=34 ... cube" at once.
 
 Decoding is strict by default: a malformed sequence raises a `UsageError` naming the
 position and the token. `strict=False` is for generated sequences, which may be cut off
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from fourm import modalities
 from fourm.errors import RecordError, UsageError
 from tokenizers_vq import text
 
@@ -62,7 +63,7 @@ def box_order(boxes: np.ndarray) -> np.ndarray:
 
 def _checked_det(det: Any) -> tuple[np.ndarray, list[str]]:
   def fail(message: str):
-    raise RecordError(message, field="det")
+    raise RecordError(message, field=modalities.DET.name)
 
   if not isinstance(det, Mapping) or not {"boxes", "classes"} <= set(det):
     fail(f"expected {{'boxes': [N, 4], 'classes': [str]}}, got {type(det).__name__}")
@@ -86,11 +87,11 @@ def _class_ids(path: str, name: str) -> tuple[int, ...]:
   """The text ids of a class name; refuses names that would not decode as a name."""
   ids = text.load_text_tokenizer(path).encode(name, add_special_tokens=False).ids
   if not ids:
-    raise RecordError(f"class name {name!r} has no tokens", field="det")
+    raise RecordError(f"class name {name!r} has no tokens", field=modalities.DET.name)
   special = text.special_tokens(path)
   if (special.coord_axis(ids) >= 0).any() or special.is_control(ids).any():
     raise RecordError(f"class name {name!r} contains coordinate or control tokens, so "
-                      "its boxes could not be decoded", field="det")
+                      "its boxes could not be decoded", field=modalities.DET.name)
   return tuple(ids)
 
 
@@ -226,3 +227,7 @@ class BoxEncoder:
 
   def decode(self, ids: Iterable[int], *, strict: bool = True) -> dict[str, Any]:
     return decode_boxes(ids, self.path, strict=strict)
+
+  def detokenize(self, ids: Iterable[int]) -> dict[str, Any]:
+    """Generated ids -> the boxes that parse (a malformed tail is dropped)."""
+    return self.decode(ids, strict=False)

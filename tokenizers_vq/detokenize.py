@@ -1,71 +1,49 @@
-"""Tokens back to what a person looks at: images for token grids, text and boxes for
-sequences. Generation decodes its output through here.
+"""Tokens back to raw values: images for token grids, text and boxes for sequences.
+Generation decodes its output through here; `fourm.data.visualize` draws the result.
 
-`Detokenizer({"tok_rgb": tokenizer, ...})` holds one decoder per grid modality (a trained
-`VQTokenizer`, or a ground-truth `PatchQuantizer`) and the text vocabulary; `decode`
+`Detokenizer({"tok_rgb": tokenizer, ...})` holds one grid tokenizer per token-grid
+modality (anything with the `tokenizers_vq.grid.GridTokenizer` members: a trained
+`VQTokenizer`, a ground-truth `PatchQuantizer`) and the text vocabulary; `decode`
 returns the raw modality (rgb uint8, depth in metres, unit normals, class ids, feature
-vectors), `to_image` the same as uint8 RGB for a grid of pictures (depth colour-mapped,
-normals as colours, segmentation with the palette).
+vectors, a caption str, boxes), sequences through their registered codec.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
 from fourm import modalities
-from fourm.data import colorize
 from fourm.errors import UsageError
-from tokenizers_vq import boxes as boxes_lib
-from tokenizers_vq import text as text_lib
-
-
-def to_image(raw_name: str, raw: np.ndarray, size: int | None = None) -> np.ndarray:
-  """One decoded raw modality [H, W, ...] as uint8 RGB [H, W, 3]."""
-  raw = np.asarray(raw)
-  if raw_name == "rgb":
-    return raw.astype(np.uint8)
-  if raw_name == "depth":
-    return colorize.depth_to_rgb(raw)
-  if raw_name == "normal":
-    return colorize.normal_to_rgb(raw)
-  if raw_name == "semseg":
-    return colorize.semseg_to_rgb(raw)
-  if raw_name == "clip":
-    return colorize.features_to_rgb(raw, size or raw.shape[0] * 8)
-  raise UsageError(f"no picture for raw modality {raw_name!r}")
+from tokenizers_vq import sequences
+from tokenizers_vq.grid import GridTokenizer
 
 
 class Detokenizer:
   """Decoders for the token modalities a model generates."""
 
-  def __init__(self, grid_decoders: Mapping[str, Any], text_vocab: str | None = None):
-    for name in grid_decoders:
+  def __init__(self, grid_tokenizers: Mapping[str, GridTokenizer],
+               text_vocab: str | None = None):
+    for name in grid_tokenizers:
       spec = modalities.get(name)
       if spec.kind != modalities.Kind.IMAGE_TOKENS:
         raise UsageError(f"{name!r} is a {spec.kind.value} modality, not a token grid")
-    self.grid_decoders = dict(grid_decoders)
+    self.grid_tokenizers = dict(grid_tokenizers)
     self.text_vocab = text_vocab
+    self._codecs: dict[str, sequences.SequenceCodec] = {}
 
-  def decode(self, name: str, tokens) -> Any:
+  def decode(self, name: str, tokens):
     """Token ids of modality `name` (one sample) -> its raw value."""
     spec = modalities.get(name)
     if spec.kind == modalities.Kind.SEQUENCE:
-      ids = np.asarray(tokens)
-      if name == "det":
-        return boxes_lib.decode_boxes(ids, self.text_vocab, strict=False)
-      return text_lib.detokenize(ids, self.text_vocab)
-    decoder = self.grid_decoders.get(name)
-    if decoder is None:
+      if name not in self._codecs:
+        self._codecs[name] = sequences.codec_for(name, self.text_vocab)
+      return self._codecs[name].detokenize(np.asarray(tokens))
+    tokenizer = self.grid_tokenizers.get(name)
+    if tokenizer is None:
       raise UsageError(f"no decoder for {name!r}; this detokenizer has "
-                       f"{sorted(self.grid_decoders)}")
+                       f"{sorted(self.grid_tokenizers)}")
     tokens = np.asarray(tokens)
-    if hasattr(decoder, "check_tokens"):  # a VQTokenizer decodes batches
-      return decoder.decode(tokens[None])[0]
     grid = int(round(np.sqrt(tokens.size)))
-    return decoder.decode(tokens.reshape(grid, grid))
-
-  def to_image(self, name: str, tokens, size: int | None = None) -> np.ndarray:
-    return to_image(modalities.get(name).source.name, self.decode(name, tokens), size)
+    return tokenizer.detokenize(tokens.reshape(1, grid, grid))[0]

@@ -1,30 +1,32 @@
-"""What each modality's VQ-VAE reads and writes: input normalisation, loss, metrics.
+"""What a modality's VQ-VAE reads and writes: input normalization, loss, metrics.
 
-A tokenizer sees raw arrays exactly as records store them (docs/data.md, "The synthetic
-world"), batched, and returns them in the same form after decoding:
+The handling follows from what the raw values mean (the registry's `RawSpec.values`),
+so any raw modality of a known meaning gets a VQ-VAE without code here. A tokenizer
+sees raw arrays exactly as records store them (docs/data.md, "The synthetic world"),
+batched, and returns them in the same form after decoding:
 
-  modality  raw batch             encoder input x                 losses (first: default)
-  rgb       uint8 [B, R, R, 3]    (v - 127.5) / 127.5, in [-1, 1]  mse, l1
-  depth     float32 [B, R, R]     (d - median) / s, per image      l1, mse
-  normal    float32 [B, R, R, 3]  unit vectors as they are         l1, mse, angular
-  semseg    uint8 [B, R, R]       class ids (the model embeds)     cross_entropy
-  clip      float32 [B, G, G, C]  f * sqrt(C): ~unit variance      smooth_l1, mse, l1
+  values     (4M-7)  raw batch             encoder input x              losses (first: default)
+  color      rgb     uint8 [B, R, R, 3]    (v - 127.5) / 127.5, [-1, 1]  mse, l1
+  distance   depth   float32 [B, R, R]     (d - median) / s, per image   l1, mse
+  direction  normal  float32 [B, R, R, 3]  unit vectors as they are      l1, mse, angular
+  classes    semseg  uint8 [B, R, R]       class ids (the model embeds)  cross_entropy
+  features   clip    float32 [B, G, G, C]  f * sqrt(C): ~unit variance   smooth_l1, mse, l1
 
-Metrics: rgb psnr (0-255 scale); depth abs_rel and rmse (metres); normal angle_deg (mean
-angular error); semseg pixel_acc and miou (over the classes present in prediction or
-target); clip cosine (mean cosine similarity per patch vector).
+Metrics: color psnr (0-255 scale); distance abs_rel and rmse (metres); direction
+angle_deg (mean angular error); classes pixel_acc and miou (over the classes present in
+prediction or target); features cosine (mean cosine similarity per patch vector).
 
-Every modality normalises affinely, x = (raw - shift) / scale, with `stats` = (shift,
-scale) per image, [B, 2]. For all but depth the pair is a constant of the config. Depth is
-normalised per image, robustly, because scenes differ in scale far more than in shape:
+Every modality normalizes affinely, x = (raw - shift) / scale, with `stats` = (shift,
+scale) per image, [B, 2]. For all but distances the pair is a constant of the config.
+Depth is normalized per image, robustly, because scenes differ in scale far more than in shape:
 shift = the median depth, scale = half the spread between the `depth_quantiles` (5th and
 95th percentile by default), floored at 1 mm, so the middle 90% of a scene spans two
 units around 0 whatever its distance. The stats are what inverts it: training metrics use each
 image's own; decoding tokens without them (generation) falls back to the config's
 `norm_shift` / `norm_scale`, i.e. relative depth placed at a typical distance.
 
-The losses are taken in the normalised space the decoder predicts; the metrics in raw
-units, after the inverse normalisation, so they mean the same whatever the config.
+The losses are taken in the normalized space the decoder predicts; the metrics in raw
+units, after the inverse normalization, so they mean the same whatever the config.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fourm.errors import RecordError
+from fourm import modalities
+from fourm.errors import RecordError, UsageError
 
 if TYPE_CHECKING:
   from tokenizers_vq.vqvae import VQVAEConfig
@@ -53,15 +56,17 @@ class Defaults(NamedTuple):
   losses: tuple[str, ...]  # the losses that make sense for it
 
 
+Values = modalities.Values
+
+# By what the values mean.
 DEFAULTS: dict[str, Defaults] = {
-    "rgb": Defaults(3, 127.5, 127.5, "mse", ("mse", "l1")),
-    # Depth shift/scale are only the fallback for decoding without per-image stats.
-    "depth": Defaults(1, 5.0, 2.0, "l1", ("l1", "mse")),
-    "normal": Defaults(3, 0.0, 1.0, "l1", ("l1", "mse", "angular")),
-    "semseg": Defaults(None, 0.0, 1.0, "cross_entropy", ("cross_entropy",)),
-    "clip": Defaults(64, 0.0, None, "smooth_l1", ("smooth_l1", "mse", "l1")),
+    Values.COLOR: Defaults(3, 127.5, 127.5, "mse", ("mse", "l1")),
+    # Distance shift/scale are only the fallback for decoding without per-image stats.
+    Values.DISTANCE: Defaults(1, 5.0, 2.0, "l1", ("l1", "mse")),
+    Values.DIRECTION: Defaults(3, 0.0, 1.0, "l1", ("l1", "mse", "angular")),
+    Values.CLASSES: Defaults(None, 0.0, 1.0, "cross_entropy", ("cross_entropy",)),
+    Values.FEATURES: Defaults(64, 0.0, None, "smooth_l1", ("smooth_l1", "mse", "l1")),
 }
-MODALITIES = tuple(DEFAULTS)
 MIN_DEPTH_SCALE = 1e-3  # metres: a flat depth map must not divide by zero
 
 
@@ -77,17 +82,17 @@ def _mean_error(out: jax.Array, target: jax.Array, loss: str) -> jax.Array:
 
 
 class ModalityIO:
-  """Affine normalisation by config constants; subclasses add what their modality needs.
+  """Affine normalization by config constants; subclasses add what their modality needs.
 
   Host-side methods (`sample_shape`, `check`) take numpy-like arrays and raise
   `RecordError`; the others are pure jax and run inside jit.
   """
 
-  name: str = ""
-  int_input = False  # semseg: x holds class ids, not floats
+  int_input = False  # classes: x holds class ids, not floats
 
   def __init__(self, config: VQVAEConfig):
     self.config = config
+    self.name = config.modality  # the raw modality: records' field, errors' field
 
   # Host side ---------------------------------------------------------------------------
 
@@ -168,8 +173,7 @@ class ModalityIO:
     return {}
 
 
-class RgbIO(ModalityIO):
-  name = "rgb"
+class ColorIO(ModalityIO):
   expected_dtype = "uint8"
 
   def _dtype_ok(self, dtype):
@@ -191,8 +195,7 @@ class RgbIO(ModalityIO):
     return {"psnr": jnp.mean(psnr)}
 
 
-class DepthIO(ModalityIO):
-  name = "depth"
+class DistanceIO(ModalityIO):
 
   def sample_shape(self):
     r = self.config.resolution
@@ -201,7 +204,7 @@ class DepthIO(ModalityIO):
   def _check_values(self, raw, where):
     super()._check_values(raw, where)
     if isinstance(raw, np.ndarray) and raw.size and raw.min() <= 0:
-      raise RecordError(f"{self.tokenizer_label()}: depth must be positive metres, found "
+      raise RecordError(f"{self.tokenizer_label()}: {self.name} must be positive metres, found "
                         f"{raw.min()}", path=where, field=self.name)
 
   def image_stats(self, depth: jax.Array) -> jax.Array:
@@ -226,8 +229,7 @@ class DepthIO(ModalityIO):
             "rmse": jnp.sqrt(jnp.mean(jnp.square(pred - target)))}
 
 
-class NormalIO(ModalityIO):
-  name = "normal"
+class DirectionIO(ModalityIO):
 
   def denormalize(self, out, stats):
     values = super().denormalize(out, stats)
@@ -246,8 +248,7 @@ class NormalIO(ModalityIO):
     return {"angle_deg": jnp.mean(angle)}
 
 
-class SemsegIO(ModalityIO):
-  name = "semseg"
+class ClassesIO(ModalityIO):
   int_input = True
   expected_dtype = "uint8"
 
@@ -294,8 +295,7 @@ class SemsegIO(ModalityIO):
     return {"pixel_acc": jnp.mean(pred == target), "miou": miou}
 
 
-class ClipIO(ModalityIO):
-  name = "clip"
+class FeaturesIO(ModalityIO):
 
   def sample_shape(self):
     g = self.config.grid
@@ -313,14 +313,38 @@ def _unit(x: jax.Array) -> jax.Array:
 
 
 _CLASSES: Mapping[str, type[ModalityIO]] = {
-    "rgb": RgbIO, "depth": DepthIO, "normal": NormalIO, "semseg": SemsegIO, "clip": ClipIO}
+    Values.COLOR: ColorIO, Values.DISTANCE: DistanceIO, Values.DIRECTION: DirectionIO,
+    Values.CLASSES: ClassesIO, Values.FEATURES: FeaturesIO}
+
+
+def tokenizable() -> tuple[str, ...]:
+  """The registered raw modalities a VQ-VAE can tokenize (a token-grid modality is made
+  from them and their values have a handling here), in registry order."""
+  made = {spec.source.name for spec in modalities.MODALITIES.values()
+          if spec.kind == modalities.Kind.IMAGE_TOKENS}
+  return tuple(raw.name for raw in modalities.RAW_MODALITIES.values()
+               if raw.name in made and raw.values in DEFAULTS)
+
+
+def values_of(modality: str) -> str:
+  """What raw modality `modality`'s values mean; a UsageError unless a VQ-VAE handles it."""
+  raw = modalities.RAW_MODALITIES.get(modality)
+  if raw is None or raw.values not in DEFAULTS:
+    raise UsageError(f"VQ-VAE config: no VQ-VAE handling for modality {modality!r}; it "
+                     f"handles raw modalities whose values are {sorted(map(str, DEFAULTS))} "
+                     f"(registered: {list(tokenizable())})")
+  return raw.values
+
+
+def defaults_for(modality: str) -> Defaults:
+  return DEFAULTS[values_of(modality)]
 
 
 def default_norm_scale(modality: str, channels: int | None) -> float:
-  scale = DEFAULTS[modality].norm_scale
+  scale = defaults_for(modality).norm_scale
   return 1.0 / math.sqrt(channels) if scale is None else scale
 
 
 def for_config(config: VQVAEConfig) -> ModalityIO:
   """The input/output handling of `config.modality`."""
-  return _CLASSES[config.modality](config)
+  return _CLASSES[values_of(config.modality)](config)

@@ -2,15 +2,15 @@
 
 What it does, and why:
 
-* **Low-dimensional, L2-normalised codes** (ViT-VQGAN, 4M's `norm_codes=True`): encoder
+* **Low-dimensional, L2-normalized codes** (ViT-VQGAN, 4M's `norm_codes=True`): encoder
   vectors are projected to a small code space (32-d by default) and both they and the
   codebook entries live on the unit sphere, so the nearest code is the one of highest
-  cosine similarity. Small, normalised codes are what keeps a 16k codebook in use.
+  cosine similarity. Small, normalized codes are what keeps a 16k codebook in use.
 * **EMA codebook** (van den Oord et al. 2017, appendix): codes are not trained by the
   optimizer. After each step every code moves to the running mean of the encoder vectors
   assigned to it: an exponential moving average of the cluster sizes (`cluster_size`,
   Laplace-smoothed when dividing so an empty cluster never divides by zero) and of the
-  summed assigned vectors (`embed_avg`); the code is their ratio, renormalised.
+  summed assigned vectors (`embed_avg`); the code is their ratio, renormalized.
 * **Commitment loss** `beta * mean((z - sg(q))^2)` pulls the encoder towards its codes;
   **straight-through** gradients `z + sg(q - z)` let the reconstruction loss reach the
   encoder through the non-differentiable lookup.
@@ -62,7 +62,7 @@ class Codebook(NamedTuple):
 class QuantizerOutput(NamedTuple):
   quantized: jax.Array        # [..., D] code vectors, straight-through to `latents`
   codes: jax.Array            # [...] int32 code ids
-  latents: jax.Array          # [..., D] the L2-normalised encoder vectors
+  latents: jax.Array          # [..., D] the L2-normalized encoder vectors
   commitment_loss: jax.Array  # scalar, already weighted by beta
 
 

@@ -2,7 +2,7 @@
 
 The default vocabulary is the reference 4M one (30,000 entries), shipped with the
 package so that token ids mean the same thing as in the reference checkpoints. It is a
-HuggingFace `tokenizers` JSON (lowercasing BERT normaliser, BERT pre-tokenizer,
+HuggingFace `tokenizers` JSON (lowercasing BERT normalizer, BERT pre-tokenizer,
 WordPiece with "##" continuations), loaded as the reference loads it
 (`Tokenizer.from_file`). Its added tokens, in id order:
 

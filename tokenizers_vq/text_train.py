@@ -10,11 +10,11 @@ Class names (from the records' `det` classes and the `classes` list of each
 dataset_info.json's metadata) are added as single tokens, as the reference adds the
 COCO names: a multi-word name like "traffic light" is then one token in captions and
 in box sequences alike. They are lowercased and whitespace-collapsed (the BERT
-normaliser runs before they are matched) and sorted, so the vocabulary does not depend
+normalizer runs before they are matched) and sorted, so the vocabulary does not depend
 on the order in which records are read.
 
-The normaliser, pre-tokenizer, model and decoder are the reference's (lowercasing BERT
-normaliser, BERT pre-tokenizer, WordPiece with "##" continuations). All captions are
+The normalizer, pre-tokenizer, model and decoder are the reference's (lowercasing BERT
+normalizer, BERT pre-tokenizer, WordPiece with "##" continuations). All captions are
 held in memory while training (the trainer needs the class names before it starts).
 
 Not deterministic: the library's trainer breaks ties between equally frequent pairs in
@@ -36,6 +36,7 @@ import tokenizers
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
 from tqdm import tqdm
 
+from fourm import modalities
 from fourm.data import records
 from fourm.errors import UsageError
 from tokenizers_vq import text
@@ -92,24 +93,30 @@ def read_corpus(data_dirs: Sequence[str], split: str = "train", progress: bool =
   for directory in data_dirs:
     source = records.RecordSource(directory, split)
     classes.update(str(name) for name in source.info.metadata.get("classes", ()))
-    wanted = [name for name in ("caption", "det") if name in source.modalities]
-    if "caption" not in wanted or len(source) == 0:
+    # Texts are what people wrote (TEXT values); boxes add their class names.
+    texts = [raw.name for raw in modalities.raws_with(modalities.Values.TEXT)
+             if raw.name in source.modalities]
+    boxes = [raw.name for raw in modalities.raws_with(modalities.Values.BOXES)
+             if raw.name in source.modalities]
+    if not texts or len(source) == 0:
       raise UsageError(f"{directory}: split {split!r} has no captions to train a text "
                        f"tokenizer on ({len(source)} records, modalities "
                        f"{source.modalities})")
-    # Read only these two, and without requiring them: records without a caption (an
+    # Read only these, and without requiring them: records without a caption (an
     # ingested image nobody described) are fine. Passing `modalities=` would require
     # them in every record.
-    source.modalities = wanted
+    source.modalities = texts + boxes
     found = 0
     for sample in tqdm(source, total=len(source), unit="record", disable=not progress,
                        desc=f"captions of {os.path.basename(os.path.normpath(directory))}"):
-      caption = sample.get("caption")
-      if isinstance(caption, str) and caption.strip():
-        captions.append(caption)
-        found += 1
-      if "det" in sample:
-        classes.update(sample["det"]["classes"])
+      for name in texts:
+        text = sample.get(name)
+        if isinstance(text, str) and text.strip():
+          captions.append(text)
+          found += 1
+      for name in boxes:
+        if name in sample:
+          classes.update(sample[name]["classes"])
     if not found:
       raise UsageError(f"{directory}: split {split!r} has {len(source)} records but no "
                        "non-empty caption to train a text tokenizer on")

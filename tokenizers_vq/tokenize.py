@@ -1,8 +1,8 @@
 """`fourm tokenize --data DIR --tokenizers WORKDIR... --out DIR`: token records of a dataset.
 
-Each trained VQ-VAE (a `fourm tokenizer train` workdir) turns its raw modality into
-`tok_<modality>` int32 grids. Images are centre-cropped and resized to the tokenizer's
-resolution first, as the data pipeline does for evaluation, so the tokens describe the
+Each trained VQ-VAE (a `fourm tokenizer train` workdir) turns its raw modality into the
+registry's token-grid modality made from it (rgb -> tok_rgb), int32 grids. Images are
+center-cropped and resized to the tokenizer's resolution first, as the data pipeline does for evaluation, so the tokens describe the
 same pixels the 4M pipeline reads beside them (with augment off). Records are written
 side by side with the source (`fourm/data/derived.py`): same shards, same order,
 resumable shard by shard; a second run skips finished shards.
@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from fourm import modalities
-from fourm.data import augment as augment_lib
 from fourm.data import derived
 from fourm.errors import RecordError, UsageError
 from tokenizers_vq.train import load_tokenizer
@@ -35,12 +34,14 @@ def load_tokenizers(entries: Sequence[str]) -> dict[str, tuple[str, VQTokenizer]
   for entry in entries:
     expected, workdir = _parse(entry)
     tokenizer = load_tokenizer(workdir)
-    name = f"tok_{tokenizer.config.modality}"
+    try:
+      name = modalities.grid_modality_of(tokenizer.raw_name)
+    except KeyError:
+      raise UsageError(f"{workdir}: a tokenizer for {tokenizer.raw_name!r}, which no "
+                       "token-grid modality of the registry is made from") from None
     if expected is not None and expected != name:
       raise UsageError(f"--tokenizers {entry}: that checkpoint is a tokenizer for "
                        f"{tokenizer.config.modality!r} (it makes {name}), not {expected}")
-    if name not in modalities.MODALITIES:
-      raise UsageError(f"{workdir}: makes {name}, which the modality registry does not know")
     vocab = modalities.get(name).vocab_size
     if tokenizer.config.vocab_size > vocab:
       raise UsageError(f"{workdir}: its vocabulary of {tokenizer.config.vocab_size} does not "
@@ -54,23 +55,14 @@ def load_tokenizers(entries: Sequence[str]) -> dict[str, tuple[str, VQTokenizer]
 
 
 def encode_batch(tokenizer: VQTokenizer, samples: list[dict], batch_size: int) -> np.ndarray:
-  """Tokens [N, G, G] of the samples' raw modality, centre-cropped to the tokenizer's size.
-
-  Batches are padded to `batch_size` (the encoder compiles once for that size).
-  """
-  raw_name, resolution = tokenizer.config.modality, tokenizer.config.resolution
-  crop = augment_lib.AugmentConfig(resolution=resolution, train=False)
-  images = []
+  """Tokens [N, G, G] of the samples' raw modality, center-cropped to the tokenizer's size
+  (`VQTokenizer.tokenize`), in batches padded to `batch_size`."""
+  raw_name = tokenizer.raw_name
   for sample in samples:
     if raw_name not in sample:
       raise RecordError(f"has no {raw_name!r} for the {tokenizer.config.name} tokenizer",
                         field=raw_name)
-    images.append(augment_lib.augment({raw_name: sample[raw_name]}, crop)[raw_name])
-  batch = np.stack(images)
-  count = len(batch)
-  if count < batch_size:
-    batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - count, axis=0)])
-  return tokenizer.encode(batch)[:count]
+  return tokenizer.tokenize([sample[raw_name] for sample in samples], batch_size=batch_size)
 
 
 def tokenize_dataset(data: str, out: str, tokenizer_entries: Sequence[str], *,

@@ -8,7 +8,7 @@ those arrays:
     step = make_train_step(graphdef, model.config, optimizer, seed=0)
     state, metrics = step(state, raw_batch)      # raw arrays as records store them
 
-Inside the step the raw batch is normalised (modality_io), the reconstruction plus
+Inside the step the raw batch is normalized (modality_io), the reconstruction plus
 commitment loss is differentiated with respect to the parameters only, AdamW updates
 them, and then the quantizer's EMA update and dead-code replacement run on the
 encoder vectors of the same batch, outside the gradient. The dead-code draw is keyed by
@@ -16,7 +16,7 @@ encoder vectors of the same batch, outside the gradient. The dead-code draw is k
 
 `VQTokenizer` is the inference side, for the data pipeline and for generation:
 `encode(raw) -> int32 [B, G, G]`, `decode(tokens) -> raw arrays` (inverse
-normalisation applied, class ids for semseg). Both check their input on the host before
+normalization applied, class ids for semseg). Both check their input on the host before
 the jitted call, so a batch of the wrong modality or a token id outside the vocabulary is
 a one-line error naming the tokenizer, the modality and the bad value, never an
 out-of-bounds gather inside XLA (which would silently clamp).
@@ -25,7 +25,7 @@ out-of-bounds gather inside XLA (which would silently clamp).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -34,6 +34,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from fourm import modalities
+from fourm.data import augment as augment_lib
 from fourm.errors import RecordError
 from tokenizers_vq import modality_io
 from tokenizers_vq import quantizer as quantizer_lib
@@ -258,6 +260,36 @@ class VQTokenizer:
                         f"[{tokens.shape[0]}, 2], got {list(stats.shape)}", field=self.io.name)
     return np.asarray(self._decode(self._params, self._codebook, jnp.asarray(tokens),
                                    jnp.asarray(stats)))
+
+  # The grid-tokenizer protocol (tokenizers_vq/grid.py) ------------------------------
+
+  @property
+  def raw_name(self) -> str:
+    return self.config.modality
+
+  @property
+  def num_codes(self) -> int:
+    return self.config.vocab_size
+
+  def grid_at(self, layout: modalities.Layout) -> int:
+    del layout  # a VQ-VAE makes the grid it was trained for
+    return self.grid
+
+  def tokenize(self, raws: Sequence[np.ndarray], layout: modalities.Layout | None = None, *,
+               batch_size: int | None = None) -> np.ndarray:
+    """Full-size raw values -> tokens [N, G, G], each center-cropped to the tokenizer's
+    resolution first (it reads what it was trained on, whatever the layout). Batches are
+    padded to `batch_size`, so the encoder compiles once for that size."""
+    del layout
+    batch = np.stack([augment_lib.center_crop(self.raw_name, raw, self.config.resolution)
+                      for raw in raws])
+    count = len(batch)
+    if batch_size is not None and count < batch_size:
+      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - count, axis=0)])
+    return self.encode(batch)[:count]
+
+  def detokenize(self, ids: np.ndarray) -> np.ndarray:
+    return self.decode(ids)
 
   def reconstruct(self, raw) -> np.ndarray:
     """decode(encode(raw)) with each image's own stats."""

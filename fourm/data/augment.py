@@ -1,6 +1,6 @@
 """Cross-modal consistent augmentation: one crop and one flip for every modality.
 
-A crop is drawn once per sample as a box in normalised image coordinates and applied
+A crop is drawn once per sample as a box in normalized image coordinates and applied
 to each modality by what its `RawSpec` says: dense images are resampled (bilinear with
 antialiasing for continuous values, nearest for labels), feature maps are resampled on
 their own patch grid (they keep their grid size), boxes are shifted, scaled, clipped
@@ -24,12 +24,12 @@ from fourm import modalities
 from fourm.errors import UsageError
 from fourm.modalities import Flip, Form, Resample
 
-Box = tuple[float, float, float, float]  # (x0, y0, x1, y1), normalised to [0, 1]
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1), normalized to [0, 1]
 
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-  """Random resized crop + horizontal flip, or a deterministic centre crop (`train=False`)."""
+  """Random resized crop + horizontal flip, or a deterministic center crop (`train=False`)."""
   resolution: int
   train: bool = True
   crop_scale: tuple[float, float] = (0.8, 1.0)   # fraction of the image area kept
@@ -48,7 +48,7 @@ class AugmentConfig:
 
 
 def center_crop_box(height: int, width: int) -> Box:
-  """The largest centred square, so the output is not stretched."""
+  """The largest centered square, so the output is not stretched."""
   side = min(height, width)
   x0, y0 = (width - side) / 2 / width, (height - side) / 2 / height
   return (x0, y0, x0 + side / width, y0 + side / height)
@@ -78,6 +78,12 @@ def image_size(sample: Mapping[str, Any]) -> tuple[int, int] | None:
     if raw is not None and raw.form == Form.IMAGE:
       return value.shape[:2]
   return None
+
+
+def center_crop(raw_name: str, value: Any, resolution: int) -> Any:
+  """One raw value center-cropped and resized to `resolution`, as evaluation reads it."""
+  crop = AugmentConfig(resolution=resolution, train=False)
+  return augment({raw_name: value}, crop)[raw_name]
 
 
 def augment(sample: Mapping[str, Any], config: AugmentConfig,
@@ -134,7 +140,7 @@ def _crop_dense(array: np.ndarray, box: Box, out_hw: tuple[int, int], raw: modal
       result = result.copy()
       result[..., 0] = -result[..., 0]
   if raw.unit_vectors:
-    # Interpolating unit vectors shortens them; renormalise so they stay unit length.
+    # Interpolating unit vectors shortens them; renormalize so they stay unit length.
     norm = np.linalg.norm(result, axis=-1, keepdims=True)
     result = result / np.maximum(norm, 1e-6)
   return np.ascontiguousarray(result, dtype=array.dtype)
@@ -168,17 +174,17 @@ def _axis_weights(in_size: int, out_size: int, start: float, end: float,
 
   Bilinear is a triangle filter, widened by the shrink factor when shrinking so that
   every source pixel contributes (antialiasing, as PIL does); nearest picks the source
-  pixel under each output pixel's centre. Taps outside the image are dropped and the
-  rest renormalised, which clamps at the borders.
+  pixel under each output pixel's center. Taps outside the image are dropped and the
+  rest renormalized, which clamps at the borders.
   """
   scale = (end - start) / out_size
-  centres = start + (np.arange(out_size) + 0.5) * scale
+  centers = start + (np.arange(out_size) + 0.5) * scale
   source = np.arange(in_size) + 0.5
   if nearest:
-    nearest_index = np.clip(np.floor(centres), 0, in_size - 1).astype(int)
+    nearest_index = np.clip(np.floor(centers), 0, in_size - 1).astype(int)
     return np.eye(in_size, dtype=np.float32)[nearest_index]
   support = max(scale, 1.0)
-  weights = np.maximum(0.0, 1.0 - np.abs(source[None, :] - centres[:, None]) / support)
+  weights = np.maximum(0.0, 1.0 - np.abs(source[None, :] - centers[:, None]) / support)
   total = weights.sum(axis=1, keepdims=True)
   return (weights / np.where(total > 0, total, 1.0)).astype(np.float32)
 
@@ -200,7 +206,7 @@ def swap_left_right(text: str) -> str:
 
 
 def crop_boxes(det: Mapping[str, Any], box: Box, flip: bool, min_size: float) -> dict[str, Any]:
-  """Maps boxes into the crop; boxes left thinner than `min_size` (normalised) go."""
+  """Maps boxes into the crop; boxes left thinner than `min_size` (normalized) go."""
   boxes = np.asarray(det["boxes"], np.float32).reshape(-1, 4)
   x0, y0, x1, y1 = box
   scale = np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0], np.float32)

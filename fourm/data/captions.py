@@ -1,6 +1,6 @@
 """Captions for synthetic scenes, written from the scene graph rather than the pixels.
 
-Each visible object is introduced once with its size, colour and class ("a large red
+Each visible object is introduced once with its size, color and class ("a large red
 cube"); the first sentence relates the first two objects and every later object is
 related to one already mentioned, which is then named as briefly as stays unambiguous
 ("the cube", "the red cube"). Relations come from camera-frame positions, i.e. as the
@@ -37,7 +37,7 @@ class ObjectView:
   category: str
   color: str
   size: str
-  camera_position: np.ndarray  # [3] centre in the camera frame (x right, y down, z forward)
+  camera_position: np.ndarray  # [3] center in the camera frame (x right, y down, z forward)
   radius: float                # footprint radius, metres
 
 

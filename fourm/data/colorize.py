@@ -1,4 +1,4 @@
-"""Colour maps that turn single modalities into uint8 RGB images.
+"""Color maps that turn single modalities into uint8 RGB images.
 
   * depth: inverse depth through a viridis-like map; near is bright yellow, far is dark
     purple, invalid (non-positive or non-finite) depth is black.
@@ -21,43 +21,43 @@ import zlib
 import numpy as np
 from PIL import Image
 
-BACKGROUND_CLASS_COLOUR = (20, 20, 20)
-# Anchors of a viridis-like colour map (dark purple -> blue -> teal -> green -> yellow).
+BACKGROUND_CLASS_COLOR = (20, 20, 20)
+# Anchors of a viridis-like color map (dark purple -> blue -> teal -> green -> yellow).
 # Luminance rises monotonically along them, and so along their linear interpolation,
 # so brightness alone orders values even in greyscale print.
-_COLOUR_MAP_ANCHORS = np.array([
+_COLOR_MAP_ANCHORS = np.array([
     (68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37),
 ], dtype=np.float64)
 _GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
 
 
 # --------------------------------------------------------------------------------------
-# Colour maps for single modalities.
+# Color maps for single modalities.
 
 
 @functools.lru_cache(maxsize=None)
-def _colour_lut(size: int = 256) -> np.ndarray:
-  """A [size, 3] uint8 table interpolated linearly between the anchor colours."""
-  positions = np.linspace(0.0, 1.0, len(_COLOUR_MAP_ANCHORS))
+def _color_lut(size: int = 256) -> np.ndarray:
+  """A [size, 3] uint8 table interpolated linearly between the anchor colors."""
+  positions = np.linspace(0.0, 1.0, len(_COLOR_MAP_ANCHORS))
   samples = np.linspace(0.0, 1.0, size)
-  channels = [np.interp(samples, positions, _COLOUR_MAP_ANCHORS[:, c]) for c in range(3)]
+  channels = [np.interp(samples, positions, _COLOR_MAP_ANCHORS[:, c]) for c in range(3)]
   return np.round(np.stack(channels, axis=-1)).astype(np.uint8)
 
 
-def apply_colour_map(values: np.ndarray) -> np.ndarray:
+def apply_color_map(values: np.ndarray) -> np.ndarray:
   """Maps values in [0, 1] (clipped) to uint8 RGB; 1 is the bright end."""
-  lut = _colour_lut()
+  lut = _color_lut()
   index = np.round(np.clip(values, 0.0, 1.0) * (len(lut) - 1)).astype(np.int64)
   return lut[index]
 
 
 def depth_to_rgb(depth: np.ndarray, vmin: float | None = None,
                  vmax: float | None = None) -> np.ndarray:
-  """Colours metric depth [H, W] as uint8 [H, W, 3]: near is bright and warm.
+  """Colors metric depth [H, W] as uint8 [H, W, 3]: near is bright and warm.
 
-  Inverse depth is what is coloured, since it spends the colour range on the nearby
+  Inverse depth is what is colored, since it spends the color range on the nearby
   structure a viewer cares about instead of on the far background. `vmin` and `vmax`
-  are the nearest and farthest depths in metres that get distinct colours; by default
+  are the nearest and farthest depths in metres that get distinct colors; by default
   they come from the 98th and 2nd percentiles of the valid pixels' inverse depth, so a
   few outliers do not wash out the rest. Invalid pixels (<= 0 or non-finite) are black.
   """
@@ -78,15 +78,15 @@ def depth_to_rgb(depth: np.ndarray, vmin: float | None = None,
     high = 1.0 / vmin
   if high > low:
     scaled = (inverse - low) / (high - low)
-  else:  # a flat scene (or a degenerate range): one mid colour rather than a division by 0
+  else:  # a flat scene (or a degenerate range): one mid color rather than a division by 0
     scaled = np.full_like(inverse, 0.5)
-  rgb = apply_colour_map(scaled)
+  rgb = apply_color_map(scaled)
   rgb[~valid] = 0
   return rgb
 
 
 def normal_to_rgb(normal: np.ndarray) -> np.ndarray:
-  """Colours unit normals [H, W, 3] as uint8 [H, W, 3] by `(n * 0.5 + 0.5) * 255`.
+  """Colors unit normals [H, W, 3] as uint8 [H, W, 3] by `(n * 0.5 + 0.5) * 255`.
 
   The convention is the OpenCV camera frame of the data: R encodes x (right), G encodes
   y (down), B encodes z (forward, into the scene). Normals face the camera, so z <= 0
@@ -104,8 +104,8 @@ def normal_to_rgb(normal: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def _palette_cached(num_classes: int) -> np.ndarray:
-  colours = [BACKGROUND_CLASS_COLOUR]
-  seen = {BACKGROUND_CLASS_COLOUR}
+  colors = [BACKGROUND_CLASS_COLOR]
+  seen = {BACKGROUND_CLASS_COLOR}
   # Value and saturation cycle with different periods so that neighbouring ids differ
   # in brightness too, and nothing but id 0 gets dark enough to read as background.
   values = (0.95, 0.72, 0.85)
@@ -115,21 +115,21 @@ def _palette_cached(num_classes: int) -> np.ndarray:
     # evenly, so the first few classes (the ones usually present) are far apart.
     hue = (0.08 + k * _GOLDEN_RATIO_CONJUGATE) % 1.0
     rgb = colorsys.hsv_to_rgb(hue, saturations[k % 4], values[k % 3])
-    colour = tuple(int(round(c * 255)) for c in rgb)
-    while colour in seen:  # rare rounding collisions for large palettes
-      colour = (colour[0], colour[1], (colour[2] + 37) % 256)
-    seen.add(colour)
-    colours.append(colour)
-  palette_array = np.array(colours[:num_classes], dtype=np.uint8).reshape(num_classes, 3)
+    color = tuple(int(round(c * 255)) for c in rgb)
+    while color in seen:  # rare rounding collisions for large palettes
+      color = (color[0], color[1], (color[2] + 37) % 256)
+    seen.add(color)
+    colors.append(color)
+  palette_array = np.array(colors[:num_classes], dtype=np.uint8).reshape(num_classes, 3)
   palette_array.setflags(write=False)
   return palette_array
 
 
 def palette(num_classes: int) -> np.ndarray:
-  """uint8 [num_classes, 3] distinct colours; id 0 is near-black.
+  """uint8 [num_classes, 3] distinct colors; id 0 is near-black.
 
   Deterministic, and every palette is a prefix of the larger ones, so a class keeps its
-  colour whatever `num_classes` a caller asks for.
+  color whatever `num_classes` a caller asks for.
   """
   if num_classes < 0:
     raise ValueError(f"num_classes must be >= 0, got {num_classes}")
@@ -137,7 +137,7 @@ def palette(num_classes: int) -> np.ndarray:
 
 
 def semseg_to_rgb(semseg: np.ndarray, num_classes: int | None = None) -> np.ndarray:
-  """Colours class ids [H, W] with `palette`; ids beyond `num_classes` still get colours."""
+  """Colors class ids [H, W] with `palette`; ids beyond `num_classes` still get colors."""
   semseg = np.asarray(semseg)
   if semseg.ndim == 3 and semseg.shape[-1] == 1:
     semseg = semseg[..., 0]
@@ -150,8 +150,8 @@ def semseg_to_rgb(semseg: np.ndarray, num_classes: int | None = None) -> np.ndar
   return palette(max(needed, num_classes or 0))[ids]
 
 
-def class_colour(name: str) -> tuple[int, int, int]:
-  """A colour for a class name that is stable across runs and processes.
+def class_color(name: str) -> tuple[int, int, int]:
+  """A color for a class name that is stable across runs and processes.
 
   Python's `hash` of a str is salted per process, so a CRC picks the palette entry.
   """
@@ -163,8 +163,8 @@ def features_to_rgb(features: np.ndarray, size: int) -> np.ndarray:
   """Shows a feature map [G, G, D] as uint8 [size, size, 3].
 
   The sample's own G*G vectors are projected on their 3 principal components, so the
-  colours show which patches the features group together. Each channel is min-max
-  normalised, and the grid is upscaled with NEAREST so each patch stays a flat square.
+  colors show which patches the features group together. Each channel is min-max
+  normalized, and the grid is upscaled with NEAREST so each patch stays a flat square.
   """
   features = np.asarray(features, dtype=np.float64)
   if features.ndim == 2:
@@ -173,16 +173,16 @@ def features_to_rgb(features: np.ndarray, size: int) -> np.ndarray:
     raise ValueError(f"features must be [G, G, D], got shape {features.shape}")
   rows, cols, dim = features.shape
   vectors = np.nan_to_num(features.reshape(rows * cols, dim))
-  centred = vectors - vectors.mean(axis=0, keepdims=True)
+  centered = vectors - vectors.mean(axis=0, keepdims=True)
   projected = np.zeros((rows * cols, 3))
-  if centred.size and np.any(centred):
-    _, _, components = np.linalg.svd(centred, full_matrices=False)
+  if centered.size and np.any(centered):
+    _, _, components = np.linalg.svd(centered, full_matrices=False)
     components = components[:3]
-    # A principal direction's sign is arbitrary; pin it so the colours are reproducible.
+    # A principal direction's sign is arbitrary; pin it so the colors are reproducible.
     signs = np.sign(components[np.arange(len(components)),
                                np.abs(components).argmax(axis=1)])
     components = components * np.where(signs == 0, 1.0, signs)[:, None]
-    projected[:, :len(components)] = centred @ components.T
+    projected[:, :len(components)] = centered @ components.T
   rgb = _min_max_to_uint8(projected, per_channel=True).reshape(rows, cols, 3)
   return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.NEAREST))
 
@@ -203,7 +203,7 @@ def generic_to_rgb(array: np.ndarray) -> np.ndarray | None:
 
   2D arrays are shown in grey; [H, W, C] arrays by their first 3 channels (one channel
   in grey, two with an empty blue). Both are min-max stretched over all shown values,
-  which keeps the relative colour of image-like data.
+  which keeps the relative color of image-like data.
   """
   array = np.asarray(array)
   if array.dtype == bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fourm import modalities
 from fourm.data import records
 from fourm.errors import RecordError, UsageError
 
@@ -76,7 +77,7 @@ def _derived_stream(source, indices, batch_size, derive: DeriveFn, path: str, ba
       if isinstance(output, Failure):
         if failed is None:
           raise RecordError(output.error, path=path, record=start + offset)
-        key = None if isinstance(sample, Failure) else sample.get("key")
+        key = None if isinstance(sample, Failure) else sample.get(modalities.KEY.name)
         failed.append({"record": start + offset, "key": key, "error": output.error})
         log(f"failed: {os.path.basename(path)} record {start + offset}"
             f"{f' ({key})' if key else ''}: {output.error}")

@@ -1,16 +1,18 @@
-"""Ground-truth patch tokens: fixed quantisers that turn exact labels into token grids.
+"""Ground-truth patch tokens: fixed quantizers that turn exact labels into token grids.
 
 The 4M model learns over VQ-VAE tokens (tokenizers_vq/). Those have to be trained
 first; these need no training and are exact functions of the labels, so the model, the
 train loop and the demo can run on the synthetic world before (or without) learned
-tokenizers. Each quantiser summarises one patch of the layout's grid by one id:
+tokenizers. Each quantizer summarizes one patch of the layout's grid by one id, and
+which one a token-grid modality gets follows from what its raw values mean (the
+registry's `RawSpec.values`), so a new modality of a known meaning has one for free:
 
-  tok_rgb     mean colour, 16 levels per channel            ids [0, 4096)   of 16384
-  tok_depth   median depth, log-spaced bins 0.1 m .. 100 m   ids [0, 1024)   of 8192
-  tok_normal  mean normal, octahedral map on a 64 x 64 grid  ids [0, 4096)   of 8192
-  tok_semseg  majority class of the patch                    ids [0, classes) of 4096
+  color      mean color, 16 levels per channel            ids [0, 4096)    (tok_rgb)
+  distance   median depth, log-spaced bins 0.1 m .. 100 m  ids [0, 1024)    (tok_depth)
+  direction  mean normal, octahedral map on a 64 x 64 grid ids [0, 4096)    (tok_normal)
+  classes    majority class of the patch                   ids [0, classes) (tok_semseg)
 
-`decode` maps ids back to the patch value (bin centres), for looking at predictions.
+`decode` maps ids back to the patch value (bin centers), for looking at predictions.
 They are deliberately coarse: a stand-in with the right shapes and vocabularies, not
 a replacement for the tokenizers, and the README says so.
 """
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fourm import modalities
-from fourm.data import derived
+from fourm.data import augment, derived
 from fourm.errors import RecordError, UsageError
 
 RGB_LEVELS = 16
@@ -78,7 +80,7 @@ def _sign(v: np.ndarray) -> np.ndarray:
 
 def _octahedral(n: np.ndarray) -> np.ndarray:
   """Unit vectors [..., 3] -> the square [-1, 1]^2 (octahedral map, one-to-one); the
-  z > 0 hemisphere fills the centre diamond, the other folds over the corners."""
+  z > 0 hemisphere fills the center diamond, the other folds over the corners."""
   n = n / np.maximum(np.abs(n).sum(-1, keepdims=True), 1e-12)
   x, y, z = n[..., 0], n[..., 1], n[..., 2]
   fx = np.where(z < 0, (1 - np.abs(y)) * _sign(x), x)
@@ -95,7 +97,7 @@ def _from_octahedral(point: np.ndarray) -> np.ndarray:
 
 
 # Camera-frame normals of visible surfaces point back at the camera (z < 0, z being
-# forward): flipping z puts them in the centre diamond, where the cells are finest.
+# forward): flipping z puts them in the center diamond, where the cells are finest.
 _TOWARD_CAMERA = np.array([1, 1, -1], np.float32)
 
 
@@ -128,7 +130,10 @@ def _decode_semseg(ids: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class PatchQuantizer:
-  """One modality's fixed quantiser: raw [R, R, ...] <-> int32 ids [G, G]."""
+  """One modality's fixed quantizer: raw [R, R, ...] <-> int32 ids [G, G].
+
+  It is a grid tokenizer (`tokenizers_vq.grid.GridTokenizer`) for any layout: the
+  grid is the model's."""
   modality: str
   encode_fn: Callable[[np.ndarray, int], np.ndarray]
   decode_fn: Callable[[np.ndarray], np.ndarray]
@@ -137,6 +142,13 @@ class PatchQuantizer:
   @property
   def raw_name(self) -> str:
     return modalities.get(self.modality).source.name
+
+  @property
+  def num_codes(self) -> int:
+    return self.num_ids
+
+  def grid_at(self, layout: modalities.Layout) -> int:
+    return layout.grid
 
   def encode(self, raw: np.ndarray, grid: int) -> np.ndarray:
     ids = self.encode_fn(raw, grid).astype(np.int32)
@@ -148,25 +160,48 @@ class PatchQuantizer:
     if ids.size and (ids.min() < 0 or ids.max() >= self.num_ids):
       bad = int(ids.max() if ids.max() >= self.num_ids else ids.min())
       raise UsageError(f"{self.modality}: token id {bad} is not one of the patch "
-                       f"quantiser's ids [0, {self.num_ids})")
+                       f"quantizer's ids [0, {self.num_ids})")
     return self.decode_fn(ids)
 
+  def tokenize(self, raws: Sequence[np.ndarray], layout: modalities.Layout) -> np.ndarray:
+    """Full-size raw values -> ids [N, G, G], each center-cropped to the layout first."""
+    return np.stack([self.encode(augment.center_crop(self.raw_name, raw, layout.resolution),
+                                 layout.grid) for raw in raws])
 
-QUANTIZERS = {
-    "tok_rgb": PatchQuantizer("tok_rgb", _encode_rgb, _decode_rgb, RGB_LEVELS ** 3),
-    "tok_depth": PatchQuantizer("tok_depth", _encode_depth, _decode_depth, DEPTH_BINS),
-    "tok_normal": PatchQuantizer("tok_normal", _encode_normal, _decode_normal,
-                                 NORMAL_GRID ** 2),
-    "tok_semseg": PatchQuantizer("tok_semseg", _encode_semseg, _decode_semseg, 256),
+  def detokenize(self, ids: np.ndarray) -> np.ndarray:
+    """ids [N, G, G] -> raw values at patch resolution [N, G, G, ...]."""
+    return np.stack([self.decode(grid) for grid in np.asarray(ids)])
+
+
+# What the values mean -> (encode, decode, ids used): the quantizer every grid modality
+# of that meaning gets. Class ids are stored as uint8, so 256 ids cover them.
+_BY_VALUES = {
+    modalities.Values.COLOR: (_encode_rgb, _decode_rgb, RGB_LEVELS ** 3),
+    modalities.Values.DISTANCE: (_encode_depth, _decode_depth, DEPTH_BINS),
+    modalities.Values.DIRECTION: (_encode_normal, _decode_normal, NORMAL_GRID ** 2),
+    modalities.Values.CLASSES: (_encode_semseg, _decode_semseg, 256),
 }
 
 
-def _quantizers(names: Sequence[str]) -> list[PatchQuantizer]:
-  unknown = [name for name in names if name not in QUANTIZERS]
-  if unknown:
-    raise UsageError(f"no ground-truth patch quantiser for {unknown}; there are "
-                     f"{sorted(QUANTIZERS)}")
-  return [QUANTIZERS[name] for name in names]
+def quantizable() -> tuple[str, ...]:
+  """The registered token-grid modalities that have a patch quantizer, in registry order."""
+  return tuple(spec.name for spec in modalities.MODALITIES.values()
+               if spec.kind == modalities.Kind.IMAGE_TOKENS
+               and spec.source.values in _BY_VALUES)
+
+
+def quantizer_for(name: str) -> PatchQuantizer:
+  """The ground-truth patch quantizer of token-grid modality `name`."""
+  spec = modalities.MODALITIES.get(name)
+  if (spec is None or spec.kind != modalities.Kind.IMAGE_TOKENS
+      or spec.source.values not in _BY_VALUES):
+    why = ("not a registered modality" if spec is None else
+           f"a {spec.kind.value} modality of {str(spec.source.values)!r} values")
+    raise UsageError(f"no ground-truth patch quantizer for {name!r} ({why}); there are "
+                     f"quantizers for {list(quantizable())}")
+  encode_fn, decode_fn, num_ids = _BY_VALUES[spec.source.values]
+  num_ids = min(num_ids, spec.vocab_size)
+  return PatchQuantizer(name, encode_fn, decode_fn, num_ids)
 
 
 def tokenize_sample(sample: dict[str, Any], quantizers: Sequence[PatchQuantizer],
@@ -185,11 +220,12 @@ def tokenize_sample(sample: dict[str, Any], quantizers: Sequence[PatchQuantizer]
 
 
 def write_patch_tokens(data: str, out: str, layout: modalities.Layout,
-                       names: Sequence[str] = tuple(QUANTIZERS), *, progress: bool = True,
+                       names: Sequence[str] | None = None, *, progress: bool = True,
                        log: Callable[[str], None] = print):
   """Writes the patch tokens of every record of `data` into `out` (read them side by
   side: `RecordSource([data, out])`). Resumable: finished shards are kept."""
-  quantizers = _quantizers(names)
+  names = quantizable() if names is None else tuple(names)
+  quantizers = [quantizer_for(name) for name in names]
 
   def derive(samples):
     return [tokenize_sample(sample, quantizers, layout.grid) for sample in samples]
@@ -199,4 +235,4 @@ def write_patch_tokens(data: str, out: str, layout: modalities.Layout,
   return derived.write_derived(
       data, out, derive, job=job, name="patch_tokens",
       modalities=sorted({q.raw_name for q in quantizers}), progress=progress, log=log,
-      metadata={"tokenizer": "ground-truth patch quantisers (fourm/data/patch_tokens.py)"})
+      metadata={"tokenizer": "ground-truth patch quantizers (fourm/data/patch_tokens.py)"})

@@ -51,7 +51,7 @@ class PipelineConfig:
   seed: int = 0
   shuffle: bool = True
   num_epochs: int | None = None           # None: repeat forever (training)
-  augment: bool = True                    # False: centre crop, no flip (evaluation)
+  augment: bool = True                    # False: center crop, no flip (evaluation)
   crop_scale: tuple[float, float] = (0.8, 1.0)
   crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
   flip_prob: float = 0.5

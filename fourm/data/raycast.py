@@ -1,8 +1,8 @@
-"""A small vectorised numpy ray caster: analytic ray-primitive hits, normals, hard shadows.
+"""A small vectorized numpy ray caster: analytic ray-primitive hits, normals, hard shadows.
 
 Rays are stored component-major, shape [3, P] (or [3, 1] when all rays share an origin
 or a direction), so x, y, z are contiguous rows and a shared origin broadcasts for free.
-Camera ray directions are deliberately *not* normalised: their camera-frame z is 1, so
+Camera ray directions are deliberately *not* normalized: their camera-frame z is 1, so
 the hit parameter t of a camera ray is its z-depth, with no conversion.
 
 Every primitive reports only front-facing entry hits at t > EPS. For convex solids seen
@@ -70,7 +70,7 @@ class Sphere:
 
 
 class Cylinder:
-  """Upright capped cylinder standing on `base` (the centre of its bottom disc)."""
+  """Upright capped cylinder standing on `base` (the center of its bottom disc)."""
 
   def __init__(self, base, radius: float, height: float):
     self.base = np.asarray(base, np.float64)[:, None]
@@ -101,7 +101,7 @@ class Cylinder:
 
 
 class Cone:
-  """Upright cone on `base` (centre of its bottom disc), apex `height` above it."""
+  """Upright cone on `base` (center of its bottom disc), apex `height` above it."""
 
   def __init__(self, base, radius: float, height: float):
     self.base = np.asarray(base, np.float64)[:, None]
@@ -135,7 +135,7 @@ class Cone:
 class ConvexPolyhedron:
   """The intersection of half-spaces normals[i] . p <= offsets[i] (outward unit normals).
 
-  Hit by the slab test generalised to any planes: the ray is inside between the last
+  Hit by the slab test generalized to any planes: the ray is inside between the last
   plane it enters and the first it leaves. (A ray exactly parallel to a face is
   measure-zero here and not special-cased.)
   """
@@ -172,12 +172,12 @@ def box(center, yaw: float, half_size) -> ConvexPolyhedron:
 
 
 def pyramid(base, yaw: float, half_width: float, height: float) -> ConvexPolyhedron:
-  """A square pyramid on `base` (centre of its bottom square), turned by `yaw`."""
+  """A square pyramid on `base` (center of its bottom square), turned by `yaw`."""
   sides = [(height, half_width, 0.0), (-height, half_width, 0.0),
            (0.0, half_width, height), (0.0, half_width, -height)]
   local = np.array(sides + [(0.0, -1.0, 0.0)])
   local /= np.linalg.norm(local, axis=1, keepdims=True)
-  # Each side plane passes through the apex; the bottom plane through the base centre.
+  # Each side plane passes through the apex; the bottom plane through the base center.
   local_offsets = np.concatenate([local[:4] @ np.array([0.0, height, 0.0]), [0.0]])
   normals = local @ _yaw_matrix(yaw).T
   return ConvexPolyhedron(normals, local_offsets + normals @ np.asarray(base, np.float64))
@@ -185,7 +185,7 @@ def pyramid(base, yaw: float, half_width: float, height: float) -> ConvexPolyhed
 
 @functools.lru_cache(maxsize=16)
 def pinhole_rays(resolution: int, fov_deg: float) -> np.ndarray:
-  """Camera-frame ray directions [3, R*R] through pixel centres, z = 1 (OpenCV axes)."""
+  """Camera-frame ray directions [3, R*R] through pixel centers, z = 1 (OpenCV axes)."""
   focal = resolution / 2 / math.tan(math.radians(fov_deg) / 2)
   coords = (np.arange(resolution) + 0.5 - resolution / 2) / focal
   ys, xs = np.meshgrid(coords, coords, indexing="ij")

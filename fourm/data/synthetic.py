@@ -50,7 +50,7 @@ class SceneObject:
   category: str            # one of OBJECT_CLASSES
   color: str               # a key of COLORS
   size: str                # a key of SIZES
-  position: np.ndarray     # [3] world centre of the bounding box; the object rests on y = 0
+  position: np.ndarray     # [3] world center of the bounding box; the object rests on y = 0
   yaw: float               # rotation about the world's vertical axis, radians
   half_size: np.ndarray    # [3] half extents of the bounding box in the object's frame
 
@@ -80,7 +80,7 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def intrinsics(resolution: int) -> np.ndarray:
-  """Pinhole K in pixels; pixel (col, row) has its centre at (col + 0.5, row + 0.5)."""
+  """Pinhole K in pixels; pixel (col, row) has its center at (col + 0.5, row + 0.5)."""
   focal = resolution / 2 / math.tan(math.radians(FOV_DEG) / 2)
   return np.array([[focal, 0.0, resolution / 2], [0.0, focal, resolution / 2],
                    [0.0, 0.0, 1.0]])
@@ -145,7 +145,7 @@ def sample_scene(rng: np.random.Generator) -> Scene:
   view = _direction(rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(15, 40)))
   position = target + rng.uniform(5.5, 8.0) * view
   light = _direction(rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(35, 70)))
-  # Mildly varied floor and backdrop colours, so that neither is a constant to memorise.
+  # Mildly varied floor and backdrop colors, so that neither is a constant to memorize.
   floor_color, backdrop_color = (c + rng.uniform(-0.07, 0.07, 3)
                                  for c in (_FLOOR_COLOR, _BACKDROP_COLOR))
   return Scene(position, _look_at(position, target), light, objects, floor_color,
@@ -179,7 +179,7 @@ def _backdrop(scene: Scene) -> raycast.Plane:
 
 @functools.lru_cache(maxsize=1)
 def _gamma_table() -> np.ndarray:
-  """Linear intensity (quantised to _GAMMA_LEVELS) -> sRGB-ish uint8, gamma 1/2.2."""
+  """Linear intensity (quantized to _GAMMA_LEVELS) -> sRGB-ish uint8, gamma 1/2.2."""
   levels = np.linspace(0.0, 1.0, _GAMMA_LEVELS)
   return np.round(255 * levels ** (1 / 2.2)).astype(np.uint8)
 
@@ -264,9 +264,9 @@ def clip_like_features(semseg: np.ndarray, rgb: np.ndarray, depth: np.ndarray, g
   """A deterministic stand-in for a CLIP patch-feature map, float32 [grid, grid, dim].
 
   Each patch pools what a semantic encoder would see: the fraction of each class, the
-  colour of each class (so "red cube" differs from "blue cube"), and nearness (inverse
+  color of each class (so "red cube" differs from "blue cube"), and nearness (inverse
   depth); a scene-wide mean adds global context, as CLIP's attention does. A fixed
-  random MLP mixes these nonlinearly and each vector is L2-normalised.
+  random MLP mixes these nonlinearly and each vector is L2-normalized.
   """
   height, width = semseg.shape
   if not 0 < grid <= min(height, width):
@@ -281,7 +281,7 @@ def clip_like_features(semseg: np.ndarray, rgb: np.ndarray, depth: np.ndarray, g
 
   pixels = np.bincount(patch, minlength=grid * grid)[:, None]
   class_share = per_key().reshape(-1, num_classes) / pixels
-  # Colour summed per class over the patch: a class's mean colour weighted by its share.
+  # Color summed per class over the patch: a class's mean color weighted by its share.
   class_color = np.stack([per_key(color[:, c]) for c in range(3)], -1)
   class_color = class_color.reshape(-1, 3 * num_classes) / pixels
   nearness = np.bincount(patch, 4.0 / depth.ravel(), minlength=grid * grid)[:, None] / pixels

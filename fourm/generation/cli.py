@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import time
 
+from fourm import modalities
 from fourm.errors import UsageError
 
 
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
                               progress=progress)
   paths = result.save(args.out)
   for name in result.generated:
-    if name in ("caption", "det"):
+    if modalities.get(name).kind == modalities.Kind.SEQUENCE:
       for index in range(result.num_samples):
         print(f"  {name} {index}: {result.decode(name, index)}")
   print(f"done in {time.perf_counter() - started:.1f} s: {paths['grid']}, {paths['tokens']}, "

@@ -2,16 +2,17 @@
 
 `ConditionEncoder(...).encode(name, values)` takes one value per sample:
 
-  caption        a str; sentinels ([S_1], [S_2], ...) mark gaps a caption target fills in
-  det            boxes {"boxes": [N, 4] xyxy in [0, 1], "classes": [str]}, or a .json
-                 file holding them
-  rgb            a uint8 image [H, W, 3] or an image file; the model reads pixels when it
-                 takes rgb pixels, else tok_rgb through its tokenizer
-  depth, normal, semseg, clip (raw names) or tok_<name>
-                 a raw array (or a .npy / .png file), tokenized by the model's tokenizer;
-                 or, under tok_<name>, token ids [G, G] directly
+  a sequence     its raw value, made into ids by the modality's codec
+  (caption, det) (`tokenizers_vq/sequences.py`): a caption str, where sentinels ([S_1],
+                 [S_2], ...) mark gaps a caption target fills in; boxes {"boxes": [N, 4]
+                 xyxy in [0, 1], "classes": [str]}, or a .json file holding them
+  a raw image    (rgb, depth, ...: a raw modality's name) a raw array, or an image /
+                 .npy file; the model reads pixels when it takes that raw as pixels,
+                 else the token grid made from it, through its tokenizer
+  a token grid   (tok_rgb, ...) a raw value as above, or token ids [G, G] directly
 
-Images are centre-cropped and resized to the model's resolution as the data pipeline
+Values become model inputs as training samples do (`fourm/data/masking/entries.py`).
+Images are center-cropped and resized to the model's resolution as the data pipeline
 does for evaluation. `mask_region` hides the tokens of a grid inside a box, so that
 generating that target again in-paints the box (or, inverted, out-paints around it).
 """
@@ -29,23 +30,25 @@ from PIL import Image
 from fourm import modalities
 from fourm.data import augment as augment_lib
 from fourm.data import records
-from fourm.data.masking import FIRST_SPAN
-from tokenizers_vq.text import TextSpecialIds
-from fourm.errors import UsageError
+from fourm.data.masking import FIRST_SPAN, ValueReader
+from fourm.errors import RecordError, UsageError
 from fourm.generation.sampler import sequence_entry
+from tokenizers_vq import sequences
+from tokenizers_vq.grid import GridTokenizer
+from tokenizers_vq.text import TextSpecialIds
 
 Kind = modalities.Kind
 
 
 def read_value(name: str, value: Any) -> Any:
   """A file path -> its content (images, .npy arrays, .json boxes); others unchanged."""
-  if not isinstance(value, (str, os.PathLike)) or name in ("caption",):
+  raw = _raw_of(name)
+  if not isinstance(value, (str, os.PathLike)) or (raw and raw.form == modalities.Form.TEXT):
     return value
   path = os.fspath(value)
   if not os.path.isfile(path):
-    if name == "det":
-      raise UsageError(f"--condition det={path}: no such file (give boxes as a .json file)")
-    raise UsageError(f"--condition {name}={path}: no such file")
+    hint = " (give boxes as a .json file)" if raw and raw.form == modalities.Form.BOXES else ""
+    raise UsageError(f"--condition {name}={path}: no such file{hint}")
   extension = os.path.splitext(path)[1].lower()
   try:
     if extension == ".npy":
@@ -53,7 +56,7 @@ def read_value(name: str, value: Any) -> Any:
     if extension == ".json":
       with open(path) as f:
         return json.load(f)
-    if modalities.get_raw(_raw_name(name)).resample == modalities.Resample.NEAREST:
+    if raw is not None and raw.resample == modalities.Resample.NEAREST:
       with Image.open(path) as image:  # label maps: ids as they are stored
         return np.asarray(image.convert("L"))
     with open(path, "rb") as f:
@@ -62,33 +65,35 @@ def read_value(name: str, value: Any) -> Any:
     raise UsageError(f"--condition {name}={path}: cannot read it ({error})") from None
 
 
-def _raw_name(name: str) -> str:
+def _raw_of(name: str) -> modalities.RawSpec | None:
   if name in modalities.MODALITIES:
-    return modalities.get(name).source.name
-  return name
+    return modalities.get(name).source
+  return modalities.RAW_MODALITIES.get(name)
 
 
 class ConditionEncoder:
   """Raw conditions -> sampler entries for one model (its modalities and layout)."""
 
   def __init__(self, model_names: Sequence[str], input_names: Sequence[str],
-               layout: modalities.Layout, tokenizers: Mapping[str, Any],
+               layout: modalities.Layout, tokenizers: Mapping[str, GridTokenizer],
                text_vocab: str | None = None, pixel_normalization: str = "imagenet",
                text_ids: TextSpecialIds = TextSpecialIds()):
     self.model_names, self.input_names = tuple(model_names), tuple(input_names)
     self.layout, self.tokenizers = layout, dict(tokenizers)
     self.text_vocab, self.text_ids = text_vocab, text_ids
-    mean, std = (np.asarray(v, np.float32) for v in modalities.PIXEL_STATS[pixel_normalization])
-    self._pixel_scale, self._pixel_shift = 1.0 / (255.0 * std), -mean / std
+    self.reader = ValueReader(layout, pixel_normalization)
+    self._codecs: dict[str, sequences.SequenceCodec] = {}
 
   def modality_for(self, name: str) -> str:
-    """The model modality a condition named `name` feeds (rgb -> rgb pixels or tok_rgb)."""
+    """The model modality a condition named `name` feeds: itself, or for a raw name the
+    model modality made from it that the model reads (rgb -> rgb pixels, else tok_rgb)."""
     if name in self.model_names:
       return name
     if name in modalities.RAW_MODALITIES:
-      for candidate in (name, f"tok_{name}"):
-        if candidate in self.model_names:
-          return candidate
+      made_from = [n for n in self.model_names if modalities.get(n).source.name == name]
+      readable = [n for n in made_from if n in self.input_names]
+      if readable or made_from:
+        return (readable or made_from)[0]
     known = sorted(set(self.model_names) | {modalities.get(n).source.name
                                             for n in self.model_names})
     raise UsageError(f"the model was not trained on {name!r}: it knows {known}")
@@ -101,27 +106,24 @@ class ConditionEncoder:
                        f"{list(self.input_names)})")
     spec = modalities.get(target)
     values = [read_value(name, value) for value in values]
-    if spec.kind == Kind.SEQUENCE:
-      return target, self._sequence(spec, values)
-    if spec.kind == Kind.PIXELS:
-      return target, self._pixels(spec, values)
-    if spec.kind == Kind.FEATURE_MAP:
-      return target, self._features(spec, values)
-    return target, self._grid(spec, name, values)
+    try:
+      if spec.kind == Kind.SEQUENCE:
+        return target, self._sequence(spec, values)
+      if spec.kind == Kind.PIXELS:
+        return target, self._pixels(spec, values)
+      if spec.kind == Kind.FEATURE_MAP:
+        return target, self._features(spec, values)
+      return target, self._grid(spec, name, values)
+    except RecordError as error:
+      raise UsageError(f"--condition {name}: {error}") from None
 
   # By kind -------------------------------------------------------------------------------
 
   def _sequence(self, spec, values) -> dict[str, np.ndarray]:
-    from tokenizers_vq.boxes import BoxEncoder
-    from tokenizers_vq.text import TextEncoder
-    encoder = BoxEncoder(self.text_vocab) if spec.name == "det" else TextEncoder(self.text_vocab)
-    texts = []
-    for value in values:
-      if spec.name == "det" and isinstance(value, Mapping):
-        value = {"boxes": np.asarray(value["boxes"], np.float32).reshape(-1, 4),
-                 "classes": list(value["classes"])}
-      ids = np.asarray(encoder(value), np.int32)
-      texts.append(self._renumber_sentinels(ids))
+    if spec.name not in self._codecs:
+      self._codecs[spec.name] = sequences.codec_for(spec.name, self.text_vocab)
+    codec = self._codecs[spec.name]
+    texts = [self._renumber_sentinels(np.asarray(codec(value), np.int32)) for value in values]
     entry = sequence_entry(texts, spec.max_length, self.text_ids)
     # A text with gaps keeps no [EOS] of its own when its last span reaches the end: the
     # span holds it, as in training.
@@ -142,10 +144,6 @@ class ConditionEncoder:
     ids[gaps] = self.text_ids.first_sentinel + FIRST_SPAN + np.arange(len(gaps))
     return ids
 
-  def _centre_crop(self, raw_name: str, value: np.ndarray) -> np.ndarray:
-    crop = augment_lib.AugmentConfig(resolution=self.layout.resolution, train=False)
-    return augment_lib.augment({raw_name: value}, crop)[raw_name]
-
   def _pixels(self, spec, values) -> dict[str, np.ndarray]:
     images = []
     for value in values:
@@ -153,68 +151,54 @@ class ConditionEncoder:
       if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
         raise UsageError(f"{spec.name}: expected a uint8 image [H, W, 3], got "
                          f"{image.dtype} {list(image.shape)}")
-      image = self._centre_crop(spec.source.name, image)
-      images.append(image * self._pixel_scale + self._pixel_shift)
+      image = augment_lib.center_crop(spec.source.name, image, self.layout.resolution)
+      images.append(self.reader.pixels(spec.source.name, image))
     n = spec.num_tokens(self.layout)
     return {"tokens": np.stack(images).astype(np.float32),
             "input_mask": np.ones((len(images), n), bool)}
 
   def _features(self, spec, values) -> dict[str, np.ndarray]:
-    grid, channels = self.layout.grid, spec.source.channels
-    maps = []
-    for value in values:
-      value = np.asarray(value, np.float32)
-      if value.shape != (grid, grid, channels):
-        raise UsageError(f"{spec.name}: expected a feature map [{grid}, {grid}, {channels}], "
-                         f"got {list(value.shape)}")
-      maps.append(value.reshape(grid * grid, channels))
-    return {"tokens": np.stack(maps), "input_mask": np.ones((len(maps), grid * grid), bool)}
+    maps = [self.reader.features(spec, spec.source.name, np.asarray(value))
+            for value in values]
+    n = spec.num_tokens(self.layout)
+    return {"tokens": np.stack(maps), "input_mask": np.ones((len(maps), n), bool)}
 
   def _grid(self, spec, given_name: str, values) -> dict[str, np.ndarray]:
-    n, grid = spec.num_tokens(self.layout), self.layout.grid
+    n = spec.num_tokens(self.layout)
     tokens = []
     raws = []
     for value in values:
       array = np.asarray(value)
       if given_name == spec.name and array.dtype.kind in "iu" and array.size == n:
-        tokens.append(array.reshape(n).astype(np.int32))  # token ids as they are
+        tokens.append(self.reader.token_grid(spec, array.reshape(n)))  # ids as they are
       else:
         raws.append(array)
     if raws and tokens:
       raise UsageError(f"{spec.name}: give either token ids for every sample or raw values "
                        "for every sample")
     if raws:
-      tokens = list(self._tokenize(spec, raws))
-    ids = np.stack(tokens)
-    if ids.min() < 0 or ids.max() >= spec.vocab_size:
-      raise UsageError(f"{spec.name}: token ids must lie in [0, {spec.vocab_size})")
-    return {"tokens": ids.reshape(len(ids), grid * grid),
-            "input_mask": np.ones((len(ids), n), bool)}
+      tokens = [self.reader.token_grid(spec, ids.reshape(n)) for ids in self._tokenize(spec, raws)]
+    return {"tokens": np.stack(tokens), "input_mask": np.ones((len(tokens), n), bool)}
 
   def _tokenize(self, spec, raws: list[np.ndarray]) -> np.ndarray:
     tokenizer = self.tokenizers.get(spec.name)
     if tokenizer is None:
       raise UsageError(f"no tokenizer for {spec.name}: the model's token datasets record "
                        f"none; pass --tokenizers {spec.name}=WORKDIR")
-    raw_name = spec.source.name
-    if hasattr(tokenizer, "check_tokens"):  # a VQ-VAE: it crops to its own resolution
-      from tokenizers_vq.tokenize import encode_batch
-      return encode_batch(tokenizer, [{raw_name: raw} for raw in raws], len(raws))
-    return np.stack([tokenizer.encode(self._centre_crop(raw_name, raw), self.layout.grid)
-                     for raw in raws])
+    return tokenizer.tokenize(raws, self.layout)
 
 
 def mask_region(entry: Mapping[str, np.ndarray], box: Sequence[float],
                 layout: modalities.Layout, outside: bool = False) -> dict[str, np.ndarray]:
-  """A grid entry with the tokens whose patch centre lies in `box` (xmin, ymin, xmax,
+  """A grid entry with the tokens whose patch center lies in `box` (xmin, ymin, xmax,
   ymax in [0, 1]) hidden: generating that modality then fills the box in (with
   `outside`, everything around it)."""
   xmin, ymin, xmax, ymax = (float(v) for v in box)
   if not (0 <= xmin < xmax <= 1 and 0 <= ymin < ymax <= 1):
     raise UsageError(f"region {list(box)}: expected xmin < xmax and ymin < ymax in [0, 1]")
-  centres = (np.arange(layout.grid) + 0.5) / layout.grid
-  inside = (((centres >= ymin) & (centres <= ymax))[:, None]
-            & ((centres >= xmin) & (centres <= xmax))[None, :]).reshape(-1)
+  centers = (np.arange(layout.grid) + 0.5) / layout.grid
+  inside = (((centers >= ymin) & (centers <= ymax))[:, None]
+            & ((centers >= xmin) & (centers <= xmax))[None, :]).reshape(-1)
   hide = ~inside if outside else inside
   mask = np.asarray(entry["input_mask"], bool) & ~hide[None, :]
   return {**entry, "input_mask": mask}

@@ -5,11 +5,11 @@
   and its mean depth per pixel (the average scene layout, a much harder baseline).
 * rgb -> semantic segmentation: pixel accuracy (and mIoU), beside the training set's
   majority class and its per-pixel majority class.
-* rgb -> caption: are the colours a generated caption names those of the scene?
-* caption -> rgb: does the generated image contain the colours the caption names?
+* rgb -> caption: are the colors a generated caption names those of the scene?
+* caption -> rgb: does the generated image contain the colors the caption names?
   A hue detector (calibrated on the real images: it is reported how often it finds the
-  named colours there) is run on the generated images; the rate for colours the caption
-  names is compared with the rate for the chromatic colours it does not name (chance),
+  named colors there) is run on the generated images; the rate for colors the caption
+  names is compared with the rate for the chromatic colors it does not name (chance),
   with a permutation p-value (images judged against shuffled captions).
 
 `benchmarks/generation_quality.py` prints these for a checkpoint; a test asserts the
@@ -24,13 +24,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fourm import modalities
 from fourm.data import records, synthetic
 from fourm.generation.sampler import Decoding
 
-# The chromatic colours of the synthetic world (white and gray look like the floor).
+# The synthetic world's modalities these checks read, by their registry entries.
+RGB, DEPTH, SEMSEG, CAPTION = (raw.name for raw in (modalities.RGB, modalities.DEPTH,
+                                                    modalities.SEMSEG, modalities.CAPTION))
+TOK_RGB, TOK_DEPTH, TOK_SEMSEG = map(modalities.grid_modality_of, (RGB, DEPTH, SEMSEG))
+
+# The chromatic colors of the synthetic world (white and gray look like the floor).
 CHROMATIC = ("red", "green", "blue", "yellow", "purple", "cyan", "orange")
 MIN_SATURATION, MIN_VALUE = 0.45, 0.2
-# A colour is "in" an image when at least this share of its pixels have its hue.
+# A color is "in" an image when at least this share of its pixels have its hue.
 MIN_SHARE = 0.01
 
 
@@ -45,8 +51,8 @@ def _batches(items: list, size: int):
 
 
 def layout_baselines(train: list[dict]) -> dict[str, np.ndarray | float]:
-  depth = np.stack([r["depth"] for r in train]).astype(np.float64)
-  semseg = np.stack([r["semseg"] for r in train]).astype(np.int64)
+  depth = np.stack([r[DEPTH] for r in train]).astype(np.float64)
+  semseg = np.stack([r[SEMSEG] for r in train]).astype(np.int64)
   classes = int(semseg.max()) + 1
   per_pixel_counts = np.stack([(semseg == c).sum(0) for c in range(classes)])
   return {"mean_depth": float(depth.mean()), "mean_depth_map": depth.mean(0),
@@ -55,7 +61,7 @@ def layout_baselines(train: list[dict]) -> dict[str, np.ndarray | float]:
 
 
 def at_resolution(maps: np.ndarray, size: int) -> np.ndarray:
-  """Maps [N, g, g] decoded at patch resolution (the ground-truth patch quantisers) ->
+  """Maps [N, g, g] decoded at patch resolution (the ground-truth patch quantizers) ->
   [N, size, size], each value repeated over its patch; full-size maps pass through."""
   factor = size // maps.shape[1]
   if factor * maps.shape[1] != size:
@@ -83,15 +89,15 @@ def rgb_to_maps(generator, data: Sequence[str], *, count: int = 64, batch_size: 
   baselines = layout_baselines(held_out_records(data, "train", train_count))
   held_out = held_out_records(data, split, count)
   depth_pred, semseg_pred = [], []
-  chain = [Decoding("tok_depth", num_steps=num_steps, temperature=0.0, conditions=("rgb",)),
-           Decoding("tok_semseg", num_steps=num_steps, temperature=0.0, conditions=("rgb",))]
+  chain = [Decoding(TOK_DEPTH, num_steps=num_steps, temperature=0.0, conditions=(RGB,)),
+           Decoding(TOK_SEMSEG, num_steps=num_steps, temperature=0.0, conditions=(RGB,))]
   for batch in _batches(held_out, batch_size):
-    result = generator.generate({"rgb": [r["rgb"] for r in batch]}, chain,
+    result = generator.generate({RGB: [r[RGB] for r in batch]}, chain,
                                 num_samples=len(batch))
-    depth_pred += [result.decode("tok_depth", i) for i in range(len(batch))]
-    semseg_pred += [result.decode("tok_semseg", i) for i in range(len(batch))]
-  depth = np.stack([r["depth"] for r in held_out]).astype(np.float64)
-  semseg = np.stack([r["semseg"] for r in held_out]).astype(np.int64)
+    depth_pred += [result.decode(TOK_DEPTH, i) for i in range(len(batch))]
+    semseg_pred += [result.decode(TOK_SEMSEG, i) for i in range(len(batch))]
+  depth = np.stack([r[DEPTH] for r in held_out]).astype(np.float64)
+  semseg = np.stack([r[SEMSEG] for r in held_out]).astype(np.int64)
   size = depth.shape[1]
   depth_pred = at_resolution(np.stack(depth_pred), size)
   semseg_pred = at_resolution(np.stack(semseg_pred), size).astype(np.int64)
@@ -113,17 +119,17 @@ def rgb_to_maps(generator, data: Sequence[str], *, count: int = 64, batch_size: 
   }
 
 
-# Colours -------------------------------------------------------------------------------------
+# Colors -------------------------------------------------------------------------------------
 
 
 def _palette_hues() -> dict[str, float]:
-  """Each chromatic colour's hue as the renderer shows it (gamma 1/2.2)."""
+  """Each chromatic color's hue as the renderer shows it (gamma 1/2.2)."""
   return {name: colorsys.rgb_to_hsv(*(np.asarray(synthetic.COLORS[name]) ** (1 / 2.2)))[0]
           for name in CHROMATIC}
 
 
-def colours_present(image: np.ndarray) -> set[str]:
-  """The chromatic colours that cover at least MIN_SHARE of a uint8 image."""
+def colors_present(image: np.ndarray) -> set[str]:
+  """The chromatic colors that cover at least MIN_SHARE of a uint8 image."""
   rgb = image.reshape(-1, 3).astype(np.float64) / 255.0
   high, low = rgb.max(1), rgb.min(1)
   saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-9), 0.0)
@@ -141,26 +147,26 @@ def colours_present(image: np.ndarray) -> set[str]:
   return {names[i] for i in range(len(names)) if counts[i] >= MIN_SHARE * len(rgb)}
 
 
-def named_colours(caption: str) -> set[str]:
+def named_colors(caption: str) -> set[str]:
   words = set(re.findall(r"[a-z]+", caption.lower()))
   return {name for name in CHROMATIC if name in words}
 
 
-def colour_rates(images: Sequence[np.ndarray], captions: Sequence[str], *,
+def color_rates(images: Sequence[np.ndarray], captions: Sequence[str], *,
                  permutations: int = 999, seed: int = 0) -> dict[str, float]:
-  """`colour_agreement` of the colours in images with the colours their captions name."""
+  """`color_agreement` of the colors in images with the colors their captions name."""
   if len(images) != len(captions):
     raise ValueError(f"{len(images)} images but {len(captions)} captions")
-  return colour_agreement([colours_present(image) for image in images],
-                          [named_colours(caption) for caption in captions],
+  return color_agreement([colors_present(image) for image in images],
+                          [named_colors(caption) for caption in captions],
                           permutations=permutations, seed=seed)
 
 
-def colour_agreement(present: Sequence[set[str]], named: Sequence[set[str]], *,
+def color_agreement(present: Sequence[set[str]], named: Sequence[set[str]], *,
                      permutations: int = 999, seed: int = 0) -> dict[str, float]:
-  """How often a named colour is present, how often an unnamed one is (chance), and a
-  permutation p-value of the difference: the share of shufflings (each sample's colours
-  judged against another sample's names) that do at least as well. Colours in one image
+  """How often a named color is present, how often an unnamed one is (chance), and a
+  permutation p-value of the difference: the share of shufflings (each sample's colors
+  judged against another sample's names) that do at least as well. Colors in one image
   are not independent draws, so a z-test would overstate the evidence."""
   rates = _rates(present, named)
   rng = np.random.default_rng(seed)
@@ -174,11 +180,11 @@ def colour_agreement(present: Sequence[set[str]], named: Sequence[set[str]], *,
 
 def _rates(present: Sequence[set[str]], named: Sequence[set[str]]) -> dict[str, float]:
   named_hits = named_total = other_hits = other_total = 0
-  for colours, names in zip(present, named):
-    named_hits += len(names & colours)
+  for colors, names in zip(present, named):
+    named_hits += len(names & colors)
     named_total += len(names)
     others = set(CHROMATIC) - names
-    other_hits += len(others & colours)
+    other_hits += len(others & colors)
     other_total += len(others)
   return {"named": named_hits / max(named_total, 1), "unnamed": other_hits / max(other_total, 1),
           "named_count": named_total}
@@ -187,55 +193,55 @@ def _rates(present: Sequence[set[str]], named: Sequence[set[str]]) -> dict[str, 
 def caption_to_rgb(generator, data: Sequence[str], chain: Sequence[Decoding], *,
                    count: int = 32, batch_size: int = 8, split: str = "val",
                    seed: int = 0) -> dict[str, float]:
-  """Generated images against held-out captions: colour rates, and the same detector on
+  """Generated images against held-out captions: color rates, and the same detector on
   the real images of those captions (its calibration)."""
   held_out = held_out_records(data, split, count)
-  captions = [r["caption"] for r in held_out]
+  captions = [r[CAPTION] for r in held_out]
   images = []
   for index, batch in enumerate(_batches(captions, batch_size)):
-    result = generator.generate({"caption": batch}, chain, num_samples=len(batch),
+    result = generator.generate({CAPTION: batch}, chain, num_samples=len(batch),
                                 seed=seed + index)
-    images += [result.decode("tok_rgb", i) for i in range(len(batch))]
-  generated = colour_rates(images, captions)
-  real = colour_rates([r["rgb"] for r in held_out], captions)
-  through = colour_rates(reconstructions(generator, held_out), captions)
-  return {"named_colour_rate": generated["named"], "unnamed_colour_rate": generated["unnamed"],
-          "colour_p_value": generated["p_value"], "named_colour_count": generated["named_count"],
-          "real_named_colour_rate": real["named"], "real_unnamed_colour_rate": real["unnamed"],
-          "tokenizer_named_colour_rate": through["named"],
-          "tokenizer_unnamed_colour_rate": through["unnamed"],
+    images += [result.decode(TOK_RGB, i) for i in range(len(batch))]
+  generated = color_rates(images, captions)
+  real = color_rates([r[RGB] for r in held_out], captions)
+  through = color_rates(reconstructions(generator, held_out), captions)
+  return {"named_color_rate": generated["named"], "unnamed_color_rate": generated["unnamed"],
+          "color_p_value": generated["p_value"], "named_color_count": generated["named_count"],
+          "real_named_color_rate": real["named"], "real_unnamed_color_rate": real["unnamed"],
+          "tokenizer_named_color_rate": through["named"],
+          "tokenizer_unnamed_color_rate": through["unnamed"],
           "num_images": len(held_out)}
 
 
 def reconstructions(generator, held_out: list[dict]) -> list[np.ndarray]:
   """The held-out images tokenized the way an rgb condition is (`generator.encoder`) and
   decoded the way a generated tok_rgb is: the best any generated image can look, so the
-  colour rates on them are the ceiling of caption -> rgb. A tokenizer that washes colours
+  color rates on them are the ceiling of caption -> rgb. A tokenizer that washes colors
   out caps the check whatever the transformer learns (the demo's VQ-VAE after 300 steps
   did)."""
-  _, entry = generator.encoder.encode("tok_rgb", [r["rgb"] for r in held_out])
-  return [generator.detokenizer.decode("tok_rgb", ids) for ids in entry["tokens"]]
+  _, entry = generator.encoder.encode(TOK_RGB, [r[RGB] for r in held_out])
+  return [generator.detokenizer.decode(TOK_RGB, ids) for ids in entry["tokens"]]
 
 
 def rgb_to_caption(generator, data: Sequence[str], *, count: int = 32, batch_size: int = 16,
                    temperature: float = 0.0, split: str = "val",
                    permutations: int = 999) -> dict:
-  """Captions generated from held-out images: do the colours they name belong to the
-  scene (the colours its true caption names) more often than colours they do not name?
+  """Captions generated from held-out images: do the colors they name belong to the
+  scene (the colors its true caption names) more often than colors they do not name?
   The same statistic and permutation test as caption -> rgb, with the true caption's
-  colours as what is "present"; and a few of the captions, to read."""
+  colors as what is "present"; and a few of the captions, to read."""
   held_out = held_out_records(data, split, count)
-  chain = [Decoding("caption", temperature=temperature, conditions=("rgb",))]
+  chain = [Decoding(CAPTION, temperature=temperature, conditions=(RGB,))]
   generated = []
   for batch in _batches(held_out, batch_size):
-    result = generator.generate({"rgb": [r["rgb"] for r in batch]}, chain,
+    result = generator.generate({RGB: [r[RGB] for r in batch]}, chain,
                                 num_samples=len(batch))
-    generated += [result.decode("caption", i) for i in range(len(batch))]
-  agreement = colour_agreement([named_colours(r["caption"]) for r in held_out],
-                               [named_colours(text) for text in generated],
+    generated += [result.decode(CAPTION, i) for i in range(len(batch))]
+  agreement = color_agreement([named_colors(r[CAPTION]) for r in held_out],
+                               [named_colors(text) for text in generated],
                                permutations=permutations)
-  return {"named_colour_rate": agreement["named"], "unnamed_colour_rate": agreement["unnamed"],
-          "named_colour_count": agreement["named_count"],
-          "colour_p_value": agreement["p_value"],
-          "examples": list(zip([r["caption"] for r in held_out[:3]], generated[:3])),
+  return {"named_color_rate": agreement["named"], "unnamed_color_rate": agreement["unnamed"],
+          "named_color_count": agreement["named_count"],
+          "color_p_value": agreement["p_value"],
+          "examples": list(zip([r[CAPTION] for r in held_out[:3]], generated[:3])),
           "captions": generated, "num_images": len(held_out)}

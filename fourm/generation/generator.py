@@ -40,7 +40,7 @@ class Generator:
                pixel_normalization: str = "imagenet"):
     self.model = model
     self.sampler = Sampler(model, vocab_limits={
-        name: loading.tokenizer_vocab_size(tokenizer) for name, tokenizer in tokenizers.items()})
+        name: tokenizer.num_codes for name, tokenizer in tokenizers.items()})
     self.layout = model.layout
     self.tokenizers = dict(tokenizers)
     self.text_vocab = text_vocab
@@ -140,21 +140,21 @@ class Generation:
     rows = []
     for index in range(self.num_samples):
       sample: dict[str, Any] = {"__name__": f"sample {index}"}
-      captions = []
+      texts = []
       for name in self.entries:
         spec = modalities.get(name)
         if spec.kind == Kind.IMAGE_TOKENS and name not in self.generator.tokenizers:
           continue  # no decoder for it: its tokens are in tokens.npz
         value = self.decode(name, index)
         raw = spec.source.name
-        if name == "caption":
-          captions.append(("generated" if name in self.generated else "given") +
-                          f" caption: {value}")
+        if spec.source.values == modalities.Values.TEXT:  # written under the row
+          texts.append(("generated" if name in self.generated else "given") +
+                       f" {name}: {value}")
           continue
         if name in self.conditions and raw in generated_raw and name not in self.generated:
           raw = f"{raw} (given)"
         sample[raw] = value
-      sample["caption"] = " | ".join(captions) if captions else None
+      sample["__text__"] = " | ".join(texts) if texts else None
       rows.append(sample)
     return rows
 

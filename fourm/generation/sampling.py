@@ -72,10 +72,10 @@ def sample(key: jax.Array, logits: jax.Array, temperature: float | jax.Array,
   temperature = jnp.asarray(temperature, jnp.float32)
   greedy = temperature <= 0
   scaled = filtered / jnp.where(greedy, 1.0, temperature)
-  drawn, normaliser = categorical(key, scaled)
+  drawn, normalizer = categorical(key, scaled)
   ids = jnp.where(greedy, jnp.argmax(filtered, axis=-1), drawn)
   chosen = jnp.take_along_axis(scaled, ids[..., None], axis=-1)[..., 0]
-  return ids.astype(jnp.int32), jnp.exp(chosen - normaliser)
+  return ids.astype(jnp.int32), jnp.exp(chosen - normalizer)
 
 
 def commit_most_confident(confidence: jax.Array, undecided: jax.Array,

@@ -11,9 +11,9 @@ Every module returns its content vectors [B, N, D] apart from the "position +
 modality" vectors [N, D]: the latter do not depend on the sample, and 4M adds them
 again to the encoder output before the decoder reads it.
 
-Initialisation follows the reference's `init_weights` as it actually runs: encoder
+Initialization follows the reference's `init_weights` as it actually runs: encoder
 token tables N(0, 0.02); decoder token tables xavier-uniform (the tied `to_logits`
-Linear is initialised after the table and overwrites it); projections xavier-uniform;
+Linear is initialized after the table and overwrites it); projections xavier-uniform;
 modality embeddings N(0, 0.02).
 """
 

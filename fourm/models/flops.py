@@ -4,7 +4,7 @@ The useful work only: matmuls of the blocks, attention scores and mixing, the co
 projection and the output heads over the tokens they score. Embedding lookups,
 norms, softmaxes and the patch projection are left out (each is under 1% here). A
 training step is counted as three forward passes (backward = 2x forward), the usual
-convention for model-FLOPs utilisation; recomputation (remat, the grouped heads'
+convention for model-FLOPs utilization; recomputation (remat, the grouped heads'
 backward) is overhead, not useful work, and is not counted.
 """
 

@@ -1,2 +1,2 @@
 """Neutral building blocks that every layer may use: named-axis sharding, a dense
-layer with the reference's initialisers, fixed sin-cos positions."""
+layer with the reference's initializers, fixed sin-cos positions."""

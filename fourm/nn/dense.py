@@ -1,4 +1,4 @@
-"""A dense layer over named axes, and the reference's initialisers.
+"""A dense layer over named axes, and the reference's initializers.
 
 Shared by the 4M transformer (`fourm/models`) and the VQ-VAE tokenizers
 (`tokenizers_vq`): the kernel keeps every input and output axis (heads apart from
@@ -25,7 +25,7 @@ def uniform_init(bound: float):
 
 
 def xavier_bound(fan_in: int, fan_out: int) -> float:
-  # The reference initialises every Linear with xavier_uniform, treating the q, k, v
+  # The reference initializes every Linear with xavier_uniform, treating the q, k, v
   # (or k, v) blocks of a fused projection as separate matrices: fan_out = D, not 3*D.
   return math.sqrt(6.0 / (fan_in + fan_out))
 
@@ -52,7 +52,7 @@ class Dense(nnx.Module):
     self.dtype = dtype
     fan_in = math.prod(self.in_shape)
     # fused: out_shape[0] stacks separate matrices (the 3 of qkv, the 2 of kv), which
-    # the reference initialises one by one, so it does not count toward fan-out.
+    # the reference initializes one by one, so it does not count toward fan-out.
     fan_out = math.prod(self.out_shape[1:] if fused else self.out_shape)
     self.kernel = sharding.param(
         uniform_init(xavier_bound(fan_in, fan_out)), rngs.params(),

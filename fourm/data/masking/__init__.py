@@ -3,7 +3,9 @@
 `MaskSample(names, layout, input_budget, target_budget, mixture)` is the per-sample
 transform the input pipeline runs after augmentation (`transform(sample, rng)`). It
 turns a record into the masked-batch contract below, with numpy only (it runs in the
-data loader, once per sample).
+data loader, once per sample). The package by job: `budgets` (Dirichlet split),
+`mixtures` (alphas, the reference YAML), `spans` (span masking), `entries` (a raw value
+-> what the model reads, shared with generation's conditions), `transform` (MaskSample).
 
 ## The masked-batch contract (condensed from fourm/models/CONTRACT.md)
 
@@ -71,13 +73,14 @@ Deliberate deviations from the reference:
 """
 
 from fourm.data.masking.budgets import allocate, draw_proportions, redistribute, split_budget
+from fourm.data.masking.entries import ValueReader
 from fourm.data.masking.mixtures import AlphasMixture, DirichletComponent
 from fourm.data.masking.spans import (FIRST_SPAN, KEEP_PROB_DECAY, KEEP_SCHEMES,
                                       choose_keep_mask, input_length, span_mask,
                                       truncate_target)
 from fourm.data.masking.transform import MaskSample
 
-__all__ = ["FIRST_SPAN", "KEEP_PROB_DECAY", "KEEP_SCHEMES", "AlphasMixture",
+__all__ = ["FIRST_SPAN", "KEEP_PROB_DECAY", "KEEP_SCHEMES", "AlphasMixture", "ValueReader",
            "DirichletComponent", "MaskSample", "allocate", "choose_keep_mask",
            "draw_proportions", "input_length", "redistribute", "span_mask", "split_budget",
            "truncate_target"]

@@ -146,7 +146,7 @@ class AlphasMixture:
                                  rgb_alpha: float = 1000.0) -> AlphasMixture:
     """The reference's mix_mod7_all2all_rgb2all_a0.5: half the samples take their
     inputs from rgb pixels only (rgb2all), half from every modality (all2all)."""
-    return cls.sources_to_all_plus_all_to_all(names, ("rgb",), alpha, rgb_alpha)
+    return cls.sources_to_all_plus_all_to_all(names, (modalities.RGB.name,), alpha, rgb_alpha)
 
   @classmethod
   def sources_to_all_plus_all_to_all(cls, names: Iterable[str], sources: Sequence[str],

@@ -11,6 +11,7 @@ import numpy as np
 
 from fourm import modalities
 from fourm.data.masking.budgets import allocate, draw_proportions, redistribute
+from fourm.data.masking.entries import ValueReader, checked_ids, describe
 from fourm.data.masking.mixtures import AlphasMixture, spec_or_error
 from fourm.data.masking.spans import FIRST_SPAN, choose_keep_mask, span_mask, truncate_target
 from fourm.errors import RecordError, UsageError
@@ -50,13 +51,8 @@ class MaskSample:
     self.input_budget, self.target_budget = int(input_budget), int(target_budget)
     self.mixture = mixture
     self.sequence_encoders = dict(sequence_encoders or {})
-    if pixel_normalization not in modalities.PIXEL_STATS:
-      raise UsageError(f"pixel_normalization is {pixel_normalization!r}, expected one of "
-                       f"{list(modalities.PIXEL_STATS)}")
+    self.reader = ValueReader(layout, pixel_normalization)
     self.pixel_normalization = pixel_normalization
-    mean, std = (np.asarray(v, np.float32) for v in modalities.PIXEL_STATS[pixel_normalization])
-    # (x / 255 - mean) / std as one multiply-add.
-    self._pixel_scale, self._pixel_shift = 1.0 / (255.0 * std), -mean / std
 
     self.num_tokens = np.array([spec.num_tokens(layout) for spec in self.specs], np.int64)
     self._is_sequence = np.array([spec.kind == Kind.SEQUENCE for spec in self.specs])
@@ -220,54 +216,31 @@ class MaskSample:
     if value is None:
       return None
     if spec.kind == Kind.PIXELS:
-      return self._read_pixels(key, value)
+      return self.reader.pixels(key, value)
     if spec.kind == Kind.FEATURE_MAP:
-      return self._read_features(spec, key, value)
+      return self.reader.features(spec, key, value)
     if spec.kind == Kind.SEQUENCE:
       return self._read_sequence(spec, value)
-    return self._read_token_grid(spec, value)
-
-  def _read_pixels(self, key: str, value: Any) -> np.ndarray:
-    size = self.layout.resolution
-    if not isinstance(value, np.ndarray) or value.shape != (size, size, 3):
-      raise RecordError(f"expected a uint8 image [{size}, {size}, 3], got "
-                        f"{_describe(value)}", field=key)
-    if value.dtype != np.uint8:
-      raise RecordError(f"expected uint8 pixels, got {value.dtype}", field=key)
-    return value * self._pixel_scale + self._pixel_shift
-
-  def _read_features(self, spec: modalities.ModalitySpec, key: str, value: Any) -> np.ndarray:
-    grid, channels = self.layout.grid, spec.source.channels
-    if not isinstance(value, np.ndarray) or value.shape != (grid, grid, channels):
-      raise RecordError(f"expected a feature map [{grid}, {grid}, {channels}], got "
-                        f"{_describe(value)}", field=key)
-    if value.dtype.kind != "f":
-      raise RecordError(f"expected float features, got {value.dtype}", field=key)
-    return value.reshape(grid * grid, channels).astype(np.float32, copy=False)
-
-  def _read_token_grid(self, spec: modalities.ModalitySpec, value: Any) -> np.ndarray:
-    n = spec.num_tokens(self.layout)
-    shapes = [(n,)] + ([spec.grid_shape(self.layout)] if spec.grid_shape(self.layout) else [])
-    if not isinstance(value, np.ndarray) or value.shape not in shapes:
-      raise RecordError(f"expected token ids of shape {' or '.join(map(str, shapes))}, got "
-                        f"{_describe(value)}", field=spec.name)
-    return self._checked_ids(spec, value.reshape(n))
+    return self.reader.token_grid(spec, value)
 
   def _read_sequence(self, spec: modalities.ModalitySpec, value: Any) -> np.ndarray:
-    if isinstance(value, (np.ndarray, list, tuple)):
+    # Arrays are the text's token ids, unless the raw value itself is an array (a
+    # palette of colors, say): then, like a str or a boxes dict, the codec makes the ids.
+    raw_is_array = spec.source.form not in (modalities.Form.TEXT, modalities.Form.BOXES)
+    if isinstance(value, (np.ndarray, list, tuple)) and not raw_is_array:
       ids = np.asarray(value)
       if ids.size == 0:
         ids = ids.astype(np.int32)
-    else:  # raw text or boxes: the encoder makes the ids
+    else:  # a raw value (text, boxes, ...): its codec makes the ids
       encoder = self.sequence_encoders.get(spec.name)
       if encoder is None:
         raise UsageError(f"{spec.name!r} holds a raw {type(value).__name__}; give "
                          f"MaskSample a sequence_encoders[{spec.name!r}] to tokenize it")
       ids = np.asarray(encoder(value))
     if ids.ndim != 1:
-      raise RecordError(f"expected a 1-D sequence of token ids, got {_describe(ids)}",
+      raise RecordError(f"expected a 1-D sequence of token ids, got {describe(ids)}",
                         field=spec.name)
-    ids = self._checked_ids(spec, ids)
+    ids = checked_ids(spec, ids)
     ids = ids[:len(ids) - _trailing_count(ids, self.text_ids.pad)]
     if (ids == self.text_ids.pad).any() or self.text_ids.is_sentinel(ids).any():
       raise RecordError("the text's token ids contain [PAD] or sentinel ids, which the "
@@ -282,23 +255,8 @@ class MaskSample:
       ids = ids[:limit]
     return ids
 
-  def _checked_ids(self, spec: modalities.ModalitySpec, ids: np.ndarray) -> np.ndarray:
-    if ids.dtype.kind not in "iu":
-      raise RecordError(f"expected integer token ids, got {ids.dtype}", field=spec.name)
-    if ids.size and (ids.min() < 0 or ids.max() >= spec.vocab_size):
-      bad = ids[(ids < 0) | (ids >= spec.vocab_size)]
-      raise RecordError(f"token id {int(bad[0])} outside the vocabulary [0, "
-                        f"{spec.vocab_size})", field=spec.name)
-    return ids.astype(np.int32, copy=False)
-
 
 def _trailing_count(ids: np.ndarray, value: int) -> int:
   """How many entries at the end of `ids` equal `value`."""
   differs = np.flatnonzero(ids != value)
   return len(ids) - (differs[-1] + 1 if differs.size else 0)
-
-
-def _describe(value: Any) -> str:
-  if isinstance(value, np.ndarray):
-    return f"{value.dtype} {list(value.shape)}"
-  return type(value).__name__
