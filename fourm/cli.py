@@ -6,6 +6,7 @@ Each subcommand imports what it needs when it runs, so `fourm --help` is instant
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -30,6 +31,9 @@ def _ingest(args: argparse.Namespace) -> None:
 
 def _show(args: argparse.Namespace) -> None:
   from fourm.data import records, visualize
+  from fourm.errors import UsageError
+  if args.num < 1:
+    raise UsageError(f"--num {args.num}: show at least one sample")
   samples = _samples_to_show(args)
   infos = [records.DatasetInfo.load(d) for d in args.data]
   # Class names live with the segmentation, which may be a side-by-side store.
@@ -63,7 +67,10 @@ def _samples_to_show(args: argparse.Namespace) -> list[dict]:
 
 def _info(args: argparse.Namespace) -> None:
   from fourm.data import records
-  print(_summary(args.data, records.DatasetInfo.load(args.data)))
+  info = records.DatasetInfo.load(args.data)
+  for split in info.splits:  # the counts printed are those the shards hold
+    records.RecordSource(args.data, split, validate=False)
+  print(_summary(args.data, info))
 
 
 def _modalities(args: argparse.Namespace) -> None:
@@ -327,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
   except FourmError as error:
     print(f"fourm {args.command}: error: {error}", file=sys.stderr)
     return 2
+  except BrokenPipeError:
+    # The reader went away (`fourm info ... | head`): not an error of ours, nothing to say.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
   return 0
 
 

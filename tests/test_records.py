@@ -1,6 +1,7 @@
 """The record format: round trips, side-by-side stores, and errors that name what is wrong."""
 
 import io
+import json
 import os
 
 import numpy as np
@@ -104,9 +105,35 @@ def test_corrupt_record_and_truncated_shard_name_the_file(tmp_path):
 
   with open(shard, "r+b") as f:  # cut the shard in half
     f.truncate(os.path.getsize(shard) // 2)
-  with pytest.raises(RecordError, match=r"train-00000-of-00001.array_record: record 0: "
-                                        r"cannot read record"):
-    RecordSource(directory)[0]
+  # The source checks every shard when it opens: a truncated one fails at once.
+  with pytest.raises(RecordError, match=r"train-00000-of-00001.array_record: cannot open "
+                                        r"the shard"):
+    RecordSource(directory)
+
+
+def test_metadata_that_does_not_describe_the_shards_is_refused_at_open(tmp_path):
+  directory = str(tmp_path / "miscounted")
+  write_dataset(directory, {"train": [striped_sample() for _ in range(4)]},
+                records_per_shard=2)
+  info_path = os.path.join(directory, records.INFO_FILE)
+  with open(info_path) as f:
+    original = json.load(f)
+  info = json.loads(json.dumps(original))
+  info["splits"]["train"]["shard_lengths"] = [2, 3]
+  info["splits"]["train"]["num_records"] = 5
+  with open(info_path, "w") as f:
+    json.dump(info, f)
+  with pytest.raises(RecordError, match=r"train-00001-of-00002.array_record: shard holds 2 "
+                                        r"records but dataset_info.json says 3"):
+    RecordSource(directory)
+  info["splits"]["train"]["shard_lengths"] = [2, 2]
+  with open(info_path, "w") as f:
+    json.dump(info, f)
+  with pytest.raises(RecordError, match=r"dataset_info.json: split 'train' says num_records 5 "
+                                        r"but its shard lengths add up to 4"):
+    RecordSource(directory)
+  from fourm import cli  # `fourm info` reports only counts the shards hold
+  assert cli.main(["info", directory]) == 2
 
 
 def test_missing_or_foreign_dataset_directories(tmp_path):

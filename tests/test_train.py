@@ -207,6 +207,11 @@ def test_problems_are_reported_before_training_starts(data, whole_run, tmp_path)
     loop.train(small_config(data, input_budget=16), str(tmp_path / "d"), log=quiet)
   with pytest.raises(UsageError, match="holds a run with model = "):  # other shapes too
     loop.train(small_config(data, **{"model.dim": 64}), str(tmp_path / "d"), log=quiet)
+  # What would skip or repeat part of the data stream on resume is refused as well.
+  with pytest.raises(UsageError, match="holds a run with batch_size = 8, this config says 16"):
+    loop.train(small_config(data, batch_size=16), str(tmp_path / "d"), log=quiet)
+  with pytest.raises(UsageError, match="holds a run with seed = "):
+    loop.train(small_config(data, seed=7), str(tmp_path / "d"), log=quiet)
 
 
 def _train_command(data, workdir, *extra):
@@ -248,7 +253,8 @@ def test_sigkill_after_a_checkpoint_then_restart_matches_an_uninterrupted_run(da
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(data, tmp_path, sent):
   workdir = str(tmp_path)
   proc = subprocess.Popen(_train_command(data, workdir, "--config.total_steps=100000",
                                          "--config.log_every=1", "--config.mesh.data=1"),
@@ -257,10 +263,16 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
   while not line.startswith("step "):
     line = proc.stdout.readline()
     assert line or proc.poll() is None
-  proc.send_signal(signal.SIGTERM)
+  if sent == signal.SIGTERM:  # meanwhile, a second run on the workdir is refused at once
+    second = subprocess.run(_train_command(data, workdir, "--config.total_steps=100000"),
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2, second.stderr
+    assert "is in use by fourm train (host" in second.stderr
+    assert f"pid {proc.pid}" in second.stderr
+  proc.send_signal(sent)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, out
-  assert "SIGTERM: saved the checkpoint at step" in out
+  assert f"{sent.name}: saved the checkpoint at step" in out
   step, params = final_params(workdir)
   assert 1 <= step < 100000 and jax.tree.leaves(params)
 

@@ -226,7 +226,7 @@ def test_straight_through_gradients_reach_the_encoder(scenes):
 
   @jax.jit
   def grads(params):
-    return jax.grad(lambda p: ts._forward(graphdef, io, p, codebook, raw)[0])(params)
+    return jax.grad(lambda p: ts.forward_loss(graphdef, io, p, codebook, raw)[0])(params)
 
   g = grads(params)
   for name in ("proj", "quant_proj"):

@@ -29,6 +29,7 @@ from fourm.data import visualize
 from fourm.data.pipeline import Pipeline, PipelineConfig
 from fourm.errors import UsageError
 from fourm import metrics as metrics_lib
+from fourm import workdir as workdir_lib
 from fourm.checkpoint import Checkpoints
 from tokenizers_vq import train_step as step_lib
 from tokenizers_vq.vqvae import VQVAE, VQVAEConfig, preset
@@ -148,7 +149,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           log: Callable[[str], None] = print) -> dict[str, float]:
   """Trains (or resumes) the tokenizer in `workdir`; returns the last scalars."""
   vq = vqvae_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.exclusive(workdir, "fourm tokenizer train", log=log):
+    return _train(config, vq, workdir, log=log)
+
+
+def _train(config: ml_collections.ConfigDict, vq, workdir: str, *,
+           log: Callable[[str], None]) -> dict[str, float]:
   optimizer = make_optimizer(config)
   graphdef, state = step_lib.init_state(VQVAE(vq, rngs=nnx.Rngs(config.seed)), optimizer)
   checkpoints = Checkpoints(workdir, every=config.checkpoint.every,

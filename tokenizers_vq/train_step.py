@@ -90,7 +90,9 @@ def init_state(model: VQVAE, optimizer: optax.GradientTransformation
   return graphdef, TrainState(params, codebook, optimizer.init(params), jnp.int32(0))
 
 
-def _forward(graphdef, io: modality_io.ModalityIO, params, codebook, raw):
+def forward_loss(graphdef, io: modality_io.ModalityIO, params, codebook, raw):
+  """The VQ-VAE objective on one raw batch: (reconstruction + commitment loss,
+  (reconstruction loss, decoder output, quantizer output, normalization stats))."""
   model = nnx.merge(graphdef, params, codebook)
   x, stats = io.normalize(raw)
   out, quantized = model(x)
@@ -132,7 +134,7 @@ def make_train_step(graphdef: nnx.GraphDef, config: VQVAEConfig,
 
   def step(state: TrainState, raw: jax.Array) -> tuple[TrainState, Metrics]:
     grad_fn = jax.value_and_grad(
-        lambda params: _forward(graphdef, io, params, state.codebook, raw), has_aux=True)
+        lambda params: forward_loss(graphdef, io, params, state.codebook, raw), has_aux=True)
     (loss, (recon, out, quantized, stats)), grads = grad_fn(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -164,7 +166,7 @@ def make_eval_step(graphdef: nnx.GraphDef, config: VQVAEConfig
 
   @jax.jit
   def evaluate(params, codebook, raw):
-    loss, (recon, out, quantized, stats) = _forward(graphdef, io, params, codebook, raw)
+    loss, (recon, out, quantized, stats) = forward_loss(graphdef, io, params, codebook, raw)
     metrics = _batch_metrics(io, config, loss, recon, out, quantized, raw, stats)
     metrics["codes"] = quantized.codes
     return metrics

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from PIL import Image
 from tqdm import tqdm
 
-from fourm.data import records
+from fourm.data import record_codec, records
 from fourm.errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -93,9 +93,10 @@ def load_image(folder: str, relative: str) -> records.EncodedImage:
     with Image.open(io.BytesIO(data)) as image:
       image_format = image.format
       image.load()
+      record_codec.to_rgb8(image)  # refuses what cannot be read faithfully, now
       if image_format not in _KEEP_BYTES:
         buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG")
+        Image.fromarray(record_codec.to_rgb8(image)).save(buffer, format="PNG")
         return records.EncodedImage(buffer.getvalue(), "png")
   except Exception as error:
     raise records.RecordError(f"cannot decode image ({type(error).__name__}: {error})",

@@ -86,9 +86,31 @@ def decode_sample(data: bytes, *, path: str | None = None, record: int | None = 
   return sample
 
 
+def to_rgb8(image: Image.Image) -> np.ndarray:
+  """Any PIL image -> uint8 RGB [H, W, 3], faithfully: 16- and 32-bit integer images are
+  scaled to 8 bits (PIL's own convert("RGB") clips them at 255, whitening the image),
+  transparent ones are composited over white (as a viewer shows them) instead of
+  dropping alpha, and float images, whose range nothing fixes, are refused."""
+  if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    values = np.asarray(image).astype(np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else \
+        float(np.iinfo(np.int32).max)
+    grey = np.clip(np.round(values * 255.0 / top), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if image.mode == "F":
+    raise ValueError("a floating-point image has no fixed range to map to 8 bits; convert "
+                     "it to an 8- or 16-bit PNG first")
+  if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and
+                                             "transparency" in image.info):
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+  return np.asarray(image.convert("RGB"))
+
+
 def decode_image(data: bytes) -> np.ndarray:
-  """JPEG/PNG bytes -> uint8 [H, W, 3]; raises on truncated or corrupt data."""
+  """JPEG/PNG bytes -> uint8 [H, W, 3] (`to_rgb8`); raises on truncated or corrupt data."""
   with Image.open(io.BytesIO(data)) as image:
     image.load()  # forces a full decode now, so truncation is caught here
     # Phone photos store their rotation in EXIF; pixels must come out upright.
-    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    return to_rgb8(ImageOps.exif_transpose(image))

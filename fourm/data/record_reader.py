@@ -37,12 +37,40 @@ class _Store:
     self.offsets = np.cumsum([0] + split_info.shard_lengths)
     self.num_records = split_info.num_records
     self._readers: dict[int, Any] = {}
+    self._verify(split)
+
+  def _verify(self, split: str) -> None:
+    """The metadata must describe the files: every shard there, holding the records the
+    JSON says (read from each shard's footer, cheaply), and the split's count their sum.
+    A truncated or miscounted shard is an error here, not wrong counts later."""
+    info_path = os.path.join(self.directory, INFO_FILE)
+    if int(self.offsets[-1]) != self.num_records:
+      raise RecordError(f"split {split!r} says num_records {self.num_records} but its "
+                        f"shard lengths add up to {int(self.offsets[-1])}", path=info_path)
+    for shard, path in enumerate(self.paths):
+      expected = int(self.offsets[shard + 1] - self.offsets[shard])
+      if not os.path.exists(path):
+        raise RecordError(f"shard file is missing ({INFO_FILE} lists it with {expected} "
+                          "records)", path=path)
+      try:
+        reader = array_record_module.ArrayRecordReader(path, READER_OPTIONS)
+        found = reader.num_records()
+        reader.close()
+      except Exception as error:  # noqa: BLE001 - any reader failure is this file's fault
+        raise RecordError(f"cannot open the shard ({type(error).__name__}: {error})",
+                          path=path) from None
+      if found != expected:
+        raise RecordError(f"shard holds {found} records but {INFO_FILE} says {expected}",
+                          path=path)
 
   def __getstate__(self):
     # Readers hold file handles: each process (grain worker) opens its own.
     return {**self.__dict__, "_readers": {}}
 
   def read(self, index: int) -> tuple[bytes, str]:
+    if not 0 <= index < self.num_records:
+      raise RecordError(f"record {index} does not exist: the split has {self.num_records}",
+                        path=self.directory, record=index)
     shard = int(np.searchsorted(self.offsets, index, side="right")) - 1
     position = index - int(self.offsets[shard])
     path = self.paths[shard]

@@ -25,7 +25,7 @@ import jax
 
 from fourm import modalities
 from fourm.errors import UsageError
-from fourm.generation.sampler import Decoding, Sampler
+from fourm.generation.sampler import Decoding, Sampler, check_fillable
 
 _FIELDS = {field.name for field in dataclasses.fields(Decoding)}
 
@@ -66,12 +66,28 @@ def default_chain(targets: Iterable[str]) -> tuple[Decoding, ...]:
   return tuple(decoding_from_dict({"target": name}, f"target {name}") for name in targets)
 
 
+def _check_before_running(sampler: Sampler, known: Mapping[str, dict],
+                          chain: Sequence[Decoding]) -> None:
+  """What would fail mid-chain fails first: a sequence target given as complete text, or
+  generated twice (the second time it is complete)."""
+  seen: set[str] = set()
+  for decoding in chain:
+    if modalities.get(decoding.target).kind == modalities.Kind.SEQUENCE:
+      if decoding.target in seen:
+        raise UsageError(f"{decoding.target}: generated twice in the chain; after the first "
+                         "time it is complete and cannot be filled in again")
+      if decoding.target in known:
+        check_fillable(decoding.target, known[decoding.target], sampler.text_ids)
+    seen.add(decoding.target)
+
+
 def run_chain(sampler: Sampler, known: Mapping[str, dict], chain: Sequence[Decoding],
               key: jax.Array, negatives: Mapping[str, dict] | None = None,
               progress: Callable[[int, Decoding], None] | None = None) -> dict[str, dict]:
   """Generates the chain's targets in order; returns every known modality's entry."""
   if not chain:
     raise UsageError("the chain has no steps: name at least one target")
+  _check_before_running(sampler, known, chain)
   known = dict(known)
   for index, decoding in enumerate(chain):
     if progress is not None:

@@ -71,6 +71,20 @@ def _raw_of(name: str) -> modalities.RawSpec | None:
   return modalities.RAW_MODALITIES.get(name)
 
 
+def _as_raw(raw: modalities.RawSpec, value: np.ndarray) -> np.ndarray:
+  """A raw condition checked as a record field is (dtype, shape, finite values) before any
+  model code runs; numbers of the right kind in another width are converted first (a
+  float64 .npy depth map, int64 class ids that fit)."""
+  want = np.dtype(raw.dtype)
+  if value.dtype != want and value.dtype.kind == want.kind == "f":
+    value = value.astype(want)
+  elif (value.dtype != want and value.dtype.kind in "iu" and want.kind in "iu" and value.size
+        and np.iinfo(want).min <= value.min() and value.max() <= np.iinfo(want).max):
+    value = value.astype(want)
+  records.validate_field(raw.name, value)
+  return value
+
+
 class ConditionEncoder:
   """Raw conditions -> sampler entries for one model (its modalities and layout)."""
 
@@ -177,6 +191,7 @@ class ConditionEncoder:
       raise UsageError(f"{spec.name}: give either token ids for every sample or raw values "
                        "for every sample")
     if raws:
+      raws = [_as_raw(spec.source, raw) for raw in raws]
       tokens = [self.reader.token_grid(spec, ids.reshape(n)) for ids in self._tokenize(spec, raws)]
     return {"tokens": np.stack(tokens), "input_mask": np.ones((len(tokens), n), bool)}
 

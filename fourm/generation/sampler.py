@@ -49,6 +49,17 @@ from fourm.generation.text_spans import fill_spans, sequence_entry
 __all__ = ["Decoding", "Sampler", "fill_spans", "sequence_entry"]
 
 
+def check_fillable(target: str, given: Mapping[str, np.ndarray], ids: TextSpecialIds) -> None:
+  """A sequence target given as text must mark gaps to fill in: a text without
+  sentinels is complete (raise before any generation, so no work is wasted)."""
+  given_tokens = np.where(given["input_mask"], given["input_tokens"], ids.pad)
+  spans = ids.is_sentinel(given_tokens).sum(1)
+  given_has_text = np.asarray(given["input_mask"]).any(1)
+  if (given_has_text & (spans == 0)).any():
+    raise UsageError(f"{target}: the given text has no sentinel ([S_1], ...) to "
+                     "fill in; give it as a condition instead, or mark the gaps")
+
+
 class Sampler:
   """Generates targets with a trained `FourM` (any input/target budgets: the sampler
   sets its own per call)."""
@@ -129,11 +140,7 @@ class Sampler:
                "input_mask": np.zeros((batch_size, length), bool)}
     given_tokens = np.where(given["input_mask"], given["input_tokens"], ids.pad)
     spans = ids.is_sentinel(given_tokens).sum(1)
-    # A text given without sentinels is complete: nothing to fill in.
-    given_has_text = np.asarray(given["input_mask"]).any(1)
-    if (given_has_text & (spans == 0)).any():
-      raise UsageError(f"{decoding.target}: the given text has no sentinel ([S_1], ...) to "
-                       "fill in; give it as a condition instead, or mark the gaps")
+    check_fillable(decoding.target, given, ids)
     # The decoder writes [S_1] span_1 [S_2] ... and closes with [S_(spans + 1)]; from
     # scratch the whole text is one span, closed by [EOS] first.
     closing = ids.first_sentinel + FIRST_SPAN + np.maximum(spans, 1)

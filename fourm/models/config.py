@@ -7,6 +7,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from fourm.errors import UsageError
+
 
 @dataclasses.dataclass(frozen=True)
 class FourMConfig:
@@ -32,10 +34,13 @@ class FourMConfig:
   attention_impl: str | None = None  # passed to jax.nn.dot_product_attention ("cudnn", "xla")
 
   def __post_init__(self):
-    if self.dim % self.num_heads:
-      raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+    # UsageErrors (ValueErrors too): these come from config.model, a one-line error.
+    if self.num_heads < 1 or self.dim % self.num_heads:
+      raise UsageError(f"config.model: dim {self.dim} is not divisible by num_heads "
+                       f"{self.num_heads}")
     if self.dim % 4:
-      raise ValueError(f"dim {self.dim} must be divisible by 4 for 2D sin-cos positions")
+      raise UsageError(f"config.model: dim {self.dim} must be divisible by 4 for 2D sin-cos "
+                       "positions")
 
 
 def fourm_tiny(**overrides) -> FourMConfig:

@@ -104,7 +104,8 @@ class TokenEncoderEmbedding(nnx.Module):
 
 
 class PatchEncoderEmbedding(nnx.Module):
-  """An image [B, R, R, C] in [-1, 1] -> one linear projection per patch.
+  """A normalized image [B, R, R, C] (the pixel stats of `PIXEL_STATS`: ImageNet mean /
+  std by default, [-1, 1] with "inception") -> one linear projection per patch.
 
   Patches flatten in (row-in-patch, col-in-patch, channel) order, as the reference's
   rearrange 'b c (nh ph) (nw pw) -> b (nh nw) (ph pw c)'. The reference's projection

@@ -4,7 +4,7 @@ mesh -> data (masked, sharded by process) -> model and optimizer state, born sha
 resume from the newest readable checkpoint in WORKDIR -> donated jitted step -> every
 `log_every` steps a progress line and TensorBoard scalars, every `eval_every` the held-out
 loss per modality, every `checkpoint.every` an asynchronous checkpoint. SIGTERM (a
-preemption) saves and exits cleanly; too many non-finite steps in a row stop the run with
+preemption) and SIGINT (Ctrl-C) save and exit cleanly; too many non-finite steps in a row stop the run with
 the last good checkpoint intact.
 """
 
@@ -27,13 +27,20 @@ from fourm.data.pipeline import Pipeline, PipelineConfig
 from fourm.errors import FourmError, UsageError
 from fourm.train import mesh as mesh_lib
 from fourm import metrics as metrics_lib
+from fourm import workdir as workdir_lib
 from fourm.checkpoint import Checkpoints
 from fourm.train.optimizer import make_optimizer
 from fourm.train.state import create_train_state, layout, model_factory, num_params
 from fourm.train.step import make_eval_step, make_train_step
 
 # Config fields a resumed run must share with the checkpoint it resumes.
-_FIXED_ON_RESUME = ("modalities", "layout", "input_budget", "target_budget", "model")
+# What a resumed run must keep: the model, and everything that fixes the stream of
+# batches it resumes in the middle of (a checkpoint at step s resumes the stream at batch
+# s, so another batch size, seed, dataset or masking would skip or repeat data).
+_FIXED_ON_RESUME = ("modalities", "layout", "input_budget", "target_budget", "model",
+                    "batch_size", "seed", "data", "alphas", "pixel_normalization",
+                    "text_tokenizer")
+_FREE_ON_RESUME = ("worker_count",)  # in config.data: the same stream on any worker count
 
 
 class TrainingStopped(FourmError):
@@ -120,33 +127,48 @@ def evaluate(config, eval_step, params, mesh, rules) -> dict[str, float]:
 def _check_resumable(saved: Mapping[str, Any], config: ml_collections.ConfigDict,
                      workdir: str) -> None:
   current = json.loads(config.to_json())
+
+  def fixed(values: Mapping[str, Any], key: str):
+    value = values.get(key)
+    if isinstance(value, dict):
+      value = {k: v for k, v in value.items() if k not in _FREE_ON_RESUME}
+    return value
+
   for key in _FIXED_ON_RESUME:
-    if saved.get(key) != current.get(key):
-      raise UsageError(f"{workdir} holds a run with {key} = {saved.get(key)}, this config "
-                       f"says {current.get(key)}; use a new --workdir or the same config")
+    if fixed(saved, key) != fixed(current, key):
+      raise UsageError(f"{workdir} holds a run with {key} = {fixed(saved, key)}, this "
+                       f"config says {fixed(current, key)}; use a new --workdir or the same "
+                       "config")
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+  """Turns SIGTERM (a preemption) and SIGINT (Ctrl-C) into a flag the loop checks after
+  each step, so both save a checkpoint and exit cleanly. A second Ctrl-C interrupts at
+  once, as a user pressing it again expects."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested: str | None = None  # the signal's name, once one came
+    self._previous: dict[int, Any] = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-      self._previous = None
+    for signum in self.SIGNALS:
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+        pass
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    self.requested = signal.Signals(signum).name
+    if signum == signal.SIGINT:  # the next Ctrl-C is not deferred
+      signal.signal(signum, self._previous.get(signum, signal.default_int_handler))
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -178,8 +200,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   """
   is_chief = jax.process_index() == 0
   log = log or (print if is_chief else (lambda _: None))
-  os.makedirs(workdir, exist_ok=True)
+  # One run per workdir: a second one is refused before it can overwrite checkpoints.
+  with workdir_lib.exclusive(workdir, "fourm train", enabled=is_chief, log=log):
+    return _train(config, workdir, log=log, stop_after=stop_after, is_chief=is_chief)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None],
+           stop_after: int | None, is_chief: bool) -> dict[str, float]:
   total_steps = int(config.total_steps)
+  build = model_factory(config)  # checks the modalities and the model config first
 
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.axis_rules(config, mesh)  # one table for the state, steps and batches
@@ -187,7 +216,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   pipeline = make_pipeline(config, split=config.data.train_split, train=True,
                            batch_size=config.batch_size)
   tx, schedule = make_optimizer(config.optimizer, config.batch_size, total_steps)
-  graphdef, state = create_train_state(model_factory(config), tx, mesh, rules)
+  graphdef, state = create_train_state(build, tx, mesh, rules)
   log(f"model: {config.model.size}, {num_params(state):,} parameters; mesh "
       f"{dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)")
 
@@ -296,7 +325,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         stop_if_not_finite(longest)
         checkpoints.save(state, meta(), force=True)
         checkpoints.wait()
-        log(f"SIGTERM: saved the checkpoint at step {done} in {checkpoints.directory}; "
+        log(f"{preemption.requested}: saved the checkpoint at step {done} in "
+            f"{checkpoints.directory}; "
             "run the same command to resume")
         break
   checkpoints.close()
