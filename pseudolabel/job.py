@@ -142,8 +142,9 @@ def pseudolabel_dataset(data: str, out: str, labelers: Mapping[str, Any], *,
     metadata[TASK_MODALITIES["depth"]] = ("metric depth in metres" if labelers["depth"].metric else
                          "relative depth, median 1 per image (from relative inverse depth)")
   if "normals" in labelers:
-    metadata[TASK_MODALITIES["normals"]] = (f"unit vectors, camera frame x right, y down, z forward, facing "
-                          f"the camera; {labelers['normals'].name}")
+    metadata[TASK_MODALITIES["normals"]] = (
+        f"unit vectors, camera frame x right, y down, z forward, facing the camera; "
+        f"{labelers['normals'].name}")
   if any(getattr(labeler, "depth", labeler).name == torch_model.TINY
          for labeler in labelers.values()):
     metadata["warning"] = "made by tiny random-init networks: these labels are meaningless"

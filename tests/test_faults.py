@@ -111,6 +111,24 @@ def test_a_workdir_that_cannot_be_made_is_one_line(tmp_path, capsys):
   assert status == 2 and "a_file/run: cannot create it" in err
 
 
+def test_a_tokenizer_run_without_an_eval_split_fails_before_training(tmp_path, capsys):
+  directory = str(tmp_path / "world")
+  write_dataset(directory, {"train": [synthetic.make_sample(0, "train", i) for i in range(2)]})
+  status, err = run_cli(capsys, "tokenizer", "train", "--config",
+                        "configs/tokenizers/vqvae.py:rgb_tiny", "--workdir",
+                        str(tmp_path / "tok"), f"--config.data.paths=('{directory}',)")
+  assert status == 2 and "no split 'val'" in err, err
+  assert not os.path.isdir(tmp_path / "tok" / "checkpoints")
+
+
+def test_generate_refuses_an_out_that_is_a_file_before_loading_anything(tmp_path, capsys):
+  (tmp_path / "taken").write_text("")
+  status, err = run_cli(capsys, "generate", "--checkpoint", str(tmp_path / "no_model"),
+                        "--targets", "tok_rgb", "--condition", "caption=a red cube.",
+                        "--out", str(tmp_path / "taken"))
+  assert status == 2 and "taken: exists and is not a folder" in err, err
+
+
 # Generation conditions --------------------------------------------------------------------
 
 
@@ -131,6 +149,18 @@ def test_conditions_are_checked_before_any_model_code_runs():
   # Another width of the right kind is converted, not refused.
   _, entry = encoder.encode("depth", [np.full((64, 64), 3.0, np.float64)])
   assert entry["tokens"].shape == (1, 64)
+
+
+def test_text_conditions_that_lose_words_say_so():
+  from fourm import modalities
+  from fourm.generation.conditions import ConditionEncoder
+  encoder = ConditionEncoder(("caption",), ("caption",), modalities.SMALL_LAYOUT, {})
+  with pytest.warns(UserWarning, match=r"--condition caption: 1 of 2 values have more than "
+                                       r"255 tokens"):
+    _, entry = encoder.encode("caption", ["a red cube.", "cube " * 400])
+  assert entry["input_mask"][1].sum() == 256  # cut, as the warning says
+  with pytest.warns(UserWarning, match=r"tokens are unknown to the text vocabulary"):
+    encoder.encode("caption", ["a \U0001F600 cube"])
 
 
 def test_a_complete_caption_target_fails_before_the_first_step():

@@ -2,10 +2,11 @@
 
 Each trained VQ-VAE (a `fourm tokenizer train` workdir) turns its raw modality into the
 registry's token-grid modality made from it (rgb -> tok_rgb), int32 grids. Images are
-center-cropped and resized to the tokenizer's resolution first, as the data pipeline does for evaluation, so the tokens describe the
-same pixels the 4M pipeline reads beside them (with augment off). Records are written
-side by side with the source (`fourm/data/derived.py`): same shards, same order,
-resumable shard by shard; a second run skips finished shards.
+center-cropped and resized to the tokenizer's resolution first, as the data pipeline does
+for evaluation, so the tokens describe the same pixels the 4M pipeline reads beside them
+(with augment off). Records are written side by side with the source
+(`fourm/data/derived.py`): same shards, same order, resumable shard by shard; a second run
+skips finished shards.
 """
 
 from __future__ import annotations

@@ -155,6 +155,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _train(config: ml_collections.ConfigDict, vq, workdir: str, *,
            log: Callable[[str], None]) -> dict[str, float]:
+  if config.eval_every:  # a missing eval split fails now, not after eval_every steps
+    _pipeline(config, vq, train=False)
   optimizer = make_optimizer(config)
   graphdef, state = step_lib.init_state(VQVAE(vq, rngs=nnx.Rngs(config.seed)), optimizer)
   checkpoints = Checkpoints(workdir, every=config.checkpoint.every,

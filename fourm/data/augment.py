@@ -3,10 +3,11 @@
 A crop is drawn once per sample as a box in normalized image coordinates and applied
 to each modality by what its `RawSpec` says: dense images are resampled (bilinear with
 antialiasing for continuous values, nearest for labels), feature maps are resampled on
-their own patch grid (they keep their grid size), boxes are shifted, scaled, clipped
-and flipped, a flip negates the x component of camera-frame vectors (normals) and swaps "left" and
-"right" in captions. Other text and vectors pass through. All randomness comes from the `rng` argument, which
-the pipeline derives from (seed, position in the sample stream).
+their own patch grid (they keep their grid size), boxes are shifted, scaled, clipped and
+flipped, a flip negates the x component of camera-frame vectors (normals) and swaps
+"left" and "right" in captions. Other text and vectors pass through. All randomness
+comes from the `rng` argument, which the pipeline derives from (seed, position in the
+sample stream).
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ from fourm.data.draw import (TEXT_SIZE, as_text, box_to_pixels, draw_boxes, draw
 from fourm.data.tiles import (BLANK_COLOR, CANVAS_COLOR, blank_tile, column_key,
                               register_drawer, sample_text, sample_tiles)
 
-__all__ = ["BLANK_COLOR", "TEXT_SIZE", "line_height", "CANVAS_COLOR", "blank_tile", "box_to_pixels", "draw_boxes",
-           "font", "make_grid", "register_drawer", "sample_tiles", "save_grid", "wrap_text"]
+__all__ = ["BLANK_COLOR", "CANVAS_COLOR", "TEXT_SIZE", "blank_tile", "box_to_pixels",
+           "draw_boxes", "font", "line_height", "make_grid", "register_drawer", "sample_tiles",
+           "save_grid", "wrap_text"]
 
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (30, 30, 30)

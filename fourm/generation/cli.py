@@ -83,10 +83,22 @@ def conditions_from_args(args: argparse.Namespace) -> tuple[dict, int]:
   return conditions, len(indices)
 
 
+def _check_out(out: str) -> None:
+  """--out must be a folder that can be made (or exists), checked before any work."""
+  import os
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UsageError(f"--out {out}: exists and is not a folder")
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as error:
+    raise UsageError(f"--out {out}: cannot create it ({os.strerror(error.errno)})") from None
+
+
 def run(args: argparse.Namespace) -> None:
   from fourm.generation.generator import Generator
   chain = chain_from_args(args)
   conditions, num_samples = conditions_from_args(args)
+  _check_out(args.out)  # before the model loads and the chain runs, not after
   generator = Generator.from_checkpoint(args.checkpoint, args.tokenizers)
   print(f"model: {args.checkpoint} ({', '.join(generator.model.modality_names)}); "
         f"conditions: {', '.join(conditions) or 'none'}")

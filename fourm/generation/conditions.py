@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -138,6 +139,7 @@ class ConditionEncoder:
       self._codecs[spec.name] = sequences.codec_for(spec.name, self.text_vocab)
     codec = self._codecs[spec.name]
     texts = [self._renumber_sentinels(np.asarray(codec(value), np.int32)) for value in values]
+    self._report_lossy(spec, texts)
     entry = sequence_entry(texts, spec.max_length, self.text_ids)
     # A text with gaps keeps no [EOS] of its own when its last span reaches the end: the
     # span holds it, as in training.
@@ -146,6 +148,22 @@ class ConditionEncoder:
         entry["input_tokens"][row, len(text):] = self.text_ids.pad
         entry["input_mask"][row, len(text):] = False
     return entry
+
+  def _report_lossy(self, spec, texts: list[np.ndarray]) -> None:
+    """Says (once per call) when a condition will not reach the model whole: cut to the
+    sequence length, or with words the vocabulary does not know ([UNK])."""
+    limit = spec.max_length - 1  # room for [EOS]
+    long = [i for i, text in enumerate(texts) if len(text) > limit]
+    if long:
+      warnings.warn(f"--condition {spec.name}: {len(long)} of {len(texts)} values have more "
+                    f"than {limit} tokens (the longest {max(len(texts[i]) for i in long)}); "
+                    f"the model reads the first {limit}", stacklevel=4)
+    unknown = sum(int((text == self.text_ids.unk).sum()) for text in texts)
+    if unknown:
+      total = sum(len(text) for text in texts)
+      warnings.warn(f"--condition {spec.name}: {unknown} of {total} tokens are unknown to the "
+                    "text vocabulary ([UNK]; e.g. emoji or scripts it was not trained on)",
+                    stacklevel=4)
 
   def _has_gaps(self, ids: np.ndarray) -> bool:
     return bool(self.text_ids.is_sentinel(ids).any())

@@ -4,8 +4,8 @@ mesh -> data (masked, sharded by process) -> model and optimizer state, born sha
 resume from the newest readable checkpoint in WORKDIR -> donated jitted step -> every
 `log_every` steps a progress line and TensorBoard scalars, every `eval_every` the held-out
 loss per modality, every `checkpoint.every` an asynchronous checkpoint. SIGTERM (a
-preemption) and SIGINT (Ctrl-C) save and exit cleanly; too many non-finite steps in a row stop the run with
-the last good checkpoint intact.
+preemption) and SIGINT (Ctrl-C) save and exit cleanly; too many non-finite steps in a row
+stop the run with the last good checkpoint intact.
 """
 
 from __future__ import annotations
