@@ -133,5 +133,9 @@ class Checkpoints:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for a save in flight and closes; a second call does nothing."""
+    if getattr(self, "_closed", False):
+      return
+    self._closed = True
     self.manager.wait_until_finished()
     self.manager.close()

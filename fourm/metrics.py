@@ -35,7 +35,9 @@ class TensorBoardWriter:
     self._writer.flush()
 
   def close(self) -> None:
-    self._writer.close()
+    if self._writer is not None:  # a second call does nothing
+      self._writer.close()
+      self._writer = None
 
 
 class NullWriter:

@@ -108,6 +108,17 @@ class WorkdirLock:
     return self._fd is not None
 
 
+def closing_quietly(close: Callable[[], None]) -> Callable[[], None]:
+  """`close` for a job's error path (an ExitStack callback): the error that ended the run
+  is the one to report, not a second one from closing its checkpoint manager or writer."""
+  def run() -> None:
+    try:
+      close()
+    except Exception:  # noqa: BLE001
+      pass
+  return run
+
+
 @contextlib.contextmanager
 def exclusive(workdir: str, command: str, *, enabled: bool = True,
               log: Callable[[str], None] = print) -> Iterator[WorkdirLock | None]:

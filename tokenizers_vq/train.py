@@ -14,6 +14,7 @@ above their reconstructions is written to WORKDIR/reconstructions.png.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -149,12 +150,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           log: Callable[[str], None] = print) -> dict[str, float]:
   """Trains (or resumes) the tokenizer in `workdir`; returns the last scalars."""
   vq = vqvae_config(config)
-  with workdir_lib.exclusive(workdir, "fourm tokenizer train", log=log):
-    return _train(config, vq, workdir, log=log)
+  # As in `fourm train`: whatever ends the run closes the checkpoint manager and writer.
+  with workdir_lib.exclusive(workdir, "fourm tokenizer train", log=log), \
+       contextlib.ExitStack() as cleanup:
+    return _train(config, vq, workdir, log=log, cleanup=cleanup)
 
 
 def _train(config: ml_collections.ConfigDict, vq, workdir: str, *,
-           log: Callable[[str], None]) -> dict[str, float]:
+           log: Callable[[str], None], cleanup: contextlib.ExitStack) -> dict[str, float]:
   if config.eval_every:  # a missing eval split fails now, not after eval_every steps
     _pipeline(config, vq, train=False)
   optimizer = make_optimizer(config)
@@ -162,6 +165,7 @@ def _train(config: ml_collections.ConfigDict, vq, workdir: str, *,
   checkpoints = Checkpoints(workdir, every=config.checkpoint.every,
                             keep=config.checkpoint.keep,
                             async_save=config.checkpoint.async_save, log=log)
+  cleanup.callback(workdir_lib.closing_quietly(checkpoints.close))
   saved = checkpoints.latest_meta()
   if saved is not None and saved.get("tokenizer") != vq.to_dict():
     raise UsageError(f"{workdir} holds a tokenizer {saved.get('tokenizer')}, this config "
@@ -182,6 +186,7 @@ def _train(config: ml_collections.ConfigDict, vq, workdir: str, *,
   train_step = step_lib.make_train_step(graphdef, vq, optimizer, seed=config.seed)
   eval_step = step_lib.make_eval_step(graphdef, vq)
   writer = metrics_lib.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
+  cleanup.callback(workdir_lib.closing_quietly(writer.close))
   last: dict[str, float] = {}
   window_start, window_steps = time.perf_counter(), 0
   for step in range(start, config.total_steps):

@@ -10,6 +10,7 @@ stop the run with the last good checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -201,12 +202,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   is_chief = jax.process_index() == 0
   log = log or (print if is_chief else (lambda _: None))
   # One run per workdir: a second one is refused before it can overwrite checkpoints.
-  with workdir_lib.exclusive(workdir, "fourm train", enabled=is_chief, log=log):
-    return _train(config, workdir, log=log, stop_after=stop_after, is_chief=is_chief)
+  # Whatever ends the run, the checkpoint manager and the writers are closed (an in-flight
+  # save finishes), so a clear error is not followed by tracebacks from their threads.
+  with workdir_lib.exclusive(workdir, "fourm train", enabled=is_chief, log=log), \
+       contextlib.ExitStack() as cleanup:
+    return _train(config, workdir, log=log, stop_after=stop_after, is_chief=is_chief,
+                  cleanup=cleanup)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None],
-           stop_after: int | None, is_chief: bool) -> dict[str, float]:
+           stop_after: int | None, is_chief: bool,
+           cleanup: contextlib.ExitStack) -> dict[str, float]:
   total_steps = int(config.total_steps)
   build = model_factory(config)  # checks the modalities and the model config first
 
@@ -222,6 +228,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[st
 
   checkpoints = Checkpoints(workdir, every=config.checkpoint.every, keep=config.checkpoint.keep,
                             async_save=config.checkpoint.async_save, log=log)
+  cleanup.callback(workdir_lib.closing_quietly(checkpoints.close))
   saved = checkpoints.latest_meta()
   if saved is not None:
     _check_resumable(saved["config"], config, workdir)
@@ -246,6 +253,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[st
   eval_step = make_eval_step(graphdef, mesh, rules=rules)
   writer = (metrics_lib.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
             if is_chief else metrics_lib.NullWriter())
+  cleanup.callback(workdir_lib.closing_quietly(writer.close))
   tokens_per_step = config.batch_size * (config.input_budget + config.target_budget)
   profile = tuple(config.profile_steps or ())
   last: dict[str, float] = {}
