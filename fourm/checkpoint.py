@@ -7,22 +7,34 @@ resume needs, on the same mesh or another. The config is saved beside it as JSON
 run can be inspected (and its shapes checked) without the file it came from.
 
 Restoring takes the newest checkpoint that reads back whole; one that does not (a
-truncated or corrupted file) is reported and the one before it is used. Generation
-restores the parameters alone (`restore_latest_params`): the optimizer's arrays, twice
-the parameters' size with AdamW, are never read, and no optimizer is needed to describe
-them.
+truncated or corrupted file) is reported and the one before it is used, and the run that
+owns the workdir moves it to `WORKDIR/checkpoints_unreadable/` so that the next save of
+that step is not skipped over it. Generation restores the parameters alone
+(`restore_latest_params`): the optimizer's arrays, twice the parameters' size with AdamW,
+are never read, and no optimizer is needed to describe them.
+
+A save the file system refuses (full, read-only) is one `WriteError` naming the step, the
+reason and the checkpoints that are intact; orbax writes into a temporary directory and
+renames it only when complete, and deletes old checkpoints only after a save succeeds, so
+a failed or killed save loses nothing that was saved before (its temporary directory is
+removed when the next run opens the workdir). Orbax's own reports of such failures, and
+of reads abandoned in a damaged checkpoint, from its background threads, are kept off the
+console: the one line fourm prints says it all.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from fourm.errors import UsageError
+from fourm.errors import UsageError, WriteError, write_refusal
 
 # Any pytree of arrays with a `step` attribute: the 4M TrainState, a tokenizer's state.
 TrainState = Any
@@ -39,24 +51,60 @@ class Checkpoints:
   that is a pytree of arrays with a `step` (the 4M model's, a tokenizer's)."""
 
   def __init__(self, workdir: str, *, every: int, keep: int, async_save: bool = True,
-               log: Callable[[str], None] = print):
+               log: Callable[[str], None] = print, owner: bool = True):
+    """`owner`: this is the run that writes the workdir (and holds its lock). Only the
+    owner removes what a killed save left and sets unreadable checkpoints aside; a
+    reader (generation, loading a tokenizer) may look while a run is writing."""
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self.every, self.log = max(every, 1), log
+    self.every, self.log, self.owner = max(every, 1), log, owner
+    self._pending: int | None = None  # the step of a save that may still be in flight
+    _keep_orbax_failures_off_the_console(self.directory)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(every, 1), max_to_keep=keep,
-        enable_async_checkpointing=async_save, create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "meta"))
+        enable_async_checkpointing=async_save, create=owner, cleanup_tmp_directories=owner)
+    try:
+      self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                           item_names=("state", "meta"))
+    except Exception as error:
+      raise self._refused(error, "cannot open the checkpoint directory") from None
 
   def save(self, state: TrainState, meta: Mapping[str, Any], *, force: bool = False) -> bool:
-    """Saves if the step is due (or `force`); returns whether a save started."""
+    """Saves if the step is due (or `force`); returns whether a save started. Raises
+    WriteError when the file system refuses this save or the one before (async)."""
     step = int(state.step)
     if not force and step % self.every:
       return False
+    self.wait()  # a failure of the save before is reported as that step's
     if step == self.manager.latest_step():
       return False
-    return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))), force=force)
+    try:
+      started = self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))),
+          force=force)
+    except Exception as error:
+      raise self._refused(error, f"cannot save the checkpoint of step {step}") from None
+    self._pending = step if started else None
+    return started
+
+  def _refused(self, error: Exception, what: str) -> Exception:
+    """A WriteError for `error` when it is the file system refusing a write; else `error`
+    itself (a bug, to be raised as it is)."""
+    refusal = write_refusal(error)
+    if refusal is None:
+      return error
+    reason, path = refusal
+    intact = [s for s in self._steps_on_disk() if s != self._pending]
+    kept = (f"the checkpoints of steps {intact} are intact" if intact else
+            "no earlier checkpoint exists")
+    return WriteError(f"{what} in {self.directory}: {reason}"
+                      f"{f' (writing {path})' if path else ''}; {kept}. Free space or fix "
+                      "the directory's permissions, then run the same command to resume")
+
+  def _steps_on_disk(self) -> list[int]:
+    try:
+      return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+    except OSError:
+      return []
 
   def latest_meta(self) -> dict | None:
     """The metadata (step, data position, config) of the newest checkpoint whose metadata
@@ -78,8 +126,27 @@ class Checkpoints:
         "into this run's state; move the directory away to start afresh")
     if found is None:
       return None
-    state, _, meta = found
+    state, step, meta = found
+    self._set_aside_newer_than(step)
     return state, meta
+
+  def _set_aside_newer_than(self, step: int) -> None:
+    """Moves the unreadable checkpoints after `step` out of the way (to
+    `WORKDIR/checkpoints_unreadable/`), so that this run saves those steps afresh rather
+    than skipping them as saved. Only the run that owns the workdir does this."""
+    unreadable = [s for s in self.manager.all_steps() if s > step]
+    if not unreadable or not self.owner or jax.process_index() != 0:
+      return
+    aside = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable")
+    os.makedirs(aside, exist_ok=True)
+    for bad in unreadable:
+      target = os.path.join(aside, str(bad))
+      if os.path.exists(target):
+        shutil.rmtree(target)
+      os.rename(os.path.join(self.directory, str(bad)), target)
+      self.log(f"moved the unreadable checkpoint of step {bad} to {target}; delete it once "
+               "you have looked at it")
+    self.manager.reload()
 
   def restore_latest_params(self, params_like) -> tuple[Any, int, dict] | None:
     """(params, step, meta) of the newest checkpoint whose parameters read back, or None
@@ -130,12 +197,65 @@ class Checkpoints:
     return None
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for a save in flight; raises WriteError when the file system refused it."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as error:
+      raise self._refused(error, f"cannot save the checkpoint of step {self._pending}"
+                          ) from None
+    self._pending = None
 
   def close(self) -> None:
     """Waits for a save in flight and closes; a second call does nothing."""
     if getattr(self, "_closed", False):
       return
     self._closed = True
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+
+# Orbax (through tensorstore and asyncio) reports failures from its background threads
+# besides raising them where the caller waits: a refused write is logged with its traceback
+# by every thread it touched, and the reads left running when one read of a damaged
+# checkpoint fails end in "Event loop is closed" tracebacks (the loop orbax ran them on is
+# gone) and asyncio's "Future exception was never retrieved". fourm reports each of these
+# as one line already (WriteError, "cannot be read; trying the one before"), so they are
+# kept off the console; anything else orbax or asyncio reports still shows.
+_QUIETED_DIRECTORIES: set[str] = set()
+
+
+def _keep_orbax_failures_off_the_console(directory: str) -> None:
+  if not _QUIETED_DIRECTORIES:
+    logging.getLogger("absl").addFilter(_orbax_report_of_a_refused_write)
+    logging.getLogger("asyncio").addFilter(_abandoned_checkpoint_read)
+    sys.unraisablehook = _without_orbax_leftovers(sys.unraisablehook)
+  _QUIETED_DIRECTORIES.add(directory)
+
+
+def _orbax_report_of_a_refused_write(record: logging.LogRecord) -> bool:
+  if "orbax" not in record.pathname or record.levelno < logging.ERROR:
+    return True
+  error = record.exc_info[1] if record.exc_info else None
+  refused = (error is not None and write_refusal(error)) or \
+      write_refusal(Exception(record.getMessage()))
+  return not refused
+
+
+def _abandoned_checkpoint_read(record: logging.LogRecord) -> bool:
+  message = record.getMessage()
+  return not (message.startswith("Future exception was never retrieved") and
+              any(directory in message for directory in _QUIETED_DIRECTORIES))
+
+
+def _without_orbax_leftovers(previous):
+  def hook(unraisable) -> None:
+    error, source = unraisable.exc_value, unraisable.object
+    code = getattr(source, "cr_code", None)
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+      return
+    if code is not None and "orbax" in code.co_filename:  # coroutines cut off at exit
+      return
+    previous(unraisable)
+  return hook

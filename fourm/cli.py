@@ -328,11 +328,21 @@ def main(argv: list[str] | None = None) -> int:
             "fourm tokenizer train", file=sys.stderr)
       return 2
     args.overrides = overrides
-  from fourm.errors import FourmError
+  from fourm.errors import FourmError, write_refusal
   try:
     args.run(args)
   except FourmError as error:
     print(f"fourm {args.command}: error: {error}", file=sys.stderr)
+    return 2
+  except Exception as error:
+    # A full, read-only or forbidden file system, wherever it refuses a write that the
+    # command does not report in its own words (those raise WriteError above).
+    refusal = write_refusal(error)
+    if refusal is None:
+      raise
+    reason, path = refusal
+    print(f"fourm {args.command}: error: cannot write {path or 'its output'}: {reason}",
+          file=sys.stderr)
     return 2
   except BrokenPipeError:
     # The reader went away (`fourm info ... | head`): not an error of ours, nothing to say.

@@ -8,36 +8,62 @@ behind the same small interface (`write_scalars(step, {name: value})`).
 
 from __future__ import annotations
 
+import itertools
 import os
+import socket
 import time
 from collections.abc import Mapping
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+from fourm.errors import refused_writes_as
+
+_WRITER_IDS = itertools.count()
 
 
 class TensorBoardWriter:
-  """Scalars into `logdir` as TensorBoard event files (one file per writer)."""
+  """Scalars into `logdir` as TensorBoard event files (one file per writer).
+
+  Writes are synchronous (TensorBoard's EventFileWriter queues them for a thread of its
+  own): a few scalars per logged step cost nothing to write at once, and a file system
+  that refuses them is then one WriteError where the loop writes, not a traceback from
+  a thread followed by another at the next write."""
 
   def __init__(self, logdir: str):
-    os.makedirs(logdir, exist_ok=True)
     self.logdir = logdir
-    self._writer = EventFileWriter(logdir)
+    name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+            f"{os.getpid()}.{next(_WRITER_IDS)}")
+    self.path = os.path.join(logdir, name)
+    self._writer = None
+    with self._writing():
+      os.makedirs(logdir, exist_ok=True)
+      self._writer = RecordWriter(open(self.path, "wb"))
+      self._add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+      self._writer.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     summary = summary_pb2.Summary(value=[
         summary_pb2.Summary.Value(tag=name, simple_value=float(value))
         for name, value in scalars.items()])
-    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                           summary=summary))
+    with self._writing():
+      self._add(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
   def flush(self) -> None:
-    self._writer.flush()
+    with self._writing():
+      self._writer.flush()
 
   def close(self) -> None:
     if self._writer is not None:  # a second call does nothing
-      self._writer.close()
-      self._writer = None
+      writer, self._writer = self._writer, None
+      with self._writing():
+        writer.close()
+
+  def _add(self, event: event_pb2.Event) -> None:
+    self._writer.write(event.SerializeToString())
+
+  def _writing(self):
+    return refused_writes_as(f"cannot write TensorBoard events to {self.path}")
 
 
 class NullWriter:

@@ -93,12 +93,18 @@ class WorkdirLock:
 
   def release(self) -> None:
     if self._fd is not None:
-      # The record stays, marked finished (it tells who ran last); the lock goes.
+      # The record stays, marked finished (it tells who ran last); the lock goes. On a
+      # file system that now refuses writes the record stays unmarked: the next run then
+      # says it took the lock over, which is harmless, and the run's own error is the one
+      # reported.
       record = _read_holder(self._fd)
       record["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-      os.ftruncate(self._fd, 0)
-      os.lseek(self._fd, 0, os.SEEK_SET)
-      os.write(self._fd, json.dumps(record).encode())
+      try:
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        os.write(self._fd, json.dumps(record).encode())
+      except OSError:
+        pass
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None

@@ -58,3 +58,35 @@ def write_dataset(directory: str, samples_by_split: dict, records_per_shard: int
       splits.setdefault(split, []).append((name, count))
       stats.append(shard_stats)
   return records.write_info(directory, "test", splits, stats, metadata)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_train_data(root) -> tuple[str, str]:
+  """A 48-scene synthetic world and its rgb / semseg patch tokens under `root`: the data
+  of the small training runs (`small_config`)."""
+  from fourm.data import patch_tokens, world
+  scenes, tokens = os.path.join(root, "world"), os.path.join(root, "tokens")
+  world.write_world(scenes, 48, resolution=64, seed=0, val_fraction=1 / 6, workers=1,
+                    progress=False, log=lambda _: None)
+  patch_tokens.write_patch_tokens(scenes, tokens, modalities.SMALL_LAYOUT,
+                                  ("tok_rgb", "tok_semseg"), progress=False, log=lambda _: None)
+  return scenes, tokens
+
+
+def small_config(data, **overrides):
+  """The tiny 4M run the training tests use: two blocks of width 32 over `data`."""
+  from fourm import config as config_lib
+  config = config_lib.load_config(os.path.join(ROOT, "configs/tiny_synthetic.py:smoke"))
+  config.modalities = ("rgb", "tok_rgb", "tok_semseg", "caption")
+  config.data.paths = tuple(data)
+  config.model.dim, config.model.num_heads = 32, 2
+  config.model.encoder_depth = config.model.decoder_depth = 1
+  config.input_budget = config.target_budget = 32
+  config.log_every, config.eval_every = 1, 3
+  config.checkpoint.async_save = False
+  config.mesh.data = 1
+  for key, value in overrides.items():
+    config_lib.apply_override(config, f"{key}={value!r}")
+  return config

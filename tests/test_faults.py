@@ -3,15 +3,18 @@ status 2, naming the place, and loses nothing already written. Each probe runs t
 CLI (`fourm.cli.main`) or the library call a notebook makes.
 
 The probes of tests elsewhere are listed at the end (COVERED_ELSEWHERE) so this file is
-the table of every guarantee; the slow ones (kill -9 / SIGTERM / SIGINT during training,
-two concurrent runs on one workdir) live in tests/test_train.py.
+the table of every guarantee; the ones that need a training run in a subprocess (kill -9 /
+SIGTERM / SIGINT, two concurrent runs on one workdir) live in tests/test_train.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -19,8 +22,9 @@ from PIL import Image
 
 from fourm import cli
 from fourm.data import record_codec, records, synthetic
-from fourm.errors import UsageError
-from tests.helpers import write_dataset
+from fourm.errors import UsageError, WriteError, write_refusal
+from fourm.train import loop
+from tests.helpers import small_config, write_dataset, write_train_data
 from tokenizers_vq.text import TextSpecialIds
 
 
@@ -64,6 +68,21 @@ def test_a_float_image_is_refused_with_the_file_named(tmp_path, capsys):
                         str(tmp_path / "out"), "--quiet")
   assert status == 2 and "depth.tiff" in err and "floating-point image" in err
   assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("side", [40, 50])  # PIL warns over 1,000 pixels, raises over 2,000
+def test_an_image_over_the_pixel_limit_is_refused_with_the_file_named(tmp_path, capsys,
+                                                                      monkeypatch, side):
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(photos / "huge.png")
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photos / "fine.png")
+  status, err = run_cli(capsys, "ingest", "--images", str(photos), "--out",
+                        str(tmp_path / "out"), "--quiet")
+  assert status == 2, err
+  assert re.fullmatch(r"fourm ingest: error: \S+/huge.png: field 'rgb': too large \(.*"
+                      r"raise PIL.Image.MAX_IMAGE_PIXELS \(now 1,000\) if you trust it\n", err)
 
 
 # Datasets -------------------------------------------------------------------------------
@@ -129,6 +148,146 @@ def test_generate_refuses_an_out_that_is_a_file_before_loading_anything(tmp_path
   assert status == 2 and "taken: exists and is not a folder" in err, err
 
 
+# File systems that refuse writes ----------------------------------------------------------
+# A real full disk is a small tmpfs and a real read-only one a read-only bind mount; both
+# need mount(2) (root with CAP_SYS_ADMIN, as on this project's machines and CI). Where
+# mounting is not allowed those tests skip, and the simulated ENOSPC below still runs.
+
+
+@contextlib.contextmanager
+def mounted(target, *options: str):
+  os.makedirs(target, exist_ok=True)
+  done = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True)
+  if done.returncode:
+    pytest.skip(f"cannot mount here ({done.stderr.strip()[:80]})")
+  try:
+    yield str(target)
+  finally:
+    subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+  return write_train_data(tmp_path_factory.mktemp("faults_data"))
+
+
+def quiet(_):
+  pass
+
+
+def assert_quiet(err: str) -> None:
+  """Nothing but fourm's own lines: no traceback or log record from a background thread."""
+  assert "Traceback" not in err and "ERROR:" not in err and "Event loop" not in err, err[:2000]
+
+
+def resumes_from(data, workdir, step: int, total_steps: int) -> None:
+  lines = []
+  loop.train(small_config(data, eval_every=0, total_steps=total_steps,
+                          **{"checkpoint.every": 2}), workdir, log=lines.append)
+  assert f"resumed from the checkpoint at step {step} in" in "\n".join(lines), lines
+  names = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert str(total_steps) in names and not [n for n in names if "tmp" in n], names
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_training_with_one_line_and_the_checkpoints_before_intact(
+    train_data, tmp_path, capfd):
+  # One checkpoint of this model is ~24 MB: the first fits in 40 MB, the second does not.
+  with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=40M", "tmpfs") as disk:
+    workdir = os.path.join(disk, "run")
+    config = small_config(train_data, eval_every=0, total_steps=6,
+                          **{"checkpoint.every": 2, "checkpoint.async_save": True})
+    with pytest.raises(WriteError) as raised:
+      loop.train(config, workdir, log=quiet)
+    message = str(raised.value)
+    assert re.search(r"cannot save the checkpoint of step 4 in \S+/run/checkpoints: No space "
+                     r"left on device \(writing \S+\); the checkpoints of steps \[2\] are "
+                     "intact", message), message
+    assert "\n" not in message
+    assert_quiet(capfd.readouterr().err)
+    subprocess.run(["mount", "-o", "remount,size=200M", disk], check=True)
+    resumes_from(train_data, workdir, 2, total_steps=6)  # and the failed save's litter goes
+
+
+@pytest.mark.slow
+def test_a_workdir_made_read_only_mid_run_is_one_line_and_loses_nothing(train_data, tmp_path,
+                                                                        capfd):
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  protect = contextlib.ExitStack()
+
+  def log(line: str) -> None:  # after step 2's checkpoint (saved synchronously)
+    if line.startswith("step 3/"):
+      protect.enter_context(mounted(workdir, "--bind", workdir))
+      subprocess.run(["mount", "-o", "remount,bind,ro", workdir], check=True)
+
+  with protect, pytest.raises(WriteError) as raised:
+    loop.train(small_config(train_data, eval_every=0, total_steps=6,
+                            **{"checkpoint.every": 2}), workdir, log=log)
+  assert re.search(r"(cannot save the checkpoint of step 4 in \S+|cannot write TensorBoard "
+                   r"events to \S+): Read-only file system", str(raised.value)), raised.value
+  assert_quiet(capfd.readouterr().err)
+  resumes_from(train_data, workdir, 2, total_steps=6)
+
+
+def test_an_async_save_the_disk_refuses_names_its_step(train_data, tmp_path, monkeypatch,
+                                                       capfd):
+  """A simulated ENOSPC in orbax's background save of step 4 (of the metadata it writes
+  from Python): it surfaces at the next save, as that step's failure."""
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler as json_handler
+  real = json_handler.JsonCheckpointHandler._save_fn
+
+  async def full_from_step_4(self, x, directory):
+    if int(str(directory).split("/checkpoints/")[1].split(".")[0]) >= 4:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "metadata"))
+    await real(self, x, directory)
+
+  monkeypatch.setattr(json_handler.JsonCheckpointHandler, "_save_fn", full_from_step_4)
+  config = small_config(train_data, eval_every=0, total_steps=8,
+                        **{"checkpoint.every": 2, "checkpoint.async_save": True})
+  status_line = None
+  try:
+    loop.train(config, str(tmp_path), log=quiet)
+  except WriteError as error:
+    status_line = str(error)
+  assert status_line and re.search(r"cannot save the checkpoint of step 4 .*No space left on "
+                                   r"device \(writing \S+/metadata\); the checkpoints of "
+                                   r"steps \[2\] are intact", status_line), status_line
+  assert_quiet(capfd.readouterr().err)
+  monkeypatch.undo()
+  resumes_from(train_data, str(tmp_path), 2, total_steps=8)
+
+
+def test_a_full_disk_while_writing_records_is_one_line(tmp_path, capsys):
+  with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=1M", "tmpfs") as disk:
+    status, err = run_cli(capsys, "synth", "--out", os.path.join(disk, "world"), "--num",
+                          "100", "--resolution", "64", "--workers", "1", "--quiet")
+    assert status == 2, err
+    assert re.fullmatch(r"fourm synth: error: cannot write \S+/world/\S+\.array_record\.tmp: "
+                        r"No space left on device\n", err), err
+    # What was finished is whole: no shard without its footer is left under its final name.
+    for name in os.listdir(os.path.join(disk, "world")):
+      assert name.endswith((".tmp", ".json")) or os.path.exists(
+          os.path.join(disk, "world", name + ".json")), name
+
+
+def test_a_refused_write_names_the_path_and_the_reason():
+  chained = RuntimeError("write() failed: No space left on device; writing /d/x.tmp; at byte 9")
+  assert write_refusal(chained) == ("No space left on device", "/d/x.tmp")
+  orbax_style = ValueError('PERMISSION_DENIED: Error writing local file "/w/c/4/_sharding": '
+                           "Read-only file system [os_error_code='30']")
+  assert write_refusal(orbax_style) == ("Read-only file system", "/w/c/4/_sharding")
+  try:
+    try:
+      raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/q/file")
+    except OSError as error:
+      raise RuntimeError("saving failed") from error
+  except RuntimeError as wrapped:
+    assert write_refusal(wrapped) == (os.strerror(errno.EDQUOT), "/q/file")
+  assert write_refusal(ValueError("DATA_LOSS: corrupt")) is None
+  assert write_refusal(FileNotFoundError(errno.ENOENT, "missing", "/a")) is None
+
+
 # Generation conditions --------------------------------------------------------------------
 
 
@@ -192,7 +351,9 @@ COVERED_ELSEWHERE = {
     "unknown config variants": "test_train.py::test_every_config_loads_and_initializes_abstractly",
     "meshes that do not divide the batch, too many devices": "test_train.py",
     "resuming with another model, budget, batch size or seed": "test_train.py",
-    "kill -9 after a checkpoint, then resume bitwise": "test_train.py",
+    "kill -9 after and during a checkpoint write, then resume bitwise": "test_train.py",
+    "float or out-of-vocabulary token ids": "test_masking.py",
+    "a garbled newest checkpoint: fallback with no orbax tracebacks": "test_loading.py",
     "SIGTERM and Ctrl-C save a checkpoint; a second run on the workdir is refused":
         "test_train.py",
     "a damaged newest checkpoint falls back to the one before": "test_train.py, test_loading.py",

@@ -167,28 +167,37 @@ def test_the_parameters_restore_through_the_checkpoints_that_saved_the_state(
   assert_same_values(params, state.params)
 
 
-def truncate_state(workdir, step: int) -> None:
-  """Damages the arrays of one checkpoint's state, as a crash mid-write would."""
+def damage_state(workdir, step: int, how: str = "truncate") -> None:
+  """Damages the arrays of one checkpoint's state, as a crash mid-write (`truncate`) or a
+  bad disk (`garble`: the first half of every data file overwritten) would."""
+  rng = np.random.default_rng(step)
   for path in glob.glob(os.path.join(workdir, f"checkpoints/{step}/state/**"),
                         recursive=True):
     if os.path.isfile(path) and os.path.getsize(path) > 64:
       with open(path, "r+b") as f:
-        f.truncate(16)
+        if how == "truncate":
+          f.truncate(16)
+        elif "/d/" in path:
+          f.write(rng.integers(0, 256, os.path.getsize(path) // 2, np.uint8).tobytes())
 
 
+@pytest.mark.parametrize("how", ["truncate", "garble"])
 def test_a_damaged_newest_checkpoint_falls_back_then_none_readable_is_refused(
-    tmp_path, state, config, capsys):
+    tmp_path, state, config, capfd, how):
   newer = state.replace(step=jnp.asarray(8, jnp.int32),
                         params=jax.tree.map(lambda x: x * 2, state.params))
   save(tmp_path, state, config)
   save(tmp_path, newer, config)
-  truncate_state(str(tmp_path), 8)
+  damage_state(str(tmp_path), 8, how)
   trained = loading.load_model(str(tmp_path))
   assert trained.step == 5
   assert_same_values(params_of(trained.model), state.params)
-  assert "checkpoint at step 8" in capsys.readouterr().out
+  out, err = capfd.readouterr()
+  assert "checkpoint at step 8" in out
+  # The reads orbax abandoned in the damaged checkpoint leave no tracebacks behind.
+  assert "Traceback" not in err and "Event loop" not in err, err[:2000]
 
-  truncate_state(str(tmp_path), 5)
+  damage_state(str(tmp_path), 5, how)
   with pytest.raises(UsageError, match=r"none of the checkpoints \[8, 5\] .* can be read"):
     loading.load_model(str(tmp_path))
 

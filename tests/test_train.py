@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,12 +18,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 from fourm import config as config_lib
-from fourm import metrics, modalities
+from fourm import metrics
 from fourm.checkpoint import Checkpoints
-from fourm.data import patch_tokens, world
 from fourm.errors import RecordError, UsageError
 from fourm.train import loop
 from fourm.train.config import default_config
+from tests.helpers import small_config, write_train_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOURM = os.path.join(os.path.dirname(sys.executable), "fourm")
@@ -30,28 +31,7 @@ FOURM = os.path.join(os.path.dirname(sys.executable), "fourm")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-  root = tmp_path_factory.mktemp("train")
-  scenes, tokens = str(root / "world"), str(root / "tokens")
-  world.write_world(scenes, 48, resolution=64, seed=0, val_fraction=1 / 6, workers=1,
-                    progress=False, log=lambda _: None)
-  patch_tokens.write_patch_tokens(scenes, tokens, modalities.SMALL_LAYOUT,
-                                  ("tok_rgb", "tok_semseg"), progress=False, log=lambda _: None)
-  return scenes, tokens
-
-
-def small_config(data, **overrides):
-  config = config_lib.load_config(os.path.join(ROOT, "configs/tiny_synthetic.py:smoke"))
-  config.modalities = ("rgb", "tok_rgb", "tok_semseg", "caption")
-  config.data.paths = tuple(data)
-  config.model.dim, config.model.num_heads = 32, 2
-  config.model.encoder_depth = config.model.decoder_depth = 1
-  config.input_budget = config.target_budget = 32
-  config.log_every, config.eval_every = 1, 3
-  config.checkpoint.async_save = False
-  config.mesh.data = 1
-  for key, value in overrides.items():
-    config_lib.apply_override(config, f"{key}={value!r}")
-  return config
+  return write_train_data(tmp_path_factory.mktemp("train"))
 
 
 def quiet(_):
@@ -160,11 +140,16 @@ def test_a_damaged_newest_checkpoint_is_skipped(data, whole_run, tmp_path):
                                ).restore_latest(fresh)
   assert int(restored.step) == 3 and meta["data"]["batches_consumed"] == 3
   assert any("checkpoint at step 6" in line and "cannot be read" in line for line in lines)
+  # The run that owns the workdir sets it aside, so that its next save of step 6 is made
+  # (not skipped as already saved) and a later resume does not stumble on it again.
+  assert os.path.isdir(tmp_path / "checkpoints_unreadable" / "6")
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+  assert any("moved the unreadable checkpoint of step 6" in line for line in lines)
   for path in glob.glob(str(tmp_path / "checkpoints/3/state/**"), recursive=True):
     if os.path.isfile(path) and os.path.getsize(path) > 64:
       with open(path, "r+b") as f:
         f.truncate(16)
-  with pytest.raises(UsageError, match=r"none of the checkpoints \[6, 3\] .* can be read"):
+  with pytest.raises(UsageError, match=r"none of the checkpoints \[3\] .* can be read"):
     Checkpoints(str(tmp_path), every=3, keep=3, log=quiet).restore_latest(fresh)
 
 
@@ -224,31 +209,48 @@ def _train_command(data, workdir, *extra):
           *extra]
 
 
-def _wait_for(predicate, proc, timeout=120):
+def _wait_for(predicate, proc, timeout=120, poll_s=0.02):
   deadline = time.time() + timeout
   while not predicate():
     assert proc.poll() is None, proc.stdout.read()
     assert time.time() < deadline, "timed out"
-    time.sleep(0.02)
+    time.sleep(poll_s)
+
+
+def _saves_in_flight(directory: str, from_step: int) -> list[str]:
+  """The temporary directories of checkpoints being written, of steps >= from_step."""
+  return [name for name in glob.glob(os.path.join(directory, "*.orbax-checkpoint-tmp"))
+          if int(os.path.basename(name).split(".")[0]) >= from_step]
 
 
 @pytest.mark.slow
-def test_sigkill_after_a_checkpoint_then_restart_matches_an_uninterrupted_run(data, tmp_path):
+def test_sigkill_after_and_during_a_checkpoint_then_restart_matches_an_uninterrupted_run(
+    data, tmp_path):
   common = ["--config.total_steps=40", "--config.checkpoint.every=4", "--config.log_every=1",
-            "--config.mesh.data=1"]
+            "--config.mesh.data=1", "--config.checkpoint.async_save=True"]
   whole = str(tmp_path / "whole")  # uninterrupted, in this process (the same config)
   loop.train(small_config(data, eval_every=0, total_steps=40, **{"checkpoint.every": 4}),
              whole, log=quiet)
   killed = str(tmp_path / "killed")
-  proc = subprocess.Popen(_train_command(data, killed, *common), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  _wait_for(lambda: os.path.isdir(os.path.join(killed, "checkpoints", "4")), proc)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  checkpoints = os.path.join(killed, "checkpoints")
+
+  def kill_when(predicate) -> None:
+    proc = subprocess.Popen(_train_command(data, killed, *common), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    _wait_for(predicate, proc, poll_s=0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+  kill_when(lambda: os.path.isdir(os.path.join(checkpoints, "4")))  # after a checkpoint
+  kill_when(lambda: _saves_in_flight(checkpoints, 8))  # in the middle of writing one
+  written = sorted(os.listdir(checkpoints))
+  assert _saves_in_flight(checkpoints, 8), written  # the kill did cut a save short
   restarted = subprocess.run(_train_command(data, killed, *common), check=True,
                              capture_output=True, text=True)
-  assert "resumed from the checkpoint at step" in restarted.stdout
+  assert "took over the lock of fourm train" in restarted.stdout  # the killed run's
+  assert re.search(r"resumed from the checkpoint at step \d+", restarted.stdout)
   assert "step 40/40" in restarted.stdout
+  assert not _saves_in_flight(checkpoints, 0), os.listdir(checkpoints)  # its litter is gone
   assert_trees_equal(final_params(killed)[1], final_params(whole)[1])
 
 

@@ -223,13 +223,12 @@ def load_tokenizer(workdir: str) -> step_lib.VQTokenizer:
   if not os.path.isdir(directory):
     raise UsageError(f"{workdir}: no tokenizer checkpoints (expected {directory}; train one "
                      "with fourm tokenizer train)")
-  checkpoints = Checkpoints(workdir, every=1, keep=1, async_save=False)
-  steps = sorted(checkpoints.manager.all_steps(), reverse=True)
-  if not steps:
+  checkpoints = Checkpoints(workdir, every=1, keep=1, async_save=False, owner=False)
+  if not checkpoints.manager.all_steps():
     raise UsageError(f"{workdir}: the checkpoints directory holds no finished checkpoint")
-  import orbax.checkpoint as ocp
-  meta = checkpoints.manager.restore(steps[0], args=ocp.args.Composite(
-      meta=ocp.args.JsonRestore()))["meta"]
+  meta = checkpoints.latest_meta()
+  if meta is None:
+    raise UsageError(f"{workdir}: none of its checkpoints can be read")
   if "tokenizer" not in meta:
     raise UsageError(f"{workdir}: holds a checkpoint that is not a VQ-VAE tokenizer's")
   vq = VQVAEConfig.from_dict(meta["tokenizer"])

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Callable
 
 from PIL import Image
@@ -90,7 +91,13 @@ def load_image(folder: str, relative: str) -> records.EncodedImage:
   with open(path, "rb") as f:
     data = f.read()
   try:
-    with Image.open(io.BytesIO(data)) as image:
+    # Over PIL's pixel limit (a guard against decompression bombs) PIL only warns, up to
+    # twice the limit, and then decodes a picture of gigabytes: refused here, like any
+    # bad image, whichever side of twice the limit it falls.
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      image = Image.open(io.BytesIO(data))
+    with image:
       image_format = image.format
       image.load()
       record_codec.to_rgb8(image)  # refuses what cannot be read faithfully, now
@@ -98,6 +105,10 @@ def load_image(folder: str, relative: str) -> records.EncodedImage:
         buffer = io.BytesIO()
         Image.fromarray(record_codec.to_rgb8(image)).save(buffer, format="PNG")
         return records.EncodedImage(buffer.getvalue(), "png")
+  except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+    raise records.RecordError(
+        f"too large ({error}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS (now "
+        f"{Image.MAX_IMAGE_PIXELS:,}) if you trust it", path=path, field="rgb") from None
   except Exception as error:
     raise records.RecordError(f"cannot decode image ({type(error).__name__}: {error})",
                               path=path, field="rgb") from error

@@ -49,7 +49,8 @@ def load_model(workdir: str, mesh: jax.sharding.Mesh | None = None) -> TrainedMo
   if not os.path.isdir(directory):
     raise UsageError(f"--checkpoint {workdir}: no checkpoints there (expected {directory}; "
                      "train a model with fourm train)")
-  checkpoints = Checkpoints(workdir, every=1, keep=1_000_000, async_save=False)
+  checkpoints = Checkpoints(workdir, every=1, keep=1_000_000, async_save=False,
+                            owner=False)
   try:
     meta = checkpoints.latest_meta()
     if meta is None or "config" not in meta:
