@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 # The main job on the embedded default dataset: render the synthetic world and draw its
 # samples, train an rgb VQ-VAE tokenizer on it, tokenize the world (rgb with the VQ-VAE,
 # depth / normals / segmentation with ground-truth patch quantizers), train the tiny 4M
-# model on it, and generate with it: rgb -> everything, caption -> everything (chained).
+# model on it, and generate with it: rgb -> everything, caption -> everything (chained);
+# then fine-tune its encoder for semantic segmentation and evaluate that.
 # Every step but the last two resumes or finds its work done when run again.
 demo: $(STAMP)
 	$(BIN)/fourm synth --out $(DEMO)/world --num 1000 --resolution 64 --seed 0
@@ -41,10 +42,14 @@ demo: $(STAMP)
 	$(BIN)/fourm generate --checkpoint $(DEMO)/train --schedule configs/generation/caption_to_all.py \
 	    --condition caption="a large red cube to the left of a small blue sphere." \
 	    --num-samples 4 --out $(DEMO)/generate_caption
+	$(BIN)/fourm finetune --config configs/finetune/segmentation_synthetic.py:demo --init $(DEMO)/train \
+	    --workdir $(DEMO)/finetune_segmentation
+	$(BIN)/fourm evaluate --workdir $(DEMO)/finetune_segmentation
 	@echo "demo outputs are in $(DEMO)/: world/ (records), world_grid.png, augmented_grid.png,"
 	@echo "  tok_rgb/ (VQ-VAE: checkpoints/, reconstructions.png), tokens_vq/ + tokens/ (token records),"
 	@echo "  train/ (checkpoints/, tensorboard/: tensorboard --logdir $(DEMO)),"
-	@echo "  generate_rgb/ + generate_caption/ (grid.png, tokens.npz, text.json)"
+	@echo "  generate_rgb/ + generate_caption/ (grid.png, tokens.npz, text.json),"
+	@echo "  finetune_segmentation/ (checkpoints/, eval_val/: metrics.json, grid.png)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup

@@ -21,11 +21,25 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> None:
-  from fourm.data import ingest
-  info = ingest.ingest(args.images, args.out, captions=args.captions,
-                       val_fraction=args.val_fraction,
-                       records_per_shard=args.records_per_shard, skip_bad=args.skip_bad,
-                       progress=not args.quiet)
+  from fourm.errors import UsageError
+  sources = [flag for flag in ("images", "coco", "ade20k", "tfds") if getattr(args, flag)]
+  if len(sources) != 1:
+    raise UsageError("give exactly one of --images DIR, --coco ROOT, --ade20k ROOT, "
+                     f"--tfds NAME (got {len(sources)})")
+  common = dict(records_per_shard=args.records_per_shard, progress=not args.quiet)
+  if args.coco:
+    from fourm.data.ingest_coco import ingest_coco
+    info = ingest_coco(args.coco, args.out, **common)
+  elif args.ade20k:
+    from fourm.data.ingest_ade20k import ingest_ade20k
+    info = ingest_ade20k(args.ade20k, args.out, **common)
+  elif args.tfds:
+    from fourm.data.ingest_tfds import ingest_tfds
+    info = ingest_tfds(args.tfds, args.out, data_dir=args.tfds_data_dir, **common)
+  else:
+    from fourm.data import ingest
+    info = ingest.ingest(args.images, args.out, captions=args.captions,
+                         val_fraction=args.val_fraction, skip_bad=args.skip_bad, **common)
   print(_summary(args.out, info))
 
 
@@ -140,6 +154,22 @@ def _train(args: argparse.Namespace) -> None:
   loop.train(config, args.workdir, stop_after=args.stop_after)
 
 
+def _finetune(args: argparse.Namespace) -> None:
+  from fourm.train import distributed
+  distributed.initialize_from_env()
+  from fourm import config as config_lib
+  from fourm.finetune import loop
+  overrides = list(args.overrides) + ([f"init={args.init!r}"] if args.init else [])
+  config = config_lib.load_config(args.config, overrides)
+  loop.finetune(config, args.workdir, stop_after=args.stop_after)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+  from fourm.finetune import loop
+  loop.evaluate_workdir(args.workdir, split=args.split, out=args.out,
+                        num_examples=args.num_examples)
+
+
 def _generate(args: argparse.Namespace) -> None:
   from fourm.generation import cli as generate_cli
   generate_cli.run(args)
@@ -177,8 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(run=_synth)
 
-  p = sub.add_parser("ingest", help="turn a folder of JPEG/PNG images into a dataset")
-  p.add_argument("--images", required=True, help="folder of images (searched recursively)")
+  p = sub.add_parser("ingest", help="turn a folder of images, or COCO / ADE20K / a "
+                     "tensorflow-datasets builder as you hold it, into a dataset")
+  p.add_argument("--images", help="folder of images (searched recursively)")
+  p.add_argument("--coco", metavar="ROOT",
+                 help="COCO: ROOT/annotations/instances_{train,val}2017.json + images (det)")
+  p.add_argument("--ade20k", metavar="ROOT",
+                 help="ADE20K: ADEChallengeData2016/ (semseg, 150 classes)")
+  p.add_argument("--tfds", metavar="NAME",
+                 help="a prepared tfds builder (array_record): coco/2017, scene_parse150, "
+                      "nyu_depth_v2, imagenet2012")
+  p.add_argument("--tfds-data-dir", default=None, help="default: $TFDS_DATA_DIR")
   p.add_argument("--captions", help="captions: .json object, .jsonl, or path<TAB>caption .tsv")
   p.add_argument("--out", required=True, help="output dataset directory")
   p.add_argument("--val-fraction", type=float, default=0.0)
@@ -271,6 +310,28 @@ def build_parser() -> argparse.ArgumentParser:
                  help="end this invocation after N steps with a checkpoint (time-limited jobs)")
   p.set_defaults(run=_train, overrides=[])
 
+  p = sub.add_parser("finetune", help="fine-tune a trained 4M encoder for a task "
+                     "(resumes from --workdir)",
+                     description="Fine-tune the rgb encoder of a fourm train run for "
+                                 "classification, segmentation, depth or detection. Override "
+                                 "config fields with --config.FIELD=VALUE.")
+  p.add_argument("--config", required=True,
+                 help="FILE[:VARIANT], e.g. configs/finetune/segmentation_synthetic.py")
+  p.add_argument("--init", default=None,
+                 help="the pre-trained model: a fourm train workdir (sets config.init)")
+  p.add_argument("--workdir", required=True, help="checkpoints and TensorBoard logs go here")
+  p.add_argument("--stop-after", type=int, default=None,
+                 help="end this invocation after N steps with a checkpoint (time-limited jobs)")
+  p.set_defaults(run=_finetune, overrides=[])
+
+  p = sub.add_parser("evaluate", help="metrics, predictions and a picture grid of a "
+                     "fine-tuned model on a split")
+  p.add_argument("--workdir", required=True, help="a fourm finetune workdir")
+  p.add_argument("--split", default=None, help="default: the config's eval split")
+  p.add_argument("--out", default=None, help="default: WORKDIR/eval_SPLIT")
+  p.add_argument("--num-examples", type=int, default=8, help="rows of the picture grid")
+  p.set_defaults(run=_evaluate)
+
   p = sub.add_parser(
       "generate", help="generate modalities from others with a trained model, chained",
       description="Tokenizes the conditions, runs the chain of targets (each generated "
@@ -324,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
   if overrides:
     if not hasattr(args, "overrides"):
-      print(f"fourm {args.command}: error: --config.* overrides are for fourm train and "
-            "fourm tokenizer train", file=sys.stderr)
+      print(f"fourm {args.command}: error: --config.* overrides are for fourm train, "
+            "fourm finetune and fourm tokenizer train", file=sys.stderr)
       return 2
     args.overrides = overrides
   from fourm.errors import FourmError, write_refusal

@@ -218,6 +218,9 @@ CAPTION = RawSpec("caption", Form.TEXT, "str", Values.TEXT, flip=Flip.SWAP_LEFT_
 # The sample's name: the image's path relative to the ingested folder, or "train/000042"
 # in the synthetic world. Jobs that fail on a sample report it.
 KEY = RawSpec("key", Form.TEXT, "str", Values.NAME)
+# An image-level class name (ImageNet's, or the synthetic world's largest object's): the
+# target of classification fine-tuning, named so datasets need not agree on class ids.
+LABEL = RawSpec("label", Form.TEXT, "str", Values.NAME)
 
 GRID_TOKENIZER = "vqvae"
 TEXT_VOCAB = 30_000               # the reference WordPiece vocabulary
@@ -240,7 +243,7 @@ _4M7 = (
 MODALITY_SET_4M7 = tuple(spec.name for spec in _4M7)
 
 # Raw modalities stored in records without a model modality of their own (yet).
-_RAW_ONLY = (INSTANCE, KEY)
+_RAW_ONLY = (INSTANCE, KEY, LABEL)
 
 # Keys a batch carries beside its modalities; no modality may take these names.
 RESERVED_NAMES = frozenset({"meta"})

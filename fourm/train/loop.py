@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -31,6 +30,7 @@ from fourm import metrics as metrics_lib
 from fourm import workdir as workdir_lib
 from fourm.checkpoint import Checkpoints
 from fourm.train.optimizer import make_optimizer
+from fourm.train.preemption import Preemption
 from fourm.train.state import create_train_state, layout, model_factory, num_params
 from fourm.train.step import make_eval_step, make_train_step
 
@@ -140,36 +140,6 @@ def _check_resumable(saved: Mapping[str, Any], config: ml_collections.ConfigDict
       raise UsageError(f"{workdir} holds a run with {key} = {fixed(saved, key)}, this "
                        f"config says {fixed(current, key)}; use a new --workdir or the same "
                        "config")
-
-
-class _Preemption:
-  """Turns SIGTERM (a preemption) and SIGINT (Ctrl-C) into a flag the loop checks after
-  each step, so both save a checkpoint and exit cleanly. A second Ctrl-C interrupts at
-  once, as a user pressing it again expects."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.requested: str | None = None  # the signal's name, once one came
-    self._previous: dict[int, Any] = {}
-
-  def __enter__(self):
-    for signum in self.SIGNALS:
-      try:
-        self._previous[signum] = signal.signal(signum, self._handle)
-      except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.requested = signal.Signals(signum).name
-    if signum == signal.SIGINT:  # the next Ctrl-C is not deferred
-      signal.signal(signum, self._previous.get(signum, signal.default_int_handler))
-
-  def __exit__(self, *exc):
-    for signum, previous in self._previous.items():
-      signal.signal(signum, previous)
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -289,7 +259,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[st
           f"checkpoint is step {good} in {checkpoints.directory}. Lower the learning rate "
           "or check the data, then resume.")
 
-  with _Preemption() as preemption:
+  with Preemption() as preemption:
     window_start, window_steps = time.perf_counter(), 0
     for step in range(start, total_steps):
       if profile and step == profile[0]:

@@ -1,0 +1,1 @@
+"""Fine-tuning the 4M encoder for downstream tasks."""
