@@ -63,11 +63,8 @@ def restored_state(workdir: str):
   return setup, state
 
 
-@pytest.mark.parametrize("task", [
-    "segmentation",
-    pytest.param("depth", marks=pytest.mark.slow),
-    pytest.param("detection", marks=pytest.mark.slow),
-    pytest.param("classification", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["segmentation", "depth", "detection", "classification"])
 def test_each_task_fine_tunes_and_evaluates_through_the_cli(data, pretrained, tmp_path,
                                                             capsys, task):
   workdir = str(tmp_path / task)
@@ -134,6 +131,7 @@ def test_lora_leaves_the_pretrained_encoder_bitwise_as_it_was(data, pretrained, 
   assert float(np.abs(np.asarray(blocks.attn.qkv.up[...])).max()) > 0  # the adapter moved
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_clear_error(data, pretrained, tmp_path):
   with pytest.raises(UsageError, match="--init WORKDIR"):
     finetune_loop.build(finetune_config("segmentation", data))
@@ -171,3 +169,21 @@ def test_every_finetune_config_loads():
     for variant in getattr(module, "VARIANTS", ("",)):
       config = config_lib.load_config(f"{path}:{variant}" if variant else path)
       assert config.task in path
+
+
+def test_the_moving_average_follows_its_recurrence():
+  ema = {"w": np.float32([1.0, 2.0])}
+  updated = finetune_loop._update_ema(ema, {"w": np.float32([3.0, 0.0])}, 0.75)
+  np.testing.assert_allclose(updated["w"], [1.5, 1.5])
+
+
+@pytest.mark.slow
+def test_an_ema_fine_tune_keeps_and_evaluates_the_average(data, pretrained, tmp_path):
+  workdir = str(tmp_path / "ema")
+  finetune_loop.finetune(finetune_config("segmentation", data, init=pretrained, ema_decay=0.5),
+                         workdir, log=quiet)
+  _, state = restored_state(workdir)
+  differs = jax.tree.map(lambda a, b: not np.array_equal(a, b),
+                         jax.device_get(state.ema), jax.device_get(state.trainable))
+  assert any(jax.tree.leaves(differs))
+  assert state.evaluated is state.ema

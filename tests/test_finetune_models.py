@@ -126,6 +126,7 @@ def _tune(mode: str, steps: int = 5, **tuning):
   return before, nnx.state(after, nnx.Param), frozen_copy, frozen, trainable, losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["lora", "vpt", "linear"])
 def test_parameter_efficient_modes_never_update_the_encoder(mode):
   before, after, frozen_copy, frozen, trainable, losses = _tune(mode)

@@ -10,7 +10,7 @@ a strong detector. Variant `:smoke`: a few steps, for tests.
 """
 
 from fourm.data.synthetic import OBJECT_CLASSES
-from fourm.finetune.config import default_config
+from fourm.finetune.config import default_config, synthetic_schedule
 
 VARIANTS = ("", "smoke")
 
@@ -18,29 +18,14 @@ VARIANTS = ("", "smoke")
 def get_config(variant: str = ""):
   config = default_config()
   config.task = "detection"
-  config.data.paths = ("demo_out/world",)
   config.data.max_boxes = 16
   config.head.classes = OBJECT_CLASSES
   config.head.num_queries = 16
   config.head.decoder_depth = 3
   config.head.num_heads = 4
-  config.batch_size = 16
-  config.total_steps = 300
-  config.optimizer.lr = 5e-4
-  config.optimizer.warmup_steps = 20
-  config.drop_path = 0.0
-  config.log_every = 25
-  config.eval_every = 300
-  config.eval_batches = 4
-  config.checkpoint.every = 300
+  synthetic_schedule(config, variant, steps=300, lr=5e-4)
   if variant == "smoke":
     config.head.num_queries = 8
     config.head.decoder_depth = 2
     config.head.num_heads = 2
-    config.batch_size = 4
-    config.total_steps = 4
-    config.log_every = 2
-    config.eval_every = 4
-    config.eval_batches = 1
-    config.checkpoint.every = 2
   return config

@@ -12,7 +12,7 @@ same architecture from random weights, the baseline of benchmarks/transfer.py. V
 steps, for tests.
 """
 
-from fourm.finetune.config import default_config
+from fourm.finetune.config import default_config, synthetic_schedule
 
 VARIANTS = ("", "demo", "smoke")
 
@@ -20,18 +20,8 @@ VARIANTS = ("", "demo", "smoke")
 def get_config(variant: str = ""):
   config = default_config()
   config.task = "segmentation"
-  config.data.paths = ("demo_out/world",)
   config.head.channels = 64
-  config.batch_size = 16
-  config.total_steps = 150
-  config.optimizer.lr = 1e-3
-  config.optimizer.warmup_steps = 15
-  config.optimizer.layer_decay = 0.75
-  config.drop_path = 0.0  # a 4-block encoder trained for minutes needs no regularizer
-  config.log_every = 25
-  config.eval_every = 150
-  config.eval_batches = 4
-  config.checkpoint.every = 150
+  synthetic_schedule(config, variant)
   if variant == "demo":
     config.head.channels = 32
     config.total_steps = 60
@@ -41,10 +31,4 @@ def get_config(variant: str = ""):
     config.checkpoint.every = 60
   if variant == "smoke":
     config.head.channels = 16
-    config.batch_size = 4
-    config.total_steps = 4
-    config.log_every = 2
-    config.eval_every = 4
-    config.eval_batches = 1
-    config.checkpoint.every = 2
   return config

@@ -14,20 +14,17 @@ that is not in the folder is an error.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import warnings
 from collections.abc import Callable
 
-from PIL import Image
 from tqdm import tqdm
 
-from fourm.data import record_codec, records
+from fourm.data import records
+from fourm.data.ingest_common import check_image
 from fourm.errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-_KEEP_BYTES = {"JPEG": "jpeg", "PNG": "png"}
 
 
 def find_images(folder: str) -> list[str]:
@@ -86,33 +83,12 @@ def read_captions(path: str) -> dict[str, str]:
 
 
 def load_image(folder: str, relative: str) -> records.EncodedImage:
-  """Reads and fully decodes one image; returns its bytes in a storable form."""
+  """Reads and fully decodes one image; returns its bytes in a storable form (JPEG and
+  PNG as they are, anything else as a PNG of its pixels)."""
   path = os.path.join(folder, relative)
   with open(path, "rb") as f:
     data = f.read()
-  try:
-    # Over PIL's pixel limit (a guard against decompression bombs) PIL only warns, up to
-    # twice the limit, and then decodes a picture of gigabytes: refused here, like any
-    # bad image, whichever side of twice the limit it falls.
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      image = Image.open(io.BytesIO(data))
-    with image:
-      image_format = image.format
-      image.load()
-      record_codec.to_rgb8(image)  # refuses what cannot be read faithfully, now
-      if image_format not in _KEEP_BYTES:
-        buffer = io.BytesIO()
-        Image.fromarray(record_codec.to_rgb8(image)).save(buffer, format="PNG")
-        return records.EncodedImage(buffer.getvalue(), "png")
-  except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-    raise records.RecordError(
-        f"too large ({error}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS (now "
-        f"{Image.MAX_IMAGE_PIXELS:,}) if you trust it", path=path, field="rgb") from None
-  except Exception as error:
-    raise records.RecordError(f"cannot decode image ({type(error).__name__}: {error})",
-                              path=path, field="rgb") from error
-  return records.EncodedImage(data, _KEEP_BYTES[image_format])
+  return check_image(data, path=path).image
 
 
 def _split_of(relative: str, val_fraction: float) -> str:

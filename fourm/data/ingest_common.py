@@ -61,7 +61,9 @@ def check_image(data: bytes, *, path: str, record: int | None = None,
     raise records.RecordError(message, path=path, record=record, field=field)
 
   try:
-    # As ingest.load_image: past PIL's pixel limit a decompression bomb only warns.
+    # Over PIL's pixel limit (a guard against decompression bombs) PIL only warns, up to
+    # twice the limit, and then decodes a picture of gigabytes: refused here, like any
+    # bad image, whichever side of twice the limit it falls.
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       image = Image.open(io.BytesIO(data))
@@ -72,8 +74,8 @@ def check_image(data: bytes, *, path: str, record: int | None = None,
       raw_hw = (image.height, image.width)
       orientation = int(image.getexif().get(_ORIENTATION_TAG, 1))
   except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-    fail(f"too large ({error}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you "
-         "trust it")
+    fail(f"too large ({error}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS (now "
+         f"{Image.MAX_IMAGE_PIXELS:,}) if you trust it")
   except Exception as error:  # noqa: BLE001 - PIL raises many types on bad data
     fail(f"cannot decode image ({type(error).__name__}: {error})")
   if orientation not in range(1, 9):

@@ -24,6 +24,7 @@ def default_config() -> ml_collections.ConfigDict:
     optimizer: AdamW peak lr, warm-up then cosine, weight decay, layer-wise lr decay
     loss: DETR's set-loss weights and auxiliary losses; depth's variance focus;
       classification's label smoothing
+    ema_decay: 0 = off; else evaluation (and `fourm evaluate`) reads the moving average
   """
   c = ml_collections.ConfigDict()
   c.task = "segmentation"
@@ -32,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.resolution = 0
   c.drop_path = 0.1
+  c.ema_decay = 0.0                # > 0: evaluate an exponential moving average of the weights
   c.head = ml_collections.ConfigDict(dict(
       classes=(), channels=128, num_queries=100, decoder_depth=6, num_heads=8))
   c.tuning = ml_collections.ConfigDict(dict(
@@ -56,3 +58,28 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_every = 200
   c.checkpoint = ml_collections.ConfigDict(dict(every=200, keep=2, async_save=True))
   return c
+
+
+def synthetic_schedule(config: ml_collections.ConfigDict, variant: str, *, steps: int = 150,
+                       lr: float = 1e-3) -> ml_collections.ConfigDict:
+  """The schedule of the `configs/finetune/*_synthetic.py` runs on the demo's world:
+  `steps` of batch 16 at peak `lr`, evaluated at the end; variant "smoke" is a 4-step
+  run for tests. (Each config file sets its task and head; this is what they share.)"""
+  config.data.paths = ("demo_out/world",)
+  config.batch_size = 16
+  config.total_steps = steps
+  config.optimizer.lr = lr
+  config.optimizer.warmup_steps = max(steps // 10, 1)
+  config.drop_path = 0.0  # a 4-block encoder trained for minutes needs no regularizer
+  config.log_every = 25
+  config.eval_every = steps
+  config.eval_batches = 4
+  config.checkpoint.every = steps
+  if variant == "smoke":
+    config.batch_size = 4
+    config.total_steps = 4
+    config.log_every = 2
+    config.eval_every = 4
+    config.eval_batches = 1
+    config.checkpoint.every = 2
+  return config

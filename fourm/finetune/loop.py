@@ -38,7 +38,7 @@ from fourm import workdir as workdir_lib
 from fourm.checkpoint import Checkpoints
 from fourm.data.dataset_info import DatasetInfo
 from fourm.data.pipeline import Pipeline, PipelineConfig
-from fourm.errors import RecordError, UsageError, refused_writes_as
+from fourm.errors import UsageError, refused_writes_as
 from fourm.data.visualize import save_grid
 from fourm.finetune import coco_metrics, evaluation, objectives, step as step_lib
 from fourm.finetune.targets import TaskTargets, required_fields
@@ -46,12 +46,14 @@ from fourm.finetune.task_model import HeadOptions, TuningOptions, build_task_mod
     describe_parameters
 from fourm.generation.loading import load_model
 from fourm.train import mesh as mesh_lib
+from fourm.train.loop import TrainingStopped
 from fourm.train.preemption import Preemption
 from fourm.train.state import model_factory
 
 # What a resumed run must share with its checkpoint: the model and the data stream.
 _FIXED_ON_RESUME = ("task", "init", "from_scratch", "seed", "resolution", "drop_path", "head",
-                    "tuning", "data", "batch_size", "total_steps", "optimizer", "loss")
+                    "tuning", "data", "batch_size", "total_steps", "optimizer", "loss",
+                    "ema_decay")
 _FREE_ON_RESUME = ("worker_count",)  # in config.data
 
 
@@ -61,6 +63,20 @@ class FineTuneState:
   trainable: Any
   frozen: Any
   opt_state: Any
+  # The exponential moving average of the trainable parameters when config.ema_decay > 0
+  # (what evaluation then uses), else a placeholder scalar: orbax saves no empty trees.
+  ema: Any
+
+  @property
+  def evaluated(self) -> Any:
+    """The trainable parameters evaluation reads: their average, when one is kept."""
+    return self.trainable if isinstance(self.ema, jax.Array) and self.ema.ndim == 0 \
+        else self.ema
+
+
+@jax.jit
+def _update_ema(ema, trainable, decay):
+  return jax.tree.map(lambda e, t: decay * e + (1.0 - decay) * t, ema, trainable)
 
 
 @dataclasses.dataclass
@@ -162,8 +178,10 @@ def build(config: ml_collections.ConfigDict,
       weight_decay=optimizer.weight_decay, layer_decay=optimizer.layer_decay,
       clip_norm=optimizer.grad_clip or None)
   opt_state = jax.jit(tx.init, out_shardings=replicated)(trainable)
+  ema = (jax.tree.map(lambda x: x.copy(), trainable) if config.ema_decay
+         else jax.device_put(np.float32(0), replicated))
   state = FineTuneState(step=jax.device_put(np.int32(0), replicated), trainable=trainable,
-                        frozen=frozen, opt_state=opt_state)
+                        frozen=frozen, opt_state=opt_state, ema=ema)
   return Setup(config, pretrain_config, classes, resolution,
                pretrain_config.pixel_normalization, graphdef, other, state, tx, description,
                mesh, rules)
@@ -252,14 +270,18 @@ def _finetune(config, workdir, *, log, stop_after, is_chief, cleanup) -> dict[st
           state.trainable, state.frozen, other, state.opt_state, next(batches),
           jax.random.fold_in(base_key, step))
       state = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state)
+      if config.ema_decay:
+        state = state.replace(ema=_update_ema(state.ema, trainable, config.ema_decay))
       window_steps += 1
       done = step + 1
       stopping = stop_after is not None and done - start >= stop_after
       if done % config.log_every == 0 or done == total_steps:
         last = {name: float(value) for name, value in jax.device_get(metrics).items()}
         if not np.isfinite(last["loss"]):
-          raise RecordError(f"the loss is not finite at step {done} ({last['loss']}); "
-                            "lower config.optimizer.lr or check the labels")
+          good = checkpoints.manager.latest_step()
+          raise TrainingStopped(f"the loss is not finite at step {done} ({last['loss']}); "
+                                f"the last good checkpoint is step {good}. Lower "
+                                "config.optimizer.lr or check the labels, then resume")
         elapsed = time.perf_counter() - window_start
         images_per_s = config.batch_size * window_steps / max(elapsed, 1e-9)
         writer.write_scalars(done, {**last, "images_per_s": images_per_s})
@@ -303,7 +325,7 @@ def evaluate_split(setup: Setup, state: FineTuneState, *, split: str, max_batche
       yield local
 
   def run(images):
-    return predict(state.trainable, state.frozen, setup.other, images)
+    return predict(state.evaluated, state.frozen, setup.other, images)
 
   return evaluation.evaluate(config.task, run, batches(), classes=setup.classes,
                              ignore_index=config.data.ignore_index,
