@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -49,10 +50,10 @@ def run(task: str, mode: str, args) -> dict:
     seconds = time.perf_counter() - start
     result = loop.evaluate_workdir(workdir, out=os.path.join(workdir, "eval"),
                                    log=lambda _: None)
-  trainable = next((line.split(": ", 1)[1].split(";")[0] for line in lines
-                    if "trainable of" in line), "?")
+  counts = [re.search(r"([\d,]+) trainable of", line) for line in lines]
+  trainable = next((match.group(1) for match in counts if match), "?")
   return {"task": task, "mode": mode, "metrics": result.metrics, "seconds": seconds,
-          "trainable": trainable.split(" trainable")[0]}
+          "trainable": trainable}
 
 
 def main() -> int:
