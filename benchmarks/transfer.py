@@ -65,8 +65,13 @@ def main() -> int:
   parser.add_argument("--steps", type=int, default=150)
   parser.add_argument("--adapter-lr-scale", type=float, default=3.0)
   args = parser.parse_args()
-  rows = [run(task, mode, args) for task in args.tasks.split(",")
-          for mode in args.modes.split(",")]
+  rows = []
+  for task in args.tasks.split(","):
+    for mode in args.modes.split(","):
+      rows.append(run(task, mode, args))
+      main_metric = MAIN_METRIC[task]
+      print(f"done: {task} {mode}: {main_metric} {rows[-1]['metrics'][main_metric]:.3f} "
+            f"({rows[-1]['seconds']:.0f} s)", flush=True)
   print(f"\ntransfer on {args.data} from {args.init}, {args.steps} steps each, val split")
   print(f"{'task':<14}{'init / tuning':<16}{'trainable':>12}  {'metrics':<44}{'time':>8}")
   for row in rows:
