@@ -94,6 +94,7 @@ class Setup:
   description: str
   mesh: jax.sharding.Mesh
   rules: Any
+  predict: Callable  # (trainable, frozen, other, images) -> outputs; jitted once per run
 
 
 def dataset_classes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -184,7 +185,7 @@ def build(config: ml_collections.ConfigDict,
                         frozen=frozen, opt_state=opt_state, ema=ema)
   return Setup(config, pretrain_config, classes, resolution,
                pretrain_config.pixel_normalization, graphdef, other, state, tx, description,
-               mesh, rules)
+               mesh, rules, step_lib.make_predict(graphdef))
 
 
 def _check_resumable(saved: Mapping[str, Any], config: ml_collections.ConfigDict,
@@ -316,7 +317,6 @@ def evaluate_split(setup: Setup, state: FineTuneState, *, split: str, max_batche
   config = setup.config
   pipeline = make_pipeline(setup, split=split, train=False,
                            batch_size=config.eval_batch_size or config.batch_size)
-  predict = step_lib.make_predict(setup.graphdef)
 
   def batches():
     for index, local in enumerate(pipeline.iterator()):
@@ -325,7 +325,7 @@ def evaluate_split(setup: Setup, state: FineTuneState, *, split: str, max_batche
       yield local
 
   def run(images):
-    return predict(state.evaluated, state.frozen, setup.other, images)
+    return setup.predict(state.evaluated, state.frozen, setup.other, images)
 
   return evaluation.evaluate(config.task, run, batches(), classes=setup.classes,
                              ignore_index=config.data.ignore_index,
