@@ -43,6 +43,25 @@ def _ingest(args: argparse.Namespace) -> None:
   print(_summary(args.out, info))
 
 
+def _convert(args: argparse.Namespace) -> None:
+  from fourm.interop import convert
+  if args.from_format:
+    summary = convert.import_reference(args.source, args.out)
+    print(f"converted {summary['file']} ({'/'.join(summary['dtypes'])}"
+          f"{', read as float32' if summary['dtypes'] != ['F32'] else ''}): "
+          f"{summary['tensors']} tensors, {summary['stored']} stored as "
+          f"{summary['parameters']:,} parameters, {summary['derived']} checked and "
+          f"recomputed; {'tied' if summary['tied_heads'] else 'untied'} output heads; "
+          f"modalities {', '.join(summary['modalities'])} at {summary['layout']}")
+    print(f"wrote {summary['workdir']} (use it as fourm generate --checkpoint, or fourm "
+          "finetune --init)")
+  else:
+    summary = convert.export_reference(args.source, args.out)
+    print(f"wrote {summary['file']} ({summary['bytes'] / 2**20:.1f} MiB, "
+          f"{summary['tensors']} tensors, float32, the step-{summary['step']} model) in the "
+          "reference's layout: load it with its load_safetensors + FM(config)")
+
+
 def _show(args: argparse.Namespace) -> None:
   from fourm.data import records, visualize
   from fourm.errors import UsageError
@@ -367,6 +386,23 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--num-steps", type=int, default=None, help="with --targets: decoding steps")
   p.add_argument("--temperature", type=float, default=None, help="with --targets")
   p.set_defaults(run=_generate)
+
+  p = sub.add_parser(
+      "convert", help="import a reference (PyTorch) 4M checkpoint as a fourm workdir, or "
+      "export a fourm workdir as one",
+      description="fourm convert --from reference SOURCE --out WORKDIR: SOURCE is a "
+                  ".safetensors file, a folder with config.json + model.safetensors, or a "
+                  "Hugging Face hub id (e.g. EPFL-VILAB/4M-7_B_CC12M). fourm convert --to "
+                  "reference WORKDIR --out FILE.safetensors writes the reference's layout.")
+  direction = p.add_mutually_exclusive_group(required=True)
+  direction.add_argument("--from", dest="from_format", choices=("reference",),
+                         help="import: SOURCE is a reference checkpoint")
+  direction.add_argument("--to", dest="to_format", choices=("reference",),
+                         help="export: SOURCE is a fourm workdir")
+  p.add_argument("source", metavar="SOURCE")
+  p.add_argument("--out", required=True, help="the new workdir (import) or .safetensors "
+                 "file (export)")
+  p.set_defaults(run=_convert)
 
   p = sub.add_parser("info", help="summarize a dataset directory")
   p.add_argument("data")

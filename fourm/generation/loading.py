@@ -28,6 +28,7 @@ from fourm.errors import UsageError
 from tokenizers_vq.grid import GridTokenizer
 from fourm.checkpoint import Checkpoints
 from fourm.nn import sharding
+from fourm.train.state import layout as train_layout
 from fourm.train.state import model_factory
 
 
@@ -146,7 +147,7 @@ def load_tokenizers(config: ml_collections.ConfigDict, workdir: str,
   sources = recorded_tokenizers(config, workdir)
   for name, (path, tokenizer) in (load_vq(overrides).items() if overrides else ()):
     sources[name] = tokenizer
-  layout = modalities.LAYOUTS[config.layout]
+  layout = train_layout(config)
   loaded = {}
   for name, source in sources.items():
     if name not in config.modalities:

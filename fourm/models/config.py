@@ -26,6 +26,10 @@ class FourMConfig:
   # One modality embedding per modality, used by both encoder and decoder (reference
   # default). False gives the decoder its own.
   share_modality_embeddings: bool = True
+  # Each target modality's output head is its decoder token table (tied). False gives
+  # every head a table of its own, as the reference's hub models (`FM`, built with
+  # share_embedding=False) have; converted checkpoints whose two tables differ need it.
+  tie_output_heads: bool = True
   # The reference's rgb patch projection has no bias; kept switchable for experiments.
   patch_embed_bias: bool = False
   dtype: Any = jnp.float32          # compute dtype (e.g. jnp.bfloat16)

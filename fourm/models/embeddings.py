@@ -5,7 +5,8 @@ Encoder side, one module per input modality, by kind:
   PIXELS                           -> `PatchEncoderEmbedding` (linear patch projection)
   FEATURE_MAP                      -> `FeatureEncoderEmbedding` (linear projection)
 Decoder side, one `DecoderEmbedding` per target modality: a token table that embeds the
-teacher-forcing inputs of sequences and, tied, is the modality's output head.
+teacher-forcing inputs of sequences and, tied, is the modality's output head (untied,
+the head is a second table, `to_logits`, as in the reference's hub models).
 
 Every module returns its content vectors [B, N, D] apart from the "position +
 modality" vectors [N, D]: the latter do not depend on the sample, and 4M adds them
@@ -181,15 +182,29 @@ class DecoderEmbedding(nnx.Module):
   """
 
   def __init__(self, spec: modalities.ModalitySpec, layout: modalities.Layout, dim: int, *,
-               own_modality_embedding: bool = True, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               own_modality_embedding: bool = True, tie_head: bool = True,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if not spec.can_target or spec.vocab_size is None:
       raise ValueError(f"modality {spec.name!r} cannot be a decoder target")
     self.spec, self.layout, self.dtype = spec, layout, dtype
     self.mod_emb = modality_embedding(dim, param_dtype, rngs) if own_modality_embedding else None
-    self.token_emb = TokenTable(
-        spec.vocab_size, dim, init=uniform_init(xavier_bound(dim, spec.vocab_size)),
-        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    head_init = uniform_init(xavier_bound(dim, spec.vocab_size))
+    if tie_head:
+      self.token_emb = TokenTable(spec.vocab_size, dim, init=head_init, dtype=dtype,
+                                  param_dtype=param_dtype, rngs=rngs)
+      self.to_logits = None
+    else:
+      # Untied, as the reference initializes them: the embedding N(0, 0.02), the head
+      # (a Linear there) xavier-uniform.
+      self.token_emb = TokenTable(spec.vocab_size, dim, init=normal_init(INIT_STD),
+                                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+      self.to_logits = TokenTable(spec.vocab_size, dim, init=head_init, dtype=dtype,
+                                  param_dtype=param_dtype, rngs=rngs)
+
+  @property
+  def head(self) -> TokenTable:
+    """The output head's table: the token table itself when tied."""
+    return self.token_emb if self.to_logits is None else self.to_logits
 
   @property
   def is_sequence(self) -> bool:
@@ -210,5 +225,5 @@ class DecoderEmbedding(nnx.Module):
     return position_and_modality(self.spec, self.layout, mod_emb, self.dtype)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
-    """The tied output head: hidden @ token_table^T, [..., vocab]."""
-    return self.token_emb.attend(hidden)
+    """The output head: hidden @ head_table^T, [..., vocab]."""
+    return self.head.attend(hidden)

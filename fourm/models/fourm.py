@@ -87,7 +87,7 @@ class FourM(nnx.Module):
         spec.name: DecoderEmbedding(
             spec, layout, dim,
             own_modality_embedding=not (config.share_modality_embeddings and spec.can_input),
-            **common)
+            tie_head=config.tie_output_heads, **common)
         for spec in specs if spec.can_target})
 
     self.encoder = nnx.List([
@@ -124,11 +124,11 @@ class FourM(nnx.Module):
     return logits
 
   def head_table(self, name: str) -> jax.Array:
-    """Modality `name`'s output head [vocab, D]: its decoder token table, tied."""
+    """Modality `name`'s output head [vocab, D]: its decoder token table when tied."""
     if not self.can_predict(name):
       raise ValueError(f"{name!r} is not a target modality of this model "
                        f"({self.target_names})")
-    return self.decoder_embeddings[name].token_emb.embedding[...]
+    return self.decoder_embeddings[name].head.embedding[...]
 
   # Encoder ---------------------------------------------------------------------------------
 

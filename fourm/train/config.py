@@ -11,12 +11,14 @@ def default_config() -> ml_collections.ConfigDict:
   """Every field a training config has, with defaults; experiment files start here.
 
   Fields
-    modalities, layout ("small": 64 px / 8 px patches, "reference": 224 / 16)
+    modalities, layout ("small": 64 px / 8 px patches, "reference": 224 / 16, or
+      "RESOLUTION/PATCH" such as "448/16")
     input_budget, target_budget: tokens per sample for the encoder / the decoder
     alphas: kind "all2all" | "rgb2all_and_all2all" (alpha) | "sources2all_and_all2all"
       (alpha, sources: e.g. ("rgb", "caption")) | "reference_yaml" (path)
     model: size (tiny/base/large/xlarge) and optional dim/depth/heads overrides,
-      dtype (compute), param_dtype, remat
+      dtype (compute), param_dtype, remat, tie_output_heads (False: each output head
+      its own table, as converted reference models may have), share_modality_embeddings
     data: paths (directories read side by side), splits, augment, worker_count
     optimizer: AdamW, lr = base_lr * batch_size / lr_batch_base, warmup then cosine
     mesh: data / fsdp / tensor sizes, one may be -1 (the devices left)
@@ -37,7 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
                                                   sources=("rgb",)))
   c.model = ml_collections.ConfigDict(dict(
       size="tiny", dim=0, encoder_depth=0, decoder_depth=0, num_heads=0,
-      dtype="float32", param_dtype="float32", remat=False))
+      dtype="float32", param_dtype="float32", remat=False, tie_output_heads=True,
+      share_modality_embeddings=True))
   c.data = ml_collections.ConfigDict(dict(
       paths=("/path/to/records", "/path/to/tokens"), train_split="train", eval_split="val",
       augment=False, worker_count=0))

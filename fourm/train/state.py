@@ -30,9 +30,19 @@ class TrainState:
 
 
 def layout(config: ml_collections.ConfigDict) -> modalities.Layout:
-  if config.layout not in LAYOUTS:
-    raise UsageError(f"config.layout is {config.layout!r}, expected one of {sorted(LAYOUTS)}")
-  return LAYOUTS[config.layout]
+  """config.layout: a named layout or "RESOLUTION/PATCH" (e.g. "448/16", the reference's
+  super-resolution models)."""
+  name = config.layout
+  if name in LAYOUTS:
+    return LAYOUTS[name]
+  resolution, _, patch = str(name).partition("/")
+  if resolution.isdigit() and patch.isdigit() and int(patch) > 0:
+    try:
+      return modalities.Layout(int(resolution), int(patch))
+    except ValueError as error:
+      raise UsageError(f"config.layout {name!r}: {error}") from None
+  raise UsageError(f"config.layout is {name!r}, expected one of {sorted(LAYOUTS)} or "
+                   "RESOLUTION/PATCH such as '448/16'")
 
 
 def model_config(config: ml_collections.ConfigDict) -> fourm_model.FourMConfig:
@@ -46,9 +56,11 @@ def model_config(config: ml_collections.ConfigDict) -> fourm_model.FourMConfig:
                        f"{sorted(DTYPES)}")
   overrides = {key: model[key] for key in ("dim", "encoder_depth", "decoder_depth",
                                            "num_heads") if model.get(key)}
+  # Older workdirs' configs predate these two fields: their models tie and share.
   return fourm_model.PRESETS[model.size](
       dtype=DTYPES[model.dtype], param_dtype=DTYPES[model.param_dtype], remat=model.remat,
-      **overrides)
+      tie_output_heads=model.get("tie_output_heads", True),
+      share_modality_embeddings=model.get("share_modality_embeddings", True), **overrides)
 
 
 def model_factory(config: ml_collections.ConfigDict) -> Callable[[], fourm_model.FourM]:

@@ -1,0 +1,1 @@
+"""Import and export of the reference PyTorch 4M checkpoints (safetensors)."""
