@@ -288,3 +288,20 @@ def test_reader_checks_offsets_against_the_header(tmp_path):
   path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
   with pytest.raises(ReferenceFileError, match="'w': 12 bytes for a F32 \\[4\\] tensor"):
     SafetensorsReader(str(path))
+
+
+def test_the_notebook_cell_generates_from_a_converted_checkpoint(converted, monkeypatch,
+                                                                 capsys):
+  import nbformat
+  _, _, _, workdir, _ = converted
+  notebook = nbformat.read(os.path.join(os.path.dirname(FIXTURES), "..", "..", "notebooks",
+                                        "chained_generation.ipynb"), as_version=4)
+  cell = next(c for c in notebook.cells
+              if c.cell_type == "code" and "FOURM_CONVERTED" in c.source)
+  from fourm.generation.decoding import Decoding
+  from fourm.generation.generator import Generator
+  monkeypatch.setenv("FOURM_CONVERTED", workdir)
+  exec(cell.source, {"os": os, "Generator": Generator, "Decoding": Decoding, "STEPS": 2,
+                     "SEED": 0})
+  out = capsys.readouterr().out
+  assert "caption: a photo of" in out and "tok_rgb ids: [" in out
