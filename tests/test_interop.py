@@ -305,3 +305,26 @@ def test_the_notebook_cell_generates_from_a_converted_checkpoint(converted, monk
                      "SEED": 0})
   out = capsys.readouterr().out
   assert "caption: a photo of" in out and "tok_rgb ids: [" in out
+
+
+@pytest.mark.slow
+def test_converted_checkpoints_generate_with_the_reference_schedules(converted, tmp_path):
+  _, _, _, workdir, _ = converted
+  from fourm.generation.generator import Generator
+  generator = Generator.from_checkpoint(workdir)
+  assert generator.reference_faithful
+  out = tmp_path / "gen"
+  assert cli.main(["generate", "--checkpoint", workdir, "--condition",
+                   "caption=a red cube", "--targets", "tok_depth", "--num-samples", "1",
+                   "--out", str(out), "--num-steps", "12"]) == 0
+  tokens = np.load(out / "tokens.npz")["tok_depth"]
+  assert tokens.shape[-1] == 196 or tokens.shape[-2:] == (14, 14)
+  # The reference's temperature schedules run in the decoding loop too.
+  from fourm.generation.decoding import Decoding
+  result = generator.generate({"caption": "a red cube"},
+                              [Decoding("tok_depth", num_steps=8,
+                                        token_schedule="reference_cosine",
+                                        temperature_schedule="reference_onex",
+                                        temperature=2.0, temperature_end=0.5)],
+                              num_samples=1, seed=0)
+  assert result.tokens("tok_depth").size == 196

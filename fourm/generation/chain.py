@@ -12,7 +12,8 @@ ml_collections `.py` file whose `get_config()` has a `steps` list of dicts with
     ]
 
 `default_chain(targets)` gives every target the defaults: MaskGIT with 8 cosine steps
-for token grids, left-to-right decoding for sequences.
+for token grids, left-to-right decoding for sequences; with `reference=True` (converted
+reference checkpoints) the grids' steps follow the reference's own cosine schedule.
 """
 
 from __future__ import annotations
@@ -62,8 +63,15 @@ def load_chain(path: str) -> tuple[Decoding, ...]:
                for i, step in enumerate(config.steps))
 
 
-def default_chain(targets: Iterable[str]) -> tuple[Decoding, ...]:
-  return tuple(decoding_from_dict({"target": name}, f"target {name}") for name in targets)
+def default_chain(targets: Iterable[str], reference: bool = False) -> tuple[Decoding, ...]:
+  chain = []
+  for name in targets:
+    step = {"target": name}
+    if reference and name in modalities.MODALITIES and \
+        modalities.get(name).kind != modalities.Kind.SEQUENCE:
+      step["token_schedule"] = "reference_cosine"
+    chain.append(decoding_from_dict(step, f"target {name}"))
+  return tuple(chain)
 
 
 def _check_before_running(sampler: Sampler, known: Mapping[str, dict],

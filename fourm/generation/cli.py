@@ -35,13 +35,14 @@ def _regions(entries: list[str]) -> dict[str, tuple[float, ...]]:
   return regions
 
 
-def chain_from_args(args: argparse.Namespace):
+def chain_from_args(args: argparse.Namespace, reference: bool = False):
   from fourm.generation.chain import default_chain, load_chain
   if bool(args.targets) == bool(args.schedule):
     raise UsageError("give --targets a,b,... or --schedule FILE (one of them)")
   if args.schedule:
     return load_chain(args.schedule)
-  chain = default_chain([t.strip() for t in args.targets.split(",") if t.strip()])
+  chain = default_chain([t.strip() for t in args.targets.split(",") if t.strip()],
+                        reference=reference)
   overrides = {}
   if args.num_steps is not None:
     overrides["num_steps"] = args.num_steps
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> None:
   conditions, num_samples = conditions_from_args(args)
   _check_out(args.out)  # before the model loads and the chain runs, not after
   generator = Generator.from_checkpoint(args.checkpoint, args.tokenizers)
+  if generator.reference_faithful:
+    chain = chain_from_args(args, reference=True)
   print(f"model: {args.checkpoint} ({', '.join(generator.model.modality_names)}); "
         f"conditions: {', '.join(conditions) or 'none'}")
   started = time.perf_counter()

@@ -24,10 +24,12 @@ class Decoding:
 
   method: "maskgit" (most confident first) or "roar" (random order) for token grids,
     "autoregressive" for sequences; None picks by kind.
-  num_steps, token_schedule: dense decoding steps; "cosine", "linear" or an explicit
-    list of tokens per step (adding up to the tokens to generate).
+  num_steps, token_schedule: dense decoding steps; "cosine", "linear", the reference
+    implementation's "reference_cosine" / "reference_linear", or an explicit list of
+    tokens per step (adding up to the tokens to generate).
   temperature -> temperature_end over the steps (or over the tokens of a sequence),
-    along temperature_schedule ("constant", "linear", "cosine"); 0 is greedy.
+    along temperature_schedule ("constant", "linear", "cosine", or the reference's
+    "reference_linear" / "reference_decreasing" / "reference_onex"); 0 is greedy.
   top_k, top_p: filtering before sampling (0 = off).
   guidance: classifier-free / multi-condition guidance, contrastive top-K.
   conditions: the known modalities the target may see (None: all of them).

@@ -37,8 +37,10 @@ class Generator:
   """A trained model with its tokenizers: conditions in, decoded modalities out."""
 
   def __init__(self, model, tokenizers: Mapping[str, Any], *, text_vocab: str | None = None,
-               pixel_normalization: str = "imagenet"):
+               pixel_normalization: str = "imagenet", reference_faithful: bool = False):
     self.model = model
+    # A converted reference model: default chains use the reference's schedules.
+    self.reference_faithful = reference_faithful
     self.sampler = Sampler(model, vocab_limits={
         name: tokenizer.num_codes for name, tokenizer in tokenizers.items()})
     self.layout = model.layout
@@ -57,7 +59,8 @@ class Generator:
     config = trained.config
     return cls(trained.model, loading.load_tokenizers(config, workdir, tokenizers),
                text_vocab=loading.text_vocab_path(config),
-               pixel_normalization=config.get("pixel_normalization", "imagenet"))
+               pixel_normalization=config.get("pixel_normalization", "imagenet"),
+               reference_faithful=bool(config.get("reference_faithful", False)))
 
   # Generation ------------------------------------------------------------------------------
 

@@ -113,8 +113,10 @@ class Sampler:
       decided = np.asarray(given["input_mask"], bool).reshape(-1, n)
     batch_size = tokens.shape[0]
     counts = step_counts(n - decided.sum(1), decoding.num_steps, decoding.token_schedule)
+    # The reference's temperature schedules follow the counts of the sample with most left.
     temps = schedules.temperatures(counts.shape[1], decoding.temperature,
-                                   decoding.temperature_end, decoding.temperature_schedule)
+                                   decoding.temperature_end, decoding.temperature_schedule,
+                                   counts=counts[np.argmax(counts.sum(1))])
     feed_back = decoding.target in self.input_names
     stream_sets, weights = guidance_lib.streams(conditions, decoding.guidance, negatives)
     budgets = step_budgets(decided.sum(1), counts, n,

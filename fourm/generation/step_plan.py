@@ -43,10 +43,13 @@ def step_counts(undecided: np.ndarray, num_steps: int, schedule) -> np.ndarray:
   which set S themselves). Samples with fewer tokens left than steps take one per step
   and then none."""
   steps = len(schedule) if not isinstance(schedule, str) else num_steps
+  # The reference's schedules may leave steps empty: they keep every step.
+  keep_steps = isinstance(schedule, str) and schedule in schedules.REFERENCE_TOKEN_SCHEDULES
   counts = np.zeros((len(undecided), steps), np.int64)
   for row, left in enumerate(undecided):
     if left > 0:
-      per_step = schedules.tokens_per_step(int(left), min(steps, int(left)), schedule)
+      per_step = schedules.tokens_per_step(
+          int(left), steps if keep_steps else min(steps, int(left)), schedule)
       counts[row, :len(per_step)] = per_step
   return counts
 

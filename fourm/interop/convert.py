@@ -106,6 +106,7 @@ def _train_config(model: fmt.ReferenceModel, tied: bool):
   config.model.tie_output_heads = tied
   config.model.share_modality_embeddings = model.architecture.share_modality_embeddings
   config.data.paths = ()  # no token datasets: give generation --tokenizers
+  config.reference_faithful = True
   return config
 
 

@@ -35,6 +35,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.pixel_normalization = "imagenet"
   c.text_tokenizer = ""            # "" = the reference 4M WordPiece vocabulary
   c.loss_type = "mod"
+  # Converted reference checkpoints set this: `fourm generate --targets` then decodes token
+  # grids with the reference's schedules (`reference_cosine`), as its published models
+  # were made to be sampled (docs/interop.md).
+  c.reference_faithful = False
   c.alphas = ml_collections.ConfigDict(dict(kind="all2all", alpha=1.0, path="",
                                                   sources=("rgb",)))
   c.model = ml_collections.ConfigDict(dict(

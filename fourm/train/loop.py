@@ -42,6 +42,9 @@ _FIXED_ON_RESUME = ("modalities", "layout", "input_budget", "target_budget", "mo
                     "batch_size", "seed", "data", "alphas", "pixel_normalization",
                     "text_tokenizer")
 _FREE_ON_RESUME = ("worker_count",)  # in config.data: the same stream on any worker count
+# Fields added to config.model after runs were saved without them: a saved run that
+# lacks one had its default.
+_MODEL_FIELDS_ADDED = {"tie_output_heads": True, "share_modality_embeddings": True}
 
 
 class TrainingStopped(FourmError):
@@ -133,6 +136,8 @@ def _check_resumable(saved: Mapping[str, Any], config: ml_collections.ConfigDict
     value = values.get(key)
     if isinstance(value, dict):
       value = {k: v for k, v in value.items() if k not in _FREE_ON_RESUME}
+      if key == "model":
+        value = {**_MODEL_FIELDS_ADDED, **value}
     return value
 
   for key in _FIXED_ON_RESUME:
