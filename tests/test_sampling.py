@@ -13,7 +13,8 @@ from fourm.generation import sampling, schedules
 
 @pytest.mark.parametrize("tokens, steps", [(64, 8), (196, 25), (7, 7), (10, 1), (256, 3)])
 def test_token_schedules_commit_every_token_at_least_one_per_step(tokens, steps):
-  for kind in schedules.TOKEN_SCHEDULES:
+  # fourm's own; the reference's may leave a step empty (tests/test_reference_schedules.py)
+  for kind in set(schedules.TOKEN_SCHEDULES) - set(schedules.REFERENCE_TOKEN_SCHEDULES):
     counts = schedules.tokens_per_step(tokens, steps, kind)
     assert len(counts) == steps and counts.sum() == tokens and (counts >= 1).all()
 
