@@ -34,7 +34,10 @@ class Kind(enum.StrEnum):
   IMAGE_TOKENS = "image_tokens"  # 2D grid of VQ-VAE token ids
   SEQUENCE = "sequence"          # 1D token ids with span masking (caption, det)
   FEATURE_MAP = "feature_map"    # 2D grid of continuous vectors, linear projection
-  GLOBAL = "global"              # a fixed number of tokens per sample (1D)
+  GLOBAL = "global"              # a fixed number of token ids per sample (1D)
+  # A sequence of continuous vectors (4M-21's t5_caption: T5-XXL embeddings of the
+  # caption), linearly projected; input only.
+  SEQUENCE_EMBEDDINGS = "sequence_embeddings"
 
 
 class Form(enum.StrEnum):
@@ -160,16 +163,30 @@ class ModalitySpec:
   tokenizer: str | None = None
   roles: frozenset[Role] = BOTH
   max_length: int | None = None  # sequences: max tokens; global: tokens per sample
+  # A grid whose tokens cover other than the layout's patch size: 4M-21's DINOv2 and
+  # ImageBind tokens are 14 px patches (16x16 at 224 px). None: the layout's.
+  patch_size: int | None = None
+  # Learned position embeddings instead of fixed sin-cos ones: the reference's global
+  # tokens (tok_dinov2_global, tok_imagebind_global) have them.
+  learned_positions: bool = False
 
   def __post_init__(self):
-    continuous = self.kind in (Kind.PIXELS, Kind.FEATURE_MAP)
+    continuous = self.kind in (Kind.PIXELS, Kind.FEATURE_MAP, Kind.SEQUENCE_EMBEDDINGS)
     if continuous == (self.vocab_size is not None):
       raise ValueError(f"modality {self.name!r}: kind {self.kind} "
                        f"{'takes no' if continuous else 'needs a'} vocab_size")
-    if self.kind in (Kind.SEQUENCE, Kind.GLOBAL) and not self.max_length:
+    if (self.kind in (Kind.SEQUENCE, Kind.GLOBAL, Kind.SEQUENCE_EMBEDDINGS)
+        and not self.max_length):
       raise ValueError(f"modality {self.name!r}: kind {self.kind} needs max_length")
-    if self.kind == Kind.PIXELS and Role.TARGET in self.roles:
-      raise ValueError(f"modality {self.name!r}: raw pixels can only be an input")
+    if continuous and Role.TARGET in self.roles:
+      raise ValueError(f"modality {self.name!r}: a {self.kind} modality has no vocabulary "
+                       "and can only be an input")
+    if self.kind == Kind.SEQUENCE_EMBEDDINGS and not self.source.channels:
+      raise ValueError(f"modality {self.name!r}: its raw source must say how many "
+                       "channels a vector has")
+    if self.patch_size is not None and self.kind not in (
+        Kind.PIXELS, Kind.IMAGE_TOKENS, Kind.FEATURE_MAP):
+      raise ValueError(f"modality {self.name!r}: only grids have a patch size")
     if not self.roles:
       raise ValueError(f"modality {self.name!r}: needs at least one role")
     if self.kind == Kind.IMAGE_TOKENS and self.tokenizer is None:
@@ -178,9 +195,16 @@ class ModalitySpec:
       raise ValueError(f"modality {self.name!r}: a sequence needs a tokenizer (its codec)")
 
   @property
+  def is_grid(self) -> bool:
+    return self.kind in (Kind.PIXELS, Kind.IMAGE_TOKENS, Kind.FEATURE_MAP)
+
+  @property
   def positions(self) -> str:
-    """'2d' sin-cos positions for grids, '1d' for sequences and global tokens."""
-    return "2d" if self.kind in (Kind.PIXELS, Kind.IMAGE_TOKENS, Kind.FEATURE_MAP) else "1d"
+    """'2d' sin-cos positions for grids, '1d' for sequences and global tokens,
+    'learned' where the modality learns its own."""
+    if self.learned_positions:
+      return "learned"
+    return "2d" if self.is_grid else "1d"
 
   @property
   def can_input(self) -> bool:
@@ -190,14 +214,24 @@ class ModalitySpec:
   def can_target(self) -> bool:
     return Role.TARGET in self.roles
 
+  def grid(self, layout: Layout) -> int:
+    """Tokens per side of a grid modality at this layout."""
+    if not self.is_grid:
+      raise ValueError(f"modality {self.name!r} is not a grid")
+    patch = self.patch_size or layout.patch_size
+    if layout.resolution % patch:
+      raise ValueError(f"modality {self.name!r}: its {patch} px patches do not tile "
+                       f"{layout.resolution} px images")
+    return layout.resolution // patch
+
   def num_tokens(self, layout: Layout) -> int:
     """Tokens per sample at this layout (the maximum, for sequences)."""
-    if self.positions == "2d":
-      return layout.grid * layout.grid
+    if self.is_grid:
+      return self.grid(layout) ** 2
     return self.max_length
 
   def grid_shape(self, layout: Layout) -> tuple[int, int] | None:
-    return (layout.grid, layout.grid) if self.positions == "2d" else None
+    return (self.grid(layout),) * 2 if self.is_grid else None
 
 
 # --------------------------------------------------------------------------------------
@@ -242,6 +276,59 @@ _4M7 = (
 )
 MODALITY_SET_4M7 = tuple(spec.name for spec in _4M7)
 
+# --------------------------------------------------------------------------------------
+# What 4M-21 adds, with the reference's names, vocabularies and token layouts
+# (apple/ml-4m, fourm/data/modality_info.py). Edges are binary class maps; the DINOv2 /
+# ImageBind feature maps are at their 14 px patch grid, the global vectors one per image.
+CANNY_EDGE = RawSpec("canny_edge", Form.IMAGE, "uint8", Values.CLASSES,
+                     resample=Resample.NEAREST)
+SAM_EDGE = RawSpec("sam_edge", Form.IMAGE, "uint8", Values.CLASSES, resample=Resample.NEAREST)
+DINOV2 = RawSpec("dinov2", Form.FEATURE_MAP, "float32", Values.FEATURES, channels=768)
+IMAGEBIND = RawSpec("imagebind", Form.FEATURE_MAP, "float32", Values.FEATURES, channels=1280)
+DINOV2_GLOBAL = RawSpec("dinov2_global", Form.VECTOR, "float32", Values.FEATURES, channels=768)
+IMAGEBIND_GLOBAL = RawSpec("imagebind_global", Form.VECTOR, "float32", Values.FEATURES,
+                           channels=1280)
+# The caption's T5-XXL encoder states [L, 4096], one per text token.
+T5_CAPTION = RawSpec("t5_caption", Form.VECTOR, "float32", Values.FEATURES, channels=4096)
+# Families of their own, serialized into the text vocabulary by a codec of the same name
+# (the reference's value bins and special words).
+HUMAN_POSES = RawSpec("human_poses", Form.VECTOR, "float32", "human_poses")
+COLOR_PALETTE = RawSpec("color_palette", Form.VECTOR, "uint8", "color_palette", channels=3)
+METADATA = RawSpec("metadata", Form.VECTOR, "float32", "metadata")
+SAM_INSTANCE = RawSpec("sam_instance", Form.VECTOR, "int32", "sam_instance")
+
+_SHARED_TEXT = dict(vocab_size=TEXT_VOCAB)  # the reference's `shared_vocab: [caption]`
+_4M21_EXTRA = (
+    ModalitySpec("tok_canny_edge", Kind.IMAGE_TOKENS, CANNY_EDGE, vocab_size=8192),
+    ModalitySpec("tok_sam_edge", Kind.IMAGE_TOKENS, SAM_EDGE, vocab_size=8192),
+    ModalitySpec("tok_dinov2", Kind.IMAGE_TOKENS, DINOV2, vocab_size=8192, patch_size=14),
+    ModalitySpec("tok_imagebind", Kind.IMAGE_TOKENS, IMAGEBIND, vocab_size=8192,
+                 patch_size=14),
+    # 16 tokens of a global vector, with positions of their own (learned).
+    ModalitySpec("tok_dinov2_global", Kind.GLOBAL, DINOV2_GLOBAL, vocab_size=8192,
+                 max_length=16, learned_positions=True),
+    ModalitySpec("tok_imagebind_global", Kind.GLOBAL, IMAGEBIND_GLOBAL, vocab_size=8192,
+                 max_length=16, learned_positions=True),
+    ModalitySpec("t5_caption", Kind.SEQUENCE_EMBEDDINGS, T5_CAPTION, max_length=77,
+                 roles=frozenset({Role.INPUT})),
+    # Lengths are the reference embeddings' max_length (human_poses' masking keeps up to
+    # 275 tokens there, but positions past 263 all read position 0; fourm stops at 263).
+    ModalitySpec("human_poses", Kind.SEQUENCE, HUMAN_POSES, tokenizer="human_poses",
+                 max_length=263, **_SHARED_TEXT),
+    ModalitySpec("color_palette", Kind.SEQUENCE, COLOR_PALETTE, tokenizer="color_palette",
+                 max_length=23, **_SHARED_TEXT),
+    ModalitySpec("metadata", Kind.SEQUENCE, METADATA, tokenizer="metadata", max_length=40,
+                 **_SHARED_TEXT),
+    ModalitySpec("sam_instance", Kind.SEQUENCE, SAM_INSTANCE, tokenizer="sam_instance",
+                 max_length=290, **_SHARED_TEXT),
+)
+# The published 4M-21 models' modalities, in the order of the reference's configs.
+MODALITY_SET_4M21 = (
+    "rgb", "caption", "t5_caption", "det", "metadata", "tok_rgb", "tok_normal", "tok_depth",
+    "tok_semseg", "tok_clip", "human_poses", "tok_dinov2", "tok_dinov2_global",
+    "tok_imagebind", "tok_imagebind_global", "tok_sam_edge", "tok_canny_edge",
+    "color_palette", "sam_instance")
+
 # Raw modalities stored in records without a model modality of their own (yet).
 _RAW_ONLY = (INSTANCE, KEY, LABEL)
 
@@ -280,7 +367,7 @@ def unregister(name: str) -> None:
   MODALITIES.pop(name, None)
 
 
-for _spec in _4M7:
+for _spec in _4M7 + _4M21_EXTRA:
   register(_spec)
 for _raw in _RAW_ONLY:
   register_raw(_raw)
@@ -328,14 +415,19 @@ def token_counts(names: Iterable[str], layout: Layout) -> dict[str, int]:
 def describe(layout: Layout, names: Iterable[str] | None = None) -> str:
   """A table of the registry at a layout, for `fourm modalities` and the README."""
   names = list(MODALITIES) if names is None else list(names)
-  header = f"{'modality':<12} {'kind':<13} {'raw':<9} {'tokens':>6} {'vocab':>6}  {'pos':<3} roles"
+  header = (f"{'modality':<20} {'kind':<19} {'raw':<16} {'tokens':>6} {'vocab':>6}  "
+            f"{'pos':<7} roles")
   rows = [header, "-" * len(header)]
   for name in names:
     spec = get(name)
     roles = "+".join(sorted(role.value for role in spec.roles))
     vocab = spec.vocab_size if spec.vocab_size is not None else "-"
-    rows.append(f"{name:<12} {spec.kind.value:<13} {spec.source.name:<9} "
-                f"{spec.num_tokens(layout):>6} {vocab!s:>6}  {spec.positions:<3} {roles}")
+    try:
+      tokens = str(spec.num_tokens(layout))
+    except ValueError:  # a grid whose patches do not tile this layout's images
+      tokens = "-"
+    rows.append(f"{name:<20} {spec.kind.value:<19} {spec.source.name:<16} "
+                f"{tokens:>6} {vocab!s:>6}  {spec.positions:<7} {roles}")
   return "\n".join(rows)
 
 

@@ -125,14 +125,14 @@ def test_in_painting_keeps_the_given_tokens(sampler):
   rng = np.random.default_rng(1)
   given = {"tokens": rng.integers(0, 500, (B, 64)).astype(np.int32),
            "input_mask": np.ones((B, 64), bool)}
-  partial = mask_region(given, (0.25, 0.25, 0.75, 0.75), LAYOUT)
+  partial = mask_region(given, (0.25, 0.25, 0.75, 0.75), LAYOUT.grid)
   hidden = ~partial["input_mask"]
   assert hidden.sum(1).tolist() == [16, 16]  # the 4 x 4 patches in the middle
   out = generate(sampler, {**rgb_known(), "tok_rgb": partial}, target="tok_rgb", num_steps=4)
   tokens = out["tok_rgb"]["tokens"]
   np.testing.assert_array_equal(tokens[~hidden], given["tokens"][~hidden])
   assert (tokens[hidden] != given["tokens"][hidden]).mean() > 0.9
-  outside = mask_region(given, (0.25, 0.25, 0.75, 0.75), LAYOUT, outside=True)
+  outside = mask_region(given, (0.25, 0.25, 0.75, 0.75), LAYOUT.grid, outside=True)
   assert ((~outside["input_mask"]) == partial["input_mask"]).all()
 
 

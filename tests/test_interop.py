@@ -28,9 +28,10 @@ from fourm.interop.safetensors_file import ReferenceFileError, SafetensorsReader
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
 sys.path.insert(0, FIXTURES)
-from fixture_values import normalized_pixels, tensor_digest, weight_values  # noqa: E402
+from fixture_values import (embedding_vectors, normalized_pixels,  # noqa: E402
+                            tensor_digest, weight_values)
 
-LAYOUTS = ("4m7_rgb", "4m7_tokens")
+LAYOUTS = ("4m7_rgb", "4m7_tokens", "4m21_rgb")
 
 
 def load_fixture(layout: str):
@@ -46,8 +47,8 @@ def reference_tensors(fixture, arrays) -> dict[str, np.ndarray]:
   for name, info in fixture["tensors"].items():
     shape = tuple(info["shape"])
     parts = name.split(".")
-    if name.endswith("pos_emb"):
-      tensors[name] = arrays["buffers/pos_emb_2d" if shape[1] == 196 else "buffers/pos_emb_1d"]
+    if name in fixture["buffers"]:  # a sin-cos buffer, as the reference built it
+      tensors[name] = arrays[fixture["buffers"][name]]
     elif parts[-1] == "bias" and "norm" in parts[-2]:
       tensors[name] = np.zeros(shape, np.float32)  # the bias-free LayerNorm's buffer
     elif (shared and parts[0] == "decoder_embeddings" and parts[-1] == "mod_emb"
@@ -83,6 +84,11 @@ def fourm_batch(model, arrays):
   for name in model.modality_names:
     keys = [k for k in arrays if k.split("/")[0] == name]
     entry = {k.split("/")[1]: jnp.asarray(arrays[k]) for k in keys}
+    if "placeholders" in entry:  # t5_caption: its vectors are rebuilt, not stored
+      placeholders = np.asarray(entry.pop("placeholders"))
+      channels = model.encoder_embeddings[name].proj.kernel.shape[0]
+      entry["tokens"] = jnp.asarray(embedding_vectors(
+          name, np.asarray(entry["input_mask"]), placeholders, channels))
     if "image" in entry:
       entry["tokens"] = jnp.asarray(normalized_pixels(np.asarray(entry.pop("image"))))
     batch[name] = entry
@@ -268,7 +274,7 @@ def test_other_architectures_and_modality_sets_are_refused(tmp_path, capsys):
 def test_positions_that_are_not_the_sincos_ones_are_refused(tmp_path, capsys):
   fixture, arrays = load_fixture("4m7_tokens")
   name = "encoder_embeddings.tok_depth@224.pos_emb"
-  learned = np.asarray(arrays["buffers/pos_emb_2d"]) + 0.01
+  learned = np.asarray(arrays[fixture["buffers"][name]]) + 0.01
   path = write_reference_file(tmp_path / "learned.safetensors", fixture, arrays,
                               extra={name: learned})
   err = _convert_error(capsys, path, tmp_path / "wd")
@@ -328,3 +334,113 @@ def test_converted_checkpoints_generate_with_the_reference_schedules(converted, 
                                         temperature=2.0, temperature_end=0.5)],
                               num_samples=1, seed=0)
   assert result.tokens("tok_depth").size == 196
+
+
+def _greedy(model, known, decoding, **sampler_options):
+  import jax
+  from fourm.generation.sampler import Sampler
+  sampler = Sampler(model, **sampler_options)
+  return sampler.generate(known, decoding, jax.random.key(0))[decoding.target]
+
+
+def _caption_entry(model, ids):
+  """The caption condition the fixture gave the reference (its words and [EOS])."""
+  length = model.decoder_embeddings["caption"].spec.max_length
+  caption = {"input_tokens": np.zeros((len(ids), length), np.int32),
+             "input_mask": np.zeros((len(ids), length), bool)}
+  caption["input_tokens"][:, :ids.shape[1]], caption["input_mask"][:, :ids.shape[1]] = ids, True
+  return caption
+
+
+def _replay_greedy_maskgit(model, caption, ref, layout):
+  """The reference's greedy MaskGIT steps, replayed: at each step, given the caption and
+  the tokens the reference had filled before it, fourm's argmax at the positions the
+  reference filled in that step is the reference's token. (Which positions a greedy
+  step fills is torch.topk's order among equal confidences there, not something to
+  match: fourm fills the most confident ones.)"""
+  filled_at, tokens = np.asarray(ref["filled_at_step"]), np.asarray(ref["tokens"], np.int32)
+  assert [int(n) for n in np.bincount(filled_at[0])] == ref["counts"]
+  for step in range(len(ref["counts"])):
+    decided, remaining = filled_at < step, filled_at >= step
+    batch = {"caption": caption, "tok_rgb": {"tokens": jnp.asarray(tokens),
+                                             "input_mask": jnp.asarray(decided)}}
+    context, valid = model.encode(batch, input_budget=int(
+        caption["input_mask"].sum(1).max() + decided.sum(1).max()))
+    out = model.decode({"tok_rgb": {"tokens": jnp.asarray(tokens), "target_mask":
+                                    jnp.asarray(remaining)}}, context, valid,
+                       target_budget=int(remaining.sum(1).max()))
+    argmax = np.asarray(model.logits("tok_rgb", out.hidden)).argmax(-1)
+    for row in range(len(tokens)):
+      slots = np.asarray(out.valid[row])
+      predicted = np.zeros(tokens.shape[1], np.int64)
+      predicted[np.flatnonzero(remaining[row])] = argmax[row][slots]
+      now = filled_at[row] == step
+      np.testing.assert_array_equal(predicted[now], tokens[row][now],
+                                    err_msg=f"{layout} step {step} row {row}")
+
+
+def test_greedy_generation_gives_the_reference_ids(converted):
+  """caption -> tok_rgb (MaskGIT in one step, and the reference's 4-step cosine schedule
+  replayed) and rgb -> caption (autoregressive), at temperature 0, against the
+  reference's own GenerationSampler on the same weights."""
+  from fourm.generation.decoding import Decoding
+  layout, fixture, arrays, workdir, _ = converted
+  model = load_model(workdir).model
+  expected = fixture["outputs"]["generation"]
+  ids = arrays["generation/caption_ids"]
+  caption = _caption_entry(model, ids)
+  ref = expected["caption_to_tok_rgb_1step"]
+  got = _greedy(model, {"caption": caption}, Decoding(
+      "tok_rgb", method="maskgit", num_steps=1, token_schedule=(196,), temperature=0.0))
+  np.testing.assert_array_equal(np.asarray(got["tokens"]).reshape(len(ids), -1),
+                                ref["tokens"], err_msg=layout)
+  _replay_greedy_maskgit(model, caption, expected["caption_to_tok_rgb_cosine4"], layout)
+  if "rgb_to_caption" in expected:
+    pixels = normalized_pixels(arrays["generation/image"])
+    rgb = {"tokens": pixels, "input_mask": np.ones((len(pixels), 196), bool)}
+    # The reference prompts the encoder with [S_1]: `sentinel_prompt`, which converted
+    # checkpoints turn on (test_converted_checkpoints_prompt_sequences_as_the_reference).
+    got = _greedy(model, {"rgb": rgb}, Decoding("caption", temperature=0.0),
+                  sentinel_prompt=True)
+    for row, ref_ids in enumerate(expected["rgb_to_caption"]["ids"]):
+      text = np.asarray(got["input_tokens"][row])[np.asarray(got["input_mask"][row])]
+      generated = ref_ids[1:]  # after the [S_1] the decoder starts from
+      np.testing.assert_array_equal(text[:len(generated)], generated,
+                                    err_msg=f"{layout} row {row}")
+
+
+def test_roar_asks_only_for_the_tokens_of_its_step_as_the_reference(converted, monkeypatch):
+  """ROAR at temperature 0 in the reference's 4-step cosine schedule: given the order the
+  reference drew (its torch.rand), fourm's ROAR loop gives the reference's tokens,
+  which it only does by querying just the step's positions, as the reference does."""
+  from fourm.generation import sampling
+  from fourm.generation.decoding import Decoding
+  layout, fixture, arrays, workdir, _ = converted
+  model = load_model(workdir).model
+  ref = fixture["outputs"]["generation"]["caption_to_tok_rgb_roar_cosine4"]
+  filled_at = np.asarray(ref["filled_at_step"])
+  # fourm commits the highest scores among the undecided: the reference's order.
+  scores = jnp.asarray(len(ref["counts"]) - filled_at, jnp.float32)
+  monkeypatch.setattr(sampling, "random_order_scores", lambda key, shape: scores)
+  caption = _caption_entry(model, arrays["generation/caption_ids"])
+  got = _greedy(model, {"caption": caption}, Decoding(
+      "tok_rgb", method="roar", num_steps=4, token_schedule="reference_cosine",
+      temperature=0.0))
+  np.testing.assert_array_equal(np.asarray(got["tokens"]).reshape(filled_at.shape),
+                                ref["tokens"], err_msg=layout)
+
+
+def test_converted_checkpoints_prompt_sequences_as_the_reference(converted):
+  """Sequences from nothing start from an encoder [S_1] and text conditions carry no
+  [EOS], as the reference's GenerationSampler and `custom_text` prompt them."""
+  from fourm.generation.generator import Generator
+  _, _, _, workdir, _ = converted
+  generator = Generator.from_checkpoint(workdir)
+  assert generator.sampler.sentinel_prompt
+  entry = generator.encode_conditions({"caption": "a red cube"}, 1)["caption"]
+  text = entry["input_tokens"][0][entry["input_mask"][0]]
+  assert len(text) == 3 and 3 not in text  # "a", "red", "cube"; no [EOS] (id 3)
+  own = Generator(generator.model, {})  # fourm's defaults: as training shows texts
+  entry = own.encode_conditions({"caption": "a red cube"}, 1)["caption"]
+  assert list(entry["input_tokens"][0][entry["input_mask"][0]])[-1] == 3
+  assert not own.sampler.sentinel_prompt

@@ -758,6 +758,36 @@ def test_feature_maps_become_one_vector_per_patch(test_modalities):
   assert not out["test_features"]["target_mask"].any()
 
 
+def test_embedding_sequences_are_span_masked_inputs_as_the_reference_masks_them():
+  """t5_caption: kept vectors in order, one zero vector per masked run, packed at the
+  front; what the input budget allows; never a target."""
+  names = ("t5_caption", "tok_rgb")
+  rng = np.random.default_rng(0)
+  vectors = rng.normal(size=(30, 4096)).astype(np.float32) + 5.0  # never zero
+  sample = {"t5_caption": vectors,
+            "tok_rgb": rng.integers(0, 16384, (8, 8)).astype(np.int32)}
+  transform = MaskSample(names, SMALL, 12, 16, single(names, (1.0, 1.0), (0.0, 1.0)))
+  seen_gaps = seen_kept = 0
+  for seed in range(40):
+    out = transform(sample, np.random.default_rng(seed))["t5_caption"]
+    assert out["tokens"].shape == (77, 4096) and not out["target_mask"].any()
+    assert_is_prefix_mask(out["input_mask"])
+    packed = out["tokens"][out["input_mask"]]
+    assert len(packed) <= 12
+    assert not out["tokens"][~out["input_mask"]].any()
+    gaps = ~packed.any(-1)
+    assert not (gaps[1:] & gaps[:-1]).any()  # one placeholder per masked run
+    kept = packed[~gaps]
+    # The kept vectors are the sample's, in order.
+    where = [int(np.flatnonzero((vectors == v).all(-1))[0]) for v in kept]
+    assert where == sorted(where) and len(set(where)) == len(where)
+    seen_gaps += int(gaps.sum())
+    seen_kept += len(kept)
+  assert seen_gaps and seen_kept  # both happen over the draws
+  with pytest.raises(RecordError, match="t5_caption.*4096-d vectors"):
+    transform({**sample, "t5_caption": vectors[:, :10]}, np.random.default_rng(0))
+
+
 def test_same_sample_and_seed_give_the_same_masks():
   names = BUDGET_NAMES
   transform = MaskSample(names, SMALL, 48, 48, AlphasMixture.from_reference_config(

@@ -32,7 +32,7 @@ def test_roles_positions_and_sources():
 
 
 def test_invalid_specs_are_refused():
-  with pytest.raises(ValueError, match="raw pixels can only be an input"):
+  with pytest.raises(ValueError, match="pixels modality has no vocabulary and can only be an input"):
     ModalitySpec("x", Kind.PIXELS, modalities.RGB, roles=modalities.BOTH)
   with pytest.raises(ValueError, match="needs a vocab_size"):
     ModalitySpec("x", Kind.IMAGE_TOKENS, modalities.DEPTH)
@@ -49,28 +49,53 @@ def test_invalid_specs_are_refused():
 
 
 @pytest.fixture
-def canny_edge():
-  """A 4M-21 modality added with one `register` call, removed afterwards."""
+def hed_edge():
+  """A new modality (HED edges) added with one `register` call, removed afterwards."""
   spec = modalities.register(ModalitySpec(
-      "tok_canny_edge", Kind.IMAGE_TOKENS, vocab_size=8192,
-      source=RawSpec("canny_edge", Form.IMAGE, "uint8", Values.CLASSES, resample=Resample.NEAREST)))
+      "tok_hed_edge", Kind.IMAGE_TOKENS, vocab_size=8192,
+      source=RawSpec("hed_edge", Form.IMAGE, "uint8", Values.CLASSES, resample=Resample.NEAREST)))
   yield spec
-  modalities.MODALITIES.pop("tok_canny_edge")
-  modalities.RAW_MODALITIES.pop("canny_edge")
+  modalities.MODALITIES.pop("tok_hed_edge")
+  modalities.RAW_MODALITIES.pop("hed_edge")
 
 
-def test_a_4m21_modality_is_one_entry(canny_edge):
-  assert modalities.token_counts(["tok_canny_edge"], modalities.SMALL_LAYOUT) == \
-      {"tok_canny_edge": 64}
-  assert "tok_canny_edge" in modalities.describe(modalities.SMALL_LAYOUT)
+def test_a_new_modality_is_one_entry(hed_edge):
+  assert modalities.token_counts(["tok_hed_edge"], modalities.SMALL_LAYOUT) == \
+      {"tok_hed_edge": 64}
+  assert "tok_hed_edge" in modalities.describe(modalities.SMALL_LAYOUT)
   # The record layer validates it and the augmentation crops it with the image.
   edges = np.zeros((32, 32), np.uint8)
   edges[:, 16:] = 1
-  sample = {"rgb": np.zeros((32, 32, 3), np.uint8), "canny_edge": edges}
+  sample = {"rgb": np.zeros((32, 32, 3), np.uint8), "hed_edge": edges}
   records.validate_sample(sample)
   flipped = augment.apply_crop(sample, (0, 0, 1, 1), flip=True, resolution=16)
-  assert flipped["canny_edge"].shape == (16, 16)
-  assert flipped["canny_edge"][:, :8].all() and not flipped["canny_edge"][:, 8:].any()
-  with pytest.raises(records.RecordError, match="'canny_edge'.*dtype uint8"):
-    records.validate_sample({"canny_edge": edges.astype(np.float32)}, path="x", record=3)
-  assert Role.TARGET in canny_edge.roles
+  assert flipped["hed_edge"].shape == (16, 16)
+  assert flipped["hed_edge"][:, :8].all() and not flipped["hed_edge"][:, 8:].any()
+  with pytest.raises(records.RecordError, match="'hed_edge'.*dtype uint8"):
+    records.validate_sample({"hed_edge": edges.astype(np.float32)}, path="x", record=3)
+  assert Role.TARGET in hed_edge.roles
+
+
+def test_the_4m21_set_has_the_reference_layouts():
+  """Names, vocabularies and token counts of apple/ml-4m's modality_info at 224 px."""
+  counts = modalities.token_counts(modalities.MODALITY_SET_4M21, modalities.REFERENCE_LAYOUT)
+  assert counts == {
+      "rgb": 196, "caption": 256, "t5_caption": 77, "det": 256, "metadata": 40,
+      "tok_rgb": 196, "tok_normal": 196, "tok_depth": 196, "tok_semseg": 196,
+      "tok_clip": 196, "human_poses": 263, "tok_dinov2": 256, "tok_dinov2_global": 16,
+      "tok_imagebind": 256, "tok_imagebind_global": 16, "tok_sam_edge": 196,
+      "tok_canny_edge": 196, "color_palette": 23, "sam_instance": 290}
+  vocab = {n: modalities.get(n).vocab_size for n in modalities.MODALITY_SET_4M21}
+  assert vocab["t5_caption"] is None and vocab["rgb"] is None
+  assert {vocab[n] for n in ("metadata", "human_poses", "color_palette", "sam_instance",
+                             "caption", "det")} == {30000}
+  assert {vocab[n] for n in ("tok_dinov2", "tok_imagebind", "tok_dinov2_global",
+                             "tok_imagebind_global", "tok_sam_edge", "tok_canny_edge")} == {8192}
+  assert modalities.get("tok_dinov2").grid_shape(modalities.REFERENCE_LAYOUT) == (16, 16)
+  assert modalities.get("tok_dinov2_global").positions == "learned"
+  t5 = modalities.get("t5_caption")
+  assert t5.can_input and not t5.can_target and t5.source.channels == 4096
+  # 14 px patches do not tile the 64 px layout: said, not miscounted.
+  with pytest.raises(ValueError, match="14 px patches do not tile 64 px"):
+    modalities.get("tok_dinov2").num_tokens(modalities.SMALL_LAYOUT)
+  assert "tok_dinov2 " in modalities.describe(modalities.SMALL_LAYOUT)

@@ -385,3 +385,42 @@ def test_remat_gives_identical_outputs_and_gradients(model):
                                strict=True):
     np.testing.assert_allclose(h[...], g[...], rtol=1e-5, atol=1e-7, err_msg=str(path))
   np.testing.assert_array_equal(forward(remat, batch).hidden, forward(model, batch).hidden)
+
+
+def test_4m21_kinds_train_from_masked_samples():
+  """The 4M-21 layouts the registry adds: 14 px patch grids (tok_dinov2, 16x16 at
+  224 px), global tokens with learned positions, t5_caption vectors. Masked samples
+  run through the model and every new parameter gets a gradient."""
+  from fourm.data.masking import AlphasMixture, MaskSample
+  from fourm.data.pipeline import collate
+  names = ("t5_caption", "tok_dinov2", "tok_dinov2_global", "caption")
+  layout = modalities.REFERENCE_LAYOUT
+  rng = np.random.default_rng(0)
+  samples = [{"t5_caption": rng.normal(size=(20, 4096)).astype(np.float32),
+              "tok_dinov2": rng.integers(0, 8192, (16, 16)).astype(np.int32),
+              "tok_dinov2_global": rng.integers(0, 8192, 16).astype(np.int32),
+              "caption": rng.integers(300, 3000, 12).astype(np.int32)} for _ in range(2)]
+  transform = MaskSample(names, layout, 48, 48, AlphasMixture.uniform(names))
+  batch = collate([transform(s, np.random.default_rng(i)) for i, s in enumerate(samples)],
+                  max_boxes=0)
+  assert batch["tok_dinov2"]["tokens"].shape == (2, 256)
+  config = fourm_model.FourMConfig(dim=32, encoder_depth=1, decoder_depth=1, num_heads=4)
+  model = fourm_model.FourM(config, names, layout, 48, 48, rngs=nnx.Rngs(0))
+  # Global tokens learn their positions on both sides; the others have fixed ones.
+  assert model.encoder_embeddings["tok_dinov2_global"].pos_emb[...].shape == (16, 32)
+  assert model.decoder_embeddings["tok_dinov2_global"].pos_emb[...].shape == (16, 32)
+  assert model.encoder_embeddings["tok_dinov2"].pos_emb is None
+  assert "t5_caption" not in model.decoder_embeddings
+
+  @nnx.jit
+  def loss_and_grads(model, batch):
+    return nnx.value_and_grad(lambda m: fourm_loss(m, m(batch))[0])(model)
+
+  loss, grads = loss_and_grads(model, {k: {f: jnp.asarray(v) for f, v in e.items()}
+                                       for k, e in batch.items()})
+  assert np.isfinite(float(loss))
+  for part in (grads.encoder_embeddings["tok_dinov2_global"].pos_emb,
+               grads.decoder_embeddings["tok_dinov2_global"].pos_emb,
+               grads.encoder_embeddings["t5_caption"].proj.kernel,
+               grads.encoder_embeddings["t5_caption"].proj.bias):
+    assert np.abs(np.asarray(part[...])).sum() > 0

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fourm import modalities
-from fourm.data import augment, derived
+from fourm.data import augment, derived, records
 from fourm.errors import RecordError, UsageError
 
 RGB_LEVELS = 16
@@ -223,8 +223,11 @@ def write_patch_tokens(data: str, out: str, layout: modalities.Layout,
                        names: Sequence[str] | None = None, *, progress: bool = True,
                        log: Callable[[str], None] = print):
   """Writes the patch tokens of every record of `data` into `out` (read them side by
-  side: `RecordSource([data, out])`). Resumable: finished shards are kept."""
-  names = quantizable() if names is None else tuple(names)
+  side: `RecordSource([data, out])`). Resumable: finished shards are kept. By default,
+  every quantizable token grid whose raw source the dataset stores."""
+  if names is None:
+    stored = records.DatasetInfo.load(data).modalities
+    names = tuple(n for n in quantizable() if modalities.get(n).source.name in stored)
   quantizers = [quantizer_for(name) for name in names]
 
   def derive(samples):

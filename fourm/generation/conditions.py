@@ -92,7 +92,11 @@ class ConditionEncoder:
   def __init__(self, model_names: Sequence[str], input_names: Sequence[str],
                layout: modalities.Layout, tokenizers: Mapping[str, GridTokenizer],
                text_vocab: str | None = None, pixel_normalization: str = "imagenet",
-               text_ids: TextSpecialIds = TextSpecialIds()):
+               text_ids: TextSpecialIds = TextSpecialIds(), condition_eos: bool = True):
+    """`condition_eos`: a complete text given as a condition ends with [EOS], as
+    training shows whole texts to the encoder. The reference's generation prompts
+    (`custom_text`) have none: off for converted reference checkpoints."""
+    self.condition_eos = condition_eos
     self.model_names, self.input_names = tuple(model_names), tuple(input_names)
     self.layout, self.tokenizers = layout, dict(tokenizers)
     self.text_vocab, self.text_ids = text_vocab, text_ids
@@ -128,6 +132,8 @@ class ConditionEncoder:
         return target, self._pixels(spec, values)
       if spec.kind == Kind.FEATURE_MAP:
         return target, self._features(spec, values)
+      if spec.kind == Kind.SEQUENCE_EMBEDDINGS:
+        return target, self._embedding_sequence(spec, values)
       return target, self._grid(spec, name, values)
     except RecordError as error:
       raise UsageError(f"--condition {name}: {error}") from None
@@ -140,7 +146,8 @@ class ConditionEncoder:
     codec = self._codecs[spec.name]
     texts = [self._renumber_sentinels(np.asarray(codec(value), np.int32)) for value in values]
     self._report_lossy(spec, texts)
-    entry = sequence_entry(texts, spec.max_length, self.text_ids)
+    entry = sequence_entry(texts, spec.max_length, self.text_ids,
+                           append_eos=self.condition_eos)
     # A text with gaps keeps no [EOS] of its own when its last span reaches the end: the
     # span holds it, as in training.
     for row, text in enumerate(texts):
@@ -195,6 +202,17 @@ class ConditionEncoder:
     n = spec.num_tokens(self.layout)
     return {"tokens": np.stack(maps), "input_mask": np.ones((len(maps), n), bool)}
 
+  def _embedding_sequence(self, spec, values) -> dict[str, np.ndarray]:
+    """Vectors [L, F] per sample (t5_caption: the caption's T5-XXL encoder states, which
+    fourm does not compute), all of them visible."""
+    length = spec.max_length
+    tokens = np.zeros((len(values), length, spec.source.channels), np.float32)
+    mask = np.zeros((len(values), length), bool)
+    for row, value in enumerate(values):
+      vectors = self.reader.embedding_sequence(spec, np.asarray(value))
+      tokens[row, :len(vectors)], mask[row, :len(vectors)] = vectors, True
+    return {"tokens": tokens, "input_mask": mask}
+
   def _grid(self, spec, given_name: str, values) -> dict[str, np.ndarray]:
     n = spec.num_tokens(self.layout)
     tokens = []
@@ -221,15 +239,15 @@ class ConditionEncoder:
     return tokenizer.tokenize(raws, self.layout)
 
 
-def mask_region(entry: Mapping[str, np.ndarray], box: Sequence[float],
-                layout: modalities.Layout, outside: bool = False) -> dict[str, np.ndarray]:
-  """A grid entry with the tokens whose patch center lies in `box` (xmin, ymin, xmax,
-  ymax in [0, 1]) hidden: generating that modality then fills the box in (with
-  `outside`, everything around it)."""
+def mask_region(entry: Mapping[str, np.ndarray], box: Sequence[float], grid: int,
+                outside: bool = False) -> dict[str, np.ndarray]:
+  """A grid entry (`grid` x `grid` tokens) with the tokens whose patch center lies in
+  `box` (xmin, ymin, xmax, ymax in [0, 1]) hidden: generating that modality then fills
+  the box in (with `outside`, everything around it)."""
   xmin, ymin, xmax, ymax = (float(v) for v in box)
   if not (0 <= xmin < xmax <= 1 and 0 <= ymin < ymax <= 1):
     raise UsageError(f"region {list(box)}: expected xmin < xmax and ymin < ymax in [0, 1]")
-  centers = (np.arange(layout.grid) + 0.5) / layout.grid
+  centers = (np.arange(grid) + 0.5) / grid
   inside = (((centers >= ymin) & (centers <= ymax))[:, None]
             & ((centers >= xmin) & (centers <= xmax))[None, :]).reshape(-1)
   hide = ~inside if outside else inside

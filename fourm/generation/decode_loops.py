@@ -64,8 +64,16 @@ def dense_loop(model, settings: LoopSettings, batch, tokens, decided, counts, te
   for index, (input_budget, target_budget) in enumerate(settings.budgets):
     key, sample_key, order_key = jax.random.split(key, 3)
     undecided = ~decided
+    count = counts[:, index][:, None]
+    if settings.method == "roar":
+      # ROAR as the paper and the reference run it: the step's positions are drawn at
+      # random first, and only they are asked for (the decoder sees just those queries).
+      asked = sampling.commit_most_confident(
+          sampling.random_order_scores(order_key, tokens.shape), undecided, count)
+    else:
+      asked = undecided  # MaskGIT: every undecided position, the most confident committed
     target = {"tokens": _tile(tokens, streams), "input_mask": _tile(decided, streams),
-              "target_mask": _tile(undecided, streams)}
+              "target_mask": _tile(asked, streams)}
     inputs = {**batch, name: target} if settings.feed_back else batch
     context, valid = model.encode(inputs, input_budget)
     hidden = model.decode({name: target}, context, valid, target_budget).hidden
@@ -74,15 +82,16 @@ def dense_loop(model, settings: LoopSettings, batch, tokens, decided, counts, te
     logits = guidance_lib.combine(logits, weights, settings.contrastive_top_k)
     ids, confidence = sampling.sample(sample_key, logits, temps[index], settings.top_k,
                                       settings.top_p)
-    # Decoder slots hold undecided positions in order (a sample with fewer than the
-    # budget fills the rest with decided ones, which nothing commits): put them back.
-    order, used = slots.select(undecided, target_budget)
+    # Decoder slots hold the asked positions in order (a sample with fewer than the
+    # budget fills the rest with others, which nothing commits): put them back.
+    order, used = slots.select(asked, target_budget)
     ids = jnp.zeros_like(tokens).at[rows, order].set(ids)
     confidence = jnp.full(tokens.shape, -jnp.inf).at[rows, order].set(
         jnp.where(used, confidence, -jnp.inf))
     if settings.method == "roar":
-      confidence = sampling.random_order_scores(order_key, confidence.shape)
-    commit = sampling.commit_most_confident(confidence, undecided, counts[:, index][:, None])
+      commit = asked
+    else:
+      commit = sampling.commit_most_confident(confidence, undecided, count)
     tokens, decided = jnp.where(commit, ids, tokens), decided | commit
   return tokens
 

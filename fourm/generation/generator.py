@@ -39,16 +39,20 @@ class Generator:
   def __init__(self, model, tokenizers: Mapping[str, Any], *, text_vocab: str | None = None,
                pixel_normalization: str = "imagenet", reference_faithful: bool = False):
     self.model = model
-    # A converted reference model: default chains use the reference's schedules.
+    # A converted reference model: default chains use the reference's schedules,
+    # sequences from nothing are prompted with [S_1] and text conditions have no [EOS],
+    # as the reference's generation prompts them.
     self.reference_faithful = reference_faithful
     self.sampler = Sampler(model, vocab_limits={
-        name: tokenizer.num_codes for name, tokenizer in tokenizers.items()})
+        name: tokenizer.num_codes for name, tokenizer in tokenizers.items()},
+        sentinel_prompt=reference_faithful)
     self.layout = model.layout
     self.tokenizers = dict(tokenizers)
     self.text_vocab = text_vocab
     self.pixel_normalization = pixel_normalization
     self.encoder = ConditionEncoder(model.modality_names, model.input_names, model.layout,
-                                    tokenizers, text_vocab, pixel_normalization)
+                                    tokenizers, text_vocab, pixel_normalization,
+                                    condition_eos=not reference_faithful)
     self.detokenizer = Detokenizer(self.tokenizers, text_vocab)
 
   @classmethod
@@ -95,7 +99,8 @@ class Generator:
       if modality not in known or modalities.get(modality).kind != Kind.IMAGE_TOKENS:
         raise UsageError(f"region for {name}: give {modality} as a condition first; "
                          "regions apply to token grids")
-      known[modality] = mask_region(known[modality], box, self.layout, outside=outpaint)
+      grid = modalities.get(modality).grid(self.layout)
+      known[modality] = mask_region(known[modality], box, grid, outside=outpaint)
     negative_entries = self.encode_conditions(negatives or {}, num_samples)
     given = tuple(known)
     known = run_chain(self.sampler, known, chain, jax.random.key(seed), negative_entries,

@@ -65,9 +65,17 @@ class Sampler:
   sets its own per call)."""
 
   def __init__(self, model, text_ids: TextSpecialIds = TextSpecialIds(),
-               vocab_limits: Mapping[str, int] | None = None):
+               vocab_limits: Mapping[str, int] | None = None,
+               sentinel_prompt: bool = False):
     """`vocab_limits` {modality: n}: only ids below n are sampled, for tokenizers with
-    fewer codes than the model's vocabulary (ids beyond them could not be decoded)."""
+    fewer codes than the model's vocabulary (ids beyond them could not be decoded).
+
+    `sentinel_prompt`: a sequence generated from nothing shows the encoder one [S_1]
+    (the text "[S_1]": one gap, to fill), as the reference's GenerationSampler does
+    (`empty_seq_modality`); on for converted reference checkpoints. Off, the encoder sees
+    nothing of it, as training shows a fully masked sequence. Both occur in training;
+    with the published weights the choice changes the logits (docs/interop.md)."""
+    self.sentinel_prompt = sentinel_prompt
     self.graphdef, self.params = nnx.split(model, nnx.Param)
     self.vocab_limits = dict(vocab_limits or {})
     self.model_names = tuple(model.modality_names)
@@ -120,7 +128,8 @@ class Sampler:
     feed_back = decoding.target in self.input_names
     stream_sets, weights = guidance_lib.streams(conditions, decoding.guidance, negatives)
     budgets = step_budgets(decided.sum(1), counts, n,
-                           max(visible_tokens(s) for s in stream_sets), feed_back)
+                           max(visible_tokens(s) for s in stream_sets), feed_back,
+                           asks_committed_only=method == "roar")
     settings = self._settings(decoding, method, len(stream_sets), budgets, feed_back=feed_back)
     fn = self._compiled_fn(settings, dense_loop)
     out = fn(self.params, _stack(stream_sets, batch_size), jnp.asarray(tokens),
@@ -140,6 +149,8 @@ class Sampler:
     if given is None:
       given = {"input_tokens": np.full((batch_size, length), ids.pad, np.int32),
                "input_mask": np.zeros((batch_size, length), bool)}
+      if self.sentinel_prompt:
+        given["input_tokens"][:, 0], given["input_mask"][:, 0] = ids.sentinel(FIRST_SPAN), True
     given_tokens = np.where(given["input_mask"], given["input_tokens"], ids.pad)
     spans = ids.is_sentinel(given_tokens).sum(1)
     check_fillable(decoding.target, given, ids)

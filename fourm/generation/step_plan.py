@@ -55,10 +55,12 @@ def step_counts(undecided: np.ndarray, num_steps: int, schedule) -> np.ndarray:
 
 
 def step_budgets(given: np.ndarray, counts: np.ndarray, n: int, conditions: int,
-                 feed_back: bool) -> tuple[tuple[int, int], ...]:
+                 feed_back: bool, asks_committed_only: bool = False
+                 ) -> tuple[tuple[int, int], ...]:
   """(encoder slots, decoder slots) of each step: the conditions plus the tokens decided
   before it (rounded up, so nearby condition lengths share a compilation), and the
-  tokens still undecided, for the sample that has the most.
+  tokens still undecided (with `asks_committed_only`, as ROAR: the tokens the step
+  commits), for the sample that has the most.
 
   given: int [B], tokens of the target known before the first step; counts: int [B, S]
   from `step_counts`; n: the target's tokens; conditions: the encoder tokens of the
@@ -68,6 +70,7 @@ def step_budgets(given: np.ndarray, counts: np.ndarray, n: int, conditions: int,
   budgets = []
   for step in range(counts.shape[1]):
     fed = int(decided_before[:, step].max()) if feed_back else 0
-    undecided = n - int(decided_before[:, step].min())
-    budgets.append((round_up_budget(conditions + fed), max(1, undecided)))
+    asked = (int(counts[:, step].max()) if asks_committed_only
+             else n - int(decided_before[:, step].min()))
+    budgets.append((round_up_budget(conditions + fed), max(1, asked)))
   return tuple(budgets)

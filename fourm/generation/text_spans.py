@@ -38,14 +38,16 @@ def fill_spans(given: np.ndarray, generated: np.ndarray, ids: TextSpecialIds) ->
 
 
 def sequence_entry(texts: list[np.ndarray], length: int,
-                   ids: TextSpecialIds = TextSpecialIds()) -> dict[str, np.ndarray]:
+                   ids: TextSpecialIds = TextSpecialIds(), *,
+                   append_eos: bool = True) -> dict[str, np.ndarray]:
   """Complete texts (token ids) as a sequence condition, the way training shows a whole
-  caption to the encoder: the text and its [EOS], no sentinels."""
+  caption to the encoder: the text and its [EOS], no sentinels. `append_eos=False`
+  leaves the texts as they are, as the reference's generation prompts them."""
   tokens = np.full((len(texts), length), ids.pad, np.int32)
   mask = np.zeros((len(texts), length), bool)
   for row, text in enumerate(texts):
     text = np.asarray(text, np.int32)
-    if not text.size or text[-1] != ids.eos:
+    if append_eos and (not text.size or text[-1] != ids.eos):
       text = np.append(text, np.int32(ids.eos))
     text = text[:length]
     tokens[row, :len(text)] = text

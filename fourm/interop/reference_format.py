@@ -12,7 +12,9 @@ by tensor, against fourm's `FourM` parameters:
   recomputed, never stored;
 * `*.pos_emb` are fixed sin-cos buffers: fourm recomputes them; the file's are checked
   against the recomputation (to 1e-5) so that learned or interpolated positions are
-  refused rather than silently replaced;
+  refused rather than silently replaced. The global tokens (tok_dinov2_global,
+  tok_imagebind_global) learn theirs: [1, N, D] parameters, fourm's [N, D] `pos_emb`;
+* t5_caption's `emb_proj` is a biased Linear (4096 -> D), like `decoder_proj_context`;
 * `mod_emb` [1, 1, D] and `mask_token` [1, 1, D] are fourm's [D] vectors. The decoder's
   `mod_emb` of a modality that is also an input is the encoder's when the model shares
   them (`share_modality_embeddings`, the reference default): checked equal, stored once;
@@ -197,6 +199,7 @@ class Stored:
   path: tuple
   linear_inputs: int = 0     # > 0: an nn.Linear weight; the kernel's leading input axes
   vector: bool = False       # [1, 1, D] on the reference side, [D] in fourm
+  batched: bool = False      # [1, N, D] on the reference side, [N, D] in fourm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +223,8 @@ def reference_shape(entry: Stored, shape: tuple[int, ...]) -> tuple[int, ...]:
   if entry.linear_inputs:
     n_in = math.prod(shape[:entry.linear_inputs])
     return (math.prod(shape) // n_in, n_in)
+  if entry.batched:
+    return (1, *shape)
   return (1, 1, shape[-1]) if entry.vector else tuple(shape)
 
 
@@ -227,6 +232,8 @@ def to_reference(entry: Stored, array: np.ndarray) -> np.ndarray:
   if entry.linear_inputs:
     n_in = math.prod(array.shape[:entry.linear_inputs])
     return array.reshape(n_in, -1).T
+  if entry.batched:
+    return array[None]
   return array.reshape((1, 1, -1)) if entry.vector else array
 
 
@@ -274,24 +281,32 @@ def tensor_map(model_names: Sequence[str], input_names: Sequence[str],
                linear_inputs=1)
   yield Stored("decoder_proj_context.bias", ("decoder_proj_context", "bias"))
 
-  def positions(name: str):
+  def positions(name: str, prefix: str, path: tuple):
     spec = modalities.get(name)
+    if spec.positions == "learned":
+      return Stored(f"{prefix}.pos_emb", path + ("pos_emb",), batched=True)
+    why = "fixed sin-cos positions"
     if spec.positions == "2d":
-      return lambda: positions_for(spec, layout, dim).astype(np.float32)[None]
+      return Derived(f"{prefix}.pos_emb", why, value=lambda: positions_for(
+          spec, layout, dim).astype(np.float32)[None])
     # The reference builds a 512-long 1D table and means to cut it to the sequence's
     # length, but cuts the batch axis ([1, 512, D][:256]): its buffer keeps all 512.
     length = max(REFERENCE_SEQUENCE_POSITIONS, spec.num_tokens(layout))
-    return lambda: sincos_1d(length, dim).astype(np.float32)[None]
+    return Derived(f"{prefix}.pos_emb", why,
+                   value=lambda: sincos_1d(length, dim).astype(np.float32)[None])
 
   for name in input_names:
     spec, p = modalities.get(name), f"encoder_embeddings.{domains[name]}"
     path = ("encoder_embeddings", name)
     yield Stored(f"{p}.mod_emb", path + ("mod_emb",), vector=True)
-    yield Derived(f"{p}.pos_emb", "fixed sin-cos positions", value=positions(name))
+    yield positions(name, p, path)
     if spec.kind == Kind.PIXELS:
       yield Stored(f"{p}.proj.weight", path + ("proj", "kernel"), linear_inputs=1)
-    elif spec.kind in (Kind.IMAGE_TOKENS, Kind.SEQUENCE):
+    elif spec.kind in (Kind.IMAGE_TOKENS, Kind.GLOBAL, Kind.SEQUENCE):
       yield Stored(f"{p}.token_emb.weight", path + ("token_emb", "embedding"))
+    elif spec.kind == Kind.SEQUENCE_EMBEDDINGS:
+      yield Stored(f"{p}.emb_proj.weight", path + ("proj", "kernel"), linear_inputs=1)
+      yield Stored(f"{p}.emb_proj.bias", path + ("proj", "bias"))
     else:
       raise ReferenceFileError(f"modality {name!r} ({spec.kind}): no reference layout for "
                                "this kind yet")
@@ -302,7 +317,7 @@ def tensor_map(model_names: Sequence[str], input_names: Sequence[str],
                     same_as=f"encoder_embeddings.{domains[name]}.mod_emb")
     else:
       yield Stored(f"{p}.mod_emb", path + ("mod_emb",), vector=True)
-    yield Derived(f"{p}.pos_emb", "fixed sin-cos positions", value=positions(name))
+    yield positions(name, p, path)
     yield Stored(f"{p}.token_emb.weight", path + ("token_emb", "embedding"))
     if tied_heads:
       yield Derived(f"{p}.to_logits.weight", "the output head, tied to the token table",

@@ -4,6 +4,7 @@ Encoder side, one module per input modality, by kind:
   IMAGE_TOKENS / GLOBAL / SEQUENCE -> `TokenEncoderEmbedding` (a vocab x dim table)
   PIXELS                           -> `PatchEncoderEmbedding` (linear patch projection)
   FEATURE_MAP                      -> `FeatureEncoderEmbedding` (linear projection)
+  SEQUENCE_EMBEDDINGS              -> `FeatureEncoderEmbedding` (biased projection)
 Decoder side, one `DecoderEmbedding` per target modality: a token table that embeds the
 teacher-forcing inputs of sequences and, tied, is the modality's output head (untied,
 the head is a second table, `to_logits`, as in the reference's hub models).
@@ -15,7 +16,7 @@ again to the encoder output before the decoder reads it.
 Initialization follows the reference's `init_weights` as it actually runs: encoder
 token tables N(0, 0.02); decoder token tables xavier-uniform (the tied `to_logits`
 Linear is initialized after the table and overwrites it); projections xavier-uniform;
-modality embeddings N(0, 0.02).
+modality embeddings and learned positions N(0, 0.02).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ INIT_STD = 0.02
 def positions_for(spec: modalities.ModalitySpec, layout: modalities.Layout,
                   dim: int) -> np.ndarray:
   """The fixed positions of a modality's N tokens: [N, dim]."""
+  if spec.positions == "learned":
+    raise ValueError(f"modality {spec.name!r} learns its positions; it has no fixed ones")
   if spec.positions == "2d":
-    return sincos_2d(layout.grid, dim)
+    return sincos_2d(spec.grid(layout), dim)
   return sincos_1d(spec.num_tokens(layout), dim)
 
 
@@ -74,10 +77,21 @@ class TokenTable(nnx.Module):
     return scores.reshape(x.shape[:-1] + scores.shape[-1:])
 
 
+def learned_positions(spec: modalities.ModalitySpec, layout: modalities.Layout, dim: int,
+                      param_dtype, rngs: nnx.Rngs) -> nnx.Param | None:
+  """[N, D] position parameters for a modality that learns them, else None."""
+  if spec.positions != "learned":
+    return None
+  return sharding.param(normal_init(INIT_STD), rngs.params(),
+                        (spec.num_tokens(layout), dim), param_dtype, (None, "embed"))
+
+
 def position_and_modality(spec: modalities.ModalitySpec, layout: modalities.Layout,
-                          mod_emb: jax.Array, dtype) -> jax.Array:
-  """The sample-independent half of an embedding: fixed positions + modality, [N, D]."""
-  positions = jnp.asarray(positions_for(spec, layout, mod_emb.shape[-1]))
+                          mod_emb: jax.Array, dtype,
+                          pos_emb: nnx.Param | None = None) -> jax.Array:
+  """The sample-independent half of an embedding: positions + modality, [N, D]."""
+  positions = (pos_emb[...] if pos_emb is not None
+               else jnp.asarray(positions_for(spec, layout, mod_emb.shape[-1])))
   # Replicated, like the activations it is added to (mod_emb itself is FSDP-sharded).
   return sharding.constrain((positions + mod_emb).astype(dtype), ("act_len", "act_embed"))
 
@@ -94,6 +108,7 @@ class TokenEncoderEmbedding(nnx.Module):
     # Sequences keep their visible text under "input_tokens"; dense kinds under "tokens".
     self.tokens_key = "input_tokens" if spec.kind == Kind.SEQUENCE else "tokens"
     self.mod_emb = modality_embedding(dim, param_dtype, rngs)
+    self.pos_emb = learned_positions(spec, layout, dim, param_dtype, rngs)
     self.token_emb = TokenTable(spec.vocab_size, dim, init=normal_init(INIT_STD), dtype=dtype,
                                 param_dtype=param_dtype, rngs=rngs)
 
@@ -101,7 +116,8 @@ class TokenEncoderEmbedding(nnx.Module):
     return self.token_emb.lookup(entry[self.tokens_key])
 
   def position_and_modality(self) -> jax.Array:
-    return position_and_modality(self.spec, self.layout, self.mod_emb[...], self.dtype)
+    return position_and_modality(self.spec, self.layout, self.mod_emb[...], self.dtype,
+                                 self.pos_emb)
 
 
 class PatchEncoderEmbedding(nnx.Module):
@@ -118,14 +134,17 @@ class PatchEncoderEmbedding(nnx.Module):
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.spec, self.layout, self.dtype = spec, layout, dtype
     self.channels = channels
-    patch_features = layout.patch_size * layout.patch_size * channels
+    patch = layout.resolution // spec.grid(layout)
+    patch_features = patch * patch * channels
     self.mod_emb = modality_embedding(dim, param_dtype, rngs)
     self.proj = Dense((patch_features,), (dim,), logical_axes=("patch", "embed"),
                       use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, entry: dict) -> jax.Array:
     image = entry["tokens"]
-    batch, grid, patch = image.shape[0], self.layout.grid, self.layout.patch_size
+    # From the layout at call time: fine-tuning patchifies at a grid of its own.
+    grid = self.spec.grid(self.layout)
+    batch, patch = image.shape[0], self.layout.resolution // grid
     patches = image.reshape(batch, grid, patch, grid, patch, self.channels)
     patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid * grid, -1)
     return self.proj(patches)
@@ -135,15 +154,16 @@ class PatchEncoderEmbedding(nnx.Module):
 
 
 class FeatureEncoderEmbedding(nnx.Module):
-  """Continuous per-patch vectors [B, N, F] -> a bias-free linear projection."""
+  """Continuous vectors [B, N, F] -> a linear projection: bias-free for per-patch feature
+  maps, biased for sequences of embeddings (the reference's `emb_proj` of t5_caption)."""
 
   def __init__(self, spec: modalities.ModalitySpec, layout: modalities.Layout, dim: int, *,
-               feature_dim: int, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               feature_dim: int, bias: bool = False, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.spec, self.layout, self.dtype = spec, layout, dtype
     self.mod_emb = modality_embedding(dim, param_dtype, rngs)
     self.proj = Dense((feature_dim,), (dim,), logical_axes=("patch", "embed"),
-                      dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                      use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, entry: dict) -> jax.Array:
     return self.proj(entry["tokens"])
@@ -162,12 +182,12 @@ def encoder_embedding(spec: modalities.ModalitySpec, layout: modalities.Layout, 
   if spec.kind == Kind.PIXELS:
     return PatchEncoderEmbedding(spec, layout, dim, channels=spec.source.channels or 3,
                                  bias=patch_bias, **common)
-  if spec.kind == Kind.FEATURE_MAP:
+  if spec.kind in (Kind.FEATURE_MAP, Kind.SEQUENCE_EMBEDDINGS):
     if not spec.source.channels:
       raise ValueError(f"feature map {spec.name!r}: its raw source {spec.source.name!r} "
                        "must say how many channels a feature vector has")
     return FeatureEncoderEmbedding(spec, layout, dim, feature_dim=spec.source.channels,
-                                   **common)
+                                   bias=spec.kind == Kind.SEQUENCE_EMBEDDINGS, **common)
   raise ValueError(f"no encoder embedding for kind {spec.kind}")
 
 
@@ -188,6 +208,7 @@ class DecoderEmbedding(nnx.Module):
       raise ValueError(f"modality {spec.name!r} cannot be a decoder target")
     self.spec, self.layout, self.dtype = spec, layout, dtype
     self.mod_emb = modality_embedding(dim, param_dtype, rngs) if own_modality_embedding else None
+    self.pos_emb = learned_positions(spec, layout, dim, param_dtype, rngs)
     head_init = uniform_init(xavier_bound(dim, spec.vocab_size))
     if tie_head:
       self.token_emb = TokenTable(spec.vocab_size, dim, init=head_init, dtype=dtype,
@@ -222,7 +243,7 @@ class DecoderEmbedding(nnx.Module):
     mod_emb = self.mod_emb[...] if self.mod_emb is not None else shared_mod_emb
     if mod_emb is None:
       raise ValueError(f"{self.spec.name!r}: no modality embedding of its own, none passed")
-    return position_and_modality(self.spec, self.layout, mod_emb, self.dtype)
+    return position_and_modality(self.spec, self.layout, mod_emb, self.dtype, self.pos_emb)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """The output head: hidden @ head_table^T, [..., vocab]."""

@@ -51,13 +51,23 @@ class ValueReader:
     return value * self._pixel_scale + self._pixel_shift
 
   def features(self, spec: modalities.ModalitySpec, field: str, value: Any) -> np.ndarray:
-    grid, channels = self.layout.grid, spec.source.channels
+    grid, channels = spec.grid(self.layout), spec.source.channels
     if not isinstance(value, np.ndarray) or value.shape != (grid, grid, channels):
       raise RecordError(f"expected a feature map [{grid}, {grid}, {channels}], got "
                         f"{describe(value)}", field=field)
     if value.dtype.kind != "f":
       raise RecordError(f"expected float features, got {value.dtype}", field=field)
     return value.reshape(grid * grid, channels).astype(np.float32, copy=False)
+
+  def embedding_sequence(self, spec: modalities.ModalitySpec, value: Any) -> np.ndarray:
+    """float [L, F] vectors, cut to the modality's max_length (as the reference cuts)."""
+    channels = spec.source.channels
+    if not isinstance(value, np.ndarray) or value.ndim != 2 or value.shape[1] != channels:
+      raise RecordError(f"expected a sequence of {channels}-d vectors [L, {channels}], got "
+                        f"{describe(value)}", field=spec.name)
+    if value.dtype.kind != "f":
+      raise RecordError(f"expected float vectors, got {value.dtype}", field=spec.name)
+    return value[:spec.max_length].astype(np.float32, copy=False)
 
   def token_grid(self, spec: modalities.ModalitySpec, value: Any) -> np.ndarray:
     n = spec.num_tokens(self.layout)

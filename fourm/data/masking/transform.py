@@ -27,7 +27,10 @@ class MaskSample:
   IMAGE_TOKENS / GLOBAL modalities; uint8 [R, R, 3] under "rgb" for PIXELS; float32
   [G, G, D] under the raw source's name for FEATURE_MAPs; for SEQUENCEs either int token
   ids (the text's own, without [EOS]; trailing PADs are dropped) or a raw value (a
-  caption str, a boxes dict) that `sequence_encoders[name]` turns into such ids.
+  caption str, a boxes dict) that `sequence_encoders[name]` turns into such ids; float
+  [L, F] vectors under the name of SEQUENCE_EMBEDDINGS (t5_caption). These are span
+  masked as the reference does: the encoder sees the kept vectors with one zero vector
+  in place of each masked run, packed at the front; they are never targets.
   A modality the sample lacks gets empty masks, and the budgets go to the others.
 
   The result has one entry per name in the contract format (module docstring) plus the
@@ -57,6 +60,9 @@ class MaskSample:
     self.num_tokens = np.array([spec.num_tokens(layout) for spec in self.specs], np.int64)
     self._is_sequence = np.array([spec.kind == Kind.SEQUENCE for spec in self.specs])
     self._sequences = tuple(np.flatnonzero(self._is_sequence))
+    self._is_embedding_sequence = np.array(
+        [spec.kind == Kind.SEQUENCE_EMBEDDINGS for spec in self.specs])
+    self._embedding_sequences = tuple(np.flatnonzero(self._is_embedding_sequence))
     self._can_target = np.array([spec.can_target for spec in self.specs])
     self._check_specs()
     self._check_encoders()
@@ -121,12 +127,12 @@ class MaskSample:
     keep_schemes = self._keep[component]
     values = [self._read(spec, sample) for spec in self.specs]
     present = np.array([value is not None for value in values])
-    dense_eligible = present & ~self._is_sequence
+    dense_eligible = present & ~self._is_sequence & ~self._is_embedding_sequence
 
     # Inputs: the Dirichlet split, then span masking, whose unused tokens go to the
     # dense modalities (a sequence never needs more than its text's length).
     capacity_in = np.where(present, self.num_tokens, 0)
-    for i in self._sequences:
+    for i in self._sequences + self._embedding_sequences:
       if present[i]:
         capacity_in[i] = len(values[i])
     proportions_in = draw_proportions(alpha_in, rng)
@@ -140,7 +146,13 @@ class MaskSample:
           inputs = inputs[:0]
         spans[i] = (inputs, target)
         n_in[i] = len(inputs)
-    if spans:
+    packed = {}
+    for i in self._embedding_sequences:
+      if present[i] and n_in[i]:
+        keep = choose_keep_mask(len(values[i]), int(n_in[i]), keep_schemes[i], rng)
+        packed[i] = _pack_kept_vectors(values[i], keep)
+        n_in[i] = len(packed[i])
+    if spans or packed:
       n_in = redistribute(n_in, self.input_budget - int(n_in.sum()), proportions_in,
                           capacity_in, dense_eligible & (alpha_in > 0), rng)
 
@@ -163,6 +175,8 @@ class MaskSample:
     for i, spec in enumerate(self.specs):
       if spec.kind == Kind.SEQUENCE:
         masked[spec.name] = self._sequence_entry(spec, spans.get(i))
+      elif spec.kind == Kind.SEQUENCE_EMBEDDINGS:
+        masked[spec.name] = self._embedding_sequence_entry(spec, packed.get(i))
       else:
         masked[spec.name] = self._dense_entry(spec, values[i], int(n_in[i]), int(n_tg[i]),
                                               rng)
@@ -189,6 +203,16 @@ class MaskSample:
     if spec.kind == Kind.FEATURE_MAP:
       return np.zeros((n, spec.source.channels), np.float32)
     return np.zeros(n, np.int32)
+
+  def _embedding_sequence_entry(self, spec: modalities.ModalitySpec,
+                                packed: np.ndarray | None) -> dict[str, np.ndarray]:
+    length = spec.max_length
+    entry = {"tokens": np.zeros((length, spec.source.channels), np.float32),
+             "input_mask": np.zeros(length, bool), "target_mask": np.zeros(length, bool)}
+    if packed is not None:
+      entry["tokens"][:len(packed)] = packed
+      entry["input_mask"][:len(packed)] = True
+    return entry
 
   def _sequence_entry(self, spec: modalities.ModalitySpec,
                       span: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
@@ -221,6 +245,8 @@ class MaskSample:
       return self.reader.features(spec, key, value)
     if spec.kind == Kind.SEQUENCE:
       return self._read_sequence(spec, value)
+    if spec.kind == Kind.SEQUENCE_EMBEDDINGS:
+      return self.reader.embedding_sequence(spec, value)
     return self.reader.token_grid(spec, value)
 
   def _read_sequence(self, spec: modalities.ModalitySpec, value: Any) -> np.ndarray:
@@ -254,6 +280,16 @@ class MaskSample:
                       f"truncated to fit max_length {spec.max_length}", stacklevel=3)
       ids = ids[:limit]
     return ids
+
+
+def _pack_kept_vectors(vectors: np.ndarray, keep: np.ndarray) -> np.ndarray:
+  """The encoder's view of span-masked vectors: kept ones in order, one zero vector in
+  place of each run of masked ones (the reference's placeholder for a sentinel)."""
+  starts = ~keep & np.concatenate([[True], keep[:-1]])  # first vector of each masked run
+  chosen = keep | starts
+  packed = vectors[chosen].copy()
+  packed[starts[chosen]] = 0.0
+  return packed
 
 
 def _trailing_count(ids: np.ndarray, value: int) -> int:
