@@ -29,6 +29,7 @@ def get_config(variant: str = "b"):
   c.layout = "reference"
   c.input_budget = c.target_budget = 128
   c.alphas.kind, c.alphas.alpha = "rgb2all_and_all2all", 0.5  # mix_mod7_all2all_rgb2all_a0.5
+  c.masking_budgets = "reference"  # the reference's budget split, to reproduce its runs
   c.model.size = SIZES[variant]
   c.model.dtype = "bfloat16"
   c.batch_size = BATCH

@@ -859,3 +859,49 @@ def test_bad_configurations_raise_usage_errors():
     MaskSample(names, SMALL, 8, 8, uniform, sequence_encoders={"tok_rgb": len})
   with pytest.raises(UsageError, match="do not fit its vocabulary"):
     MaskSample(names, SMALL, 8, 8, uniform, text_ids=TextSpecialIds(num_sentinels=29_999))
+
+
+def _mean_tokens(transform, sample, draws: int) -> tuple[dict, dict]:
+  inputs, targets = {}, {}
+  for seed in range(draws):
+    out = transform(sample, np.random.default_rng(seed))
+    for name in transform.names:
+      inputs[name] = inputs.get(name, 0) + int(out[name]["input_mask"].sum()) / draws
+      targets[name] = targets.get(name, 0) + int(out[name]["target_mask"].sum()) / draws
+  return inputs, targets
+
+
+def test_reference_budget_rule_matches_the_references_own_masking():
+  """The reference's UnifiedMasking on the 4M-7 recipe (tests/fixtures/reference/
+  masking_stats.json, made by running it): its mean tokens per modality, which
+  budget_rule="reference" reproduces and fourm's own rule does not."""
+  import json
+  import os
+  with open(os.path.join(os.path.dirname(__file__), "fixtures", "reference",
+                         "masking_stats.json")) as f:
+    ref = json.load(f)
+  names = modalities.MODALITY_SET_4M7
+  rng = np.random.default_rng(0)
+  sample = make_sample(names, rng, layout=modalities.REFERENCE_LAYOUT,
+                       caption_length=ref["text_lengths_with_eos"]["caption"] - 1,
+                       det_length=ref["text_lengths_with_eos"]["det"] - 1)
+  mixture = AlphasMixture.rgb_to_all_plus_all_to_all(names, 0.5)
+  domain = {n: n + "@224" if modalities.get(n).is_grid else n for n in names}
+  dense = [n for n in names if modalities.get(n).kind == Kind.IMAGE_TOKENS]
+  results = {}
+  for rule in ("reference", "fourm"):
+    transform = MaskSample(names, modalities.REFERENCE_LAYOUT, 128, 128, mixture,
+                           budget_rule=rule)
+    results[rule] = _mean_tokens(transform, sample, 1500)
+  inputs, targets = results["reference"]
+  # Standard errors: about 0.5 tokens here, 0.35 in the reference's 4000 draws.
+  for name in dense:
+    assert abs(targets[name] - ref["mean_target_tokens"][domain[name]]) < 1.8, name
+  for name in names:
+    assert abs(inputs[name] - ref["mean_input_tokens"][domain[name]]) < 1.8, name
+  reference_dense = np.mean([ref["mean_target_tokens"][domain[n]] for n in dense])
+  assert abs(np.mean([targets[n] for n in dense]) - reference_dense) < 0.8
+  # fourm's own rule gives the dense modalities what the short texts leave: > 2 more.
+  assert np.mean([results["fourm"][1][n] for n in dense]) > reference_dense + 2
+  with pytest.raises(UsageError, match="budget_rule"):
+    MaskSample(names, SMALL, 8, 8, mixture, budget_rule="nope")

@@ -39,6 +39,10 @@ def default_config() -> ml_collections.ConfigDict:
   # grids with the reference's schedules (`reference_cosine`), as its published models
   # were made to be sampled (docs/interop.md).
   c.reference_faithful = False
+  # How masking splits the budgets: "fourm" gives what caps and short texts leave over
+  # to the modalities with room; "reference" as apple/ml-4m (lost), which the reference
+  # recipes (configs/4m_mod7.py) use (fourm/data/masking/transform.py, docs/interop.md).
+  c.masking_budgets = "fourm"
   c.alphas = ml_collections.ConfigDict(dict(kind="all2all", alpha=1.0, path="",
                                                   sources=("rgb",)))
   c.model = ml_collections.ConfigDict(dict(

@@ -40,11 +40,13 @@ from fourm.train.step import make_eval_step, make_train_step
 # s, so another batch size, seed, dataset or masking would skip or repeat data).
 _FIXED_ON_RESUME = ("modalities", "layout", "input_budget", "target_budget", "model",
                     "batch_size", "seed", "data", "alphas", "pixel_normalization",
-                    "text_tokenizer")
+                    "text_tokenizer", "masking_budgets")
 _FREE_ON_RESUME = ("worker_count",)  # in config.data: the same stream on any worker count
 # Fields added to config.model after runs were saved without them: a saved run that
 # lacks one had its default.
 _MODEL_FIELDS_ADDED = {"tie_output_heads": True, "share_modality_embeddings": True}
+# Top-level fields added the same way.
+_FIELDS_ADDED = {"masking_budgets": "fourm"}
 
 
 class TrainingStopped(FourmError):
@@ -81,7 +83,8 @@ def make_pipeline(config: ml_collections.ConfigDict, *, split: str, train: bool,
   masker = MaskSample(tuple(config.modalities), grid_layout, config.input_budget,
                       config.target_budget, _alphas(config),
                       sequence_encoders=_sequence_encoders(config),
-                      pixel_normalization=config.pixel_normalization)
+                      pixel_normalization=config.pixel_normalization,
+                      budget_rule=config.get("masking_budgets", "fourm"))
   pipeline_config = PipelineConfig(
       data=tuple(config.data.paths), split=split, batch_size=batch_size,
       resolution=grid_layout.resolution,
@@ -133,7 +136,7 @@ def _check_resumable(saved: Mapping[str, Any], config: ml_collections.ConfigDict
   current = json.loads(config.to_json())
 
   def fixed(values: Mapping[str, Any], key: str):
-    value = values.get(key)
+    value = values.get(key, _FIELDS_ADDED.get(key))
     if isinstance(value, dict):
       value = {k: v for k, v in value.items() if k not in _FREE_ON_RESUME}
       if key == "model":

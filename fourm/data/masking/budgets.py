@@ -17,8 +17,10 @@ def draw_proportions(alphas: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 
 def allocate(budget: int, proportions: np.ndarray, alphas: np.ndarray,
-             capacities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Token counts for one drawn set of proportions (see `split_budget`)."""
+             capacities: np.ndarray, rng: np.random.Generator, *,
+             spill: bool = True) -> np.ndarray:
+  """Token counts for one drawn set of proportions (see `split_budget`). With
+  `spill=False` a cap clamps and what it cuts is lost, as in the reference."""
   alphas = np.asarray(alphas, np.float64)
   capacities = np.asarray(capacities, np.int64)
   positive = alphas > 0
@@ -35,6 +37,8 @@ def allocate(budget: int, proportions: np.ndarray, alphas: np.ndarray,
     winners = rng.dirichlet(alphas[positive], size=rest).argmax(axis=1)
     counts[np.flatnonzero(positive)] += np.bincount(winners, minlength=int(positive.sum()))
   counts = np.minimum(counts, capacities)
+  if not spill:
+    return counts
   return redistribute(counts, budget - int(counts.sum()), proportions, capacities,
                       positive, rng)
 

@@ -18,6 +18,7 @@ from fourm.errors import RecordError, UsageError
 from tokenizers_vq.text import TextSpecialIds
 
 Kind = modalities.Kind
+BUDGET_RULES = ("fourm", "reference")
 
 
 class MaskSample:
@@ -42,7 +43,16 @@ class MaskSample:
                target_budget: int, mixture: AlphasMixture, *,
                text_ids: TextSpecialIds = TextSpecialIds(),
                sequence_encoders: Mapping[str, Callable[[Any], np.ndarray]] | None = None,
-               pixel_normalization: str = "imagenet"):
+               pixel_normalization: str = "imagenet", budget_rule: str = "fourm"):
+    """`budget_rule`: "fourm" gives what a cap or a short text leaves over to the
+    modalities with room, and counts a sequence's decoder predictions; "reference"
+    splits as apple/ml-4m's UnifiedMasking does: a sequence's caps are its max_length
+    whatever the text's length, what they cut is lost, and its target budget counts
+    its decoder tokens including the last, which is only ever a label
+    (docs/interop.md measures both against the reference)."""
+    if budget_rule not in BUDGET_RULES:
+      raise UsageError(f"budget_rule is {budget_rule!r}, expected one of {BUDGET_RULES}")
+    self.reference_budgets = budget_rule == "reference"
     self.names = tuple(names)
     if not self.names or len(set(self.names)) != len(self.names):
       raise UsageError(f"masking needs distinct modality names, got {list(self.names)}")
@@ -131,12 +141,14 @@ class MaskSample:
 
     # Inputs: the Dirichlet split, then span masking, whose unused tokens go to the
     # dense modalities (a sequence never needs more than its text's length).
+    spill = not self.reference_budgets
     capacity_in = np.where(present, self.num_tokens, 0)
     for i in self._sequences + self._embedding_sequences:
-      if present[i]:
+      if present[i] and spill:
         capacity_in[i] = len(values[i])
     proportions_in = draw_proportions(alpha_in, rng)
-    n_in = allocate(self.input_budget, proportions_in, alpha_in, capacity_in, rng)
+    n_in = allocate(self.input_budget, proportions_in, alpha_in, capacity_in, rng,
+                    spill=spill)
     spans = {}
     for i in self._sequences:
       if present[i]:
@@ -152,7 +164,7 @@ class MaskSample:
         keep = choose_keep_mask(len(values[i]), int(n_in[i]), keep_schemes[i], rng)
         packed[i] = _pack_kept_vectors(values[i], keep)
         n_in[i] = len(packed[i])
-    if spans or packed:
+    if (spans or packed) and spill:
       n_in = redistribute(n_in, self.input_budget - int(n_in.sum()), proportions_in,
                           capacity_in, dense_eligible & (alpha_in > 0), rng)
 
@@ -160,14 +172,18 @@ class MaskSample:
     # full decoder sequence, cut to what they get.
     capacity_tg = np.where(present & self._can_target, self.num_tokens - n_in, 0)
     for i, (_, target) in spans.items():
-      capacity_tg[i] = len(target) - 1 if self._can_target[i] else 0
+      room = len(target) - 1 if spill else self.num_tokens[i]
+      capacity_tg[i] = room if self._can_target[i] else 0
     proportions_tg = draw_proportions(alpha_tg, rng)
-    n_tg = allocate(self.target_budget, proportions_tg, alpha_tg, capacity_tg, rng)
+    n_tg = allocate(self.target_budget, proportions_tg, alpha_tg, capacity_tg, rng,
+                    spill=spill)
     for i, (inputs, target) in spans.items():
-      target = truncate_target(target, int(n_tg[i]), rng, self.text_ids)
+      # The reference's budget counts decoder tokens, one more than the predictions.
+      predictions = int(n_tg[i]) if spill else max(int(n_tg[i]) - 1, 0)
+      target = truncate_target(target, predictions, rng, self.text_ids)
       spans[i] = (inputs, target)
       n_tg[i] = max(len(target) - 1, 0)
-    if spans:
+    if spans and spill:
       n_tg = redistribute(n_tg, self.target_budget - int(n_tg.sum()), proportions_tg,
                           capacity_tg, dense_eligible & (alpha_tg > 0), rng)
 
