@@ -184,8 +184,7 @@ class ModalitySpec:
     if self.kind == Kind.SEQUENCE_EMBEDDINGS and not self.source.channels:
       raise ValueError(f"modality {self.name!r}: its raw source must say how many "
                        "channels a vector has")
-    if self.patch_size is not None and self.kind not in (
-        Kind.PIXELS, Kind.IMAGE_TOKENS, Kind.FEATURE_MAP):
+    if self.patch_size is not None and not self.is_grid:
       raise ValueError(f"modality {self.name!r}: only grids have a patch size")
     if not self.roles:
       raise ValueError(f"modality {self.name!r}: needs at least one role")

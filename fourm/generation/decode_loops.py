@@ -86,11 +86,11 @@ def dense_loop(model, settings: LoopSettings, batch, tokens, decided, counts, te
     # budget fills the rest with others, which nothing commits): put them back.
     order, used = slots.select(asked, target_budget)
     ids = jnp.zeros_like(tokens).at[rows, order].set(ids)
-    confidence = jnp.full(tokens.shape, -jnp.inf).at[rows, order].set(
-        jnp.where(used, confidence, -jnp.inf))
     if settings.method == "roar":
-      commit = asked
+      commit = asked  # its positions were chosen before the step
     else:
+      confidence = jnp.full(tokens.shape, -jnp.inf).at[rows, order].set(
+          jnp.where(used, confidence, -jnp.inf))
       commit = sampling.commit_most_confident(confidence, undecided, count)
     tokens, decided = jnp.where(commit, ids, tokens), decided | commit
   return tokens
