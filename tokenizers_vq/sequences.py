@@ -22,6 +22,10 @@ import numpy as np
 from fourm import modalities
 from fourm.errors import UsageError
 from tokenizers_vq.boxes import BoxEncoder
+from tokenizers_vq.human_poses import HumanPoseCodec
+from tokenizers_vq.metadata import MetadataCodec
+from tokenizers_vq.palette import PaletteCodec
+from tokenizers_vq.sam_instance import SamInstanceCodec
 from tokenizers_vq.text import TextEncoder
 
 
@@ -36,7 +40,10 @@ class SequenceCodec(Protocol):
 
 
 CodecFactory = Callable[[str | None], SequenceCodec]
-CODECS: dict[str, CodecFactory] = {"text": TextEncoder, "boxes": BoxEncoder}
+# The 4M-21 families write their values as words of the text vocabulary (value_words).
+CODECS: dict[str, CodecFactory] = {
+    "text": TextEncoder, "boxes": BoxEncoder, "color_palette": PaletteCodec,
+    "metadata": MetadataCodec, "human_poses": HumanPoseCodec, "sam_instance": SamInstanceCodec}
 
 
 def register_codec(family: str, factory: CodecFactory) -> None:
