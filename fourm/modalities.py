@@ -16,7 +16,10 @@ Two levels, deliberately kept apart:
 
 Resolution is not part of a name: a `Layout` (resolution, patch size) turns a spec
 into token counts, so the same registry serves the reference 224 px layout and the
-small 64 px layout used for CPU work.
+small 64 px layout used for CPU work. The one exception is a model that reads one
+modality at two image sizes (the reference's super-resolution model has tok_rgb at
+224 px and at 448 px): "tok_rgb@448" names tok_rgb fixed at 448 px whatever the layout,
+a variant `get` derives on first use (`at_resolution`).
 
 This module knows nothing about models, files or training.
 """
@@ -169,6 +172,9 @@ class ModalitySpec:
   # Learned position embeddings instead of fixed sin-cos ones: the reference's global
   # tokens (tok_dinov2_global, tok_imagebind_global) have them.
   learned_positions: bool = False
+  # A grid at a fixed image size instead of the layout's: the "@RES" variants that let
+  # one model read a modality at two sizes (`at_resolution`). None: the layout's.
+  resolution: int | None = None
 
   def __post_init__(self):
     continuous = self.kind in (Kind.PIXELS, Kind.FEATURE_MAP, Kind.SEQUENCE_EMBEDDINGS)
@@ -186,6 +192,8 @@ class ModalitySpec:
                        "channels a vector has")
     if self.patch_size is not None and not self.is_grid:
       raise ValueError(f"modality {self.name!r}: only grids have a patch size")
+    if self.resolution is not None and not self.is_grid:
+      raise ValueError(f"modality {self.name!r}: only grids have a resolution of their own")
     if not self.roles:
       raise ValueError(f"modality {self.name!r}: needs at least one role")
     if self.kind == Kind.IMAGE_TOKENS and self.tokenizer is None:
@@ -213,15 +221,24 @@ class ModalitySpec:
   def can_target(self) -> bool:
     return Role.TARGET in self.roles
 
+  @property
+  def base_name(self) -> str:
+    """The registry entry a resolution variant derives from ('tok_rgb@448' -> 'tok_rgb')."""
+    return self.name.partition("@")[0]
+
+  def image_size(self, layout: Layout) -> int:
+    """The image size (px) a grid modality covers at this layout."""
+    return self.resolution or layout.resolution
+
   def grid(self, layout: Layout) -> int:
     """Tokens per side of a grid modality at this layout."""
     if not self.is_grid:
       raise ValueError(f"modality {self.name!r} is not a grid")
-    patch = self.patch_size or layout.patch_size
-    if layout.resolution % patch:
+    patch, size = self.patch_size or layout.patch_size, self.image_size(layout)
+    if size % patch:
       raise ValueError(f"modality {self.name!r}: its {patch} px patches do not tile "
-                       f"{layout.resolution} px images")
-    return layout.resolution // patch
+                       f"{size} px images")
+    return size // patch
 
   def num_tokens(self, layout: Layout) -> int:
     """Tokens per sample at this layout (the maximum, for sequences)."""
@@ -373,10 +390,38 @@ for _raw in _RAW_ONLY:
 
 
 def get(name: str) -> ModalitySpec:
+  """The spec of `name`; "NAME@RES" derives (and registers) a grid's resolution variant."""
+  spec = MODALITIES.get(name)
+  if spec is not None:
+    return spec
+  base, at, resolution = name.partition("@")
+  if at and base in MODALITIES and resolution.isdigit() and int(resolution) > 0:
+    return at_resolution(base, int(resolution))
+  raise KeyError(f"unknown modality {name!r}; known: {sorted(MODALITIES)} (and a grid's "
+                 "NAME@RESOLUTION)")
+
+
+def is_known(name: str) -> bool:
+  """Whether `get(name)` gives a spec (a resolution variant counts)."""
   try:
-    return MODALITIES[name]
-  except KeyError:
-    raise KeyError(f"unknown modality {name!r}; known: {sorted(MODALITIES)}") from None
+    get(name)
+  except (KeyError, ValueError):
+    return False
+  return True
+
+
+def at_resolution(name: str, resolution: int) -> ModalitySpec:
+  """Grid modality `name` fixed at `resolution` px, registered as "name@resolution".
+
+  The variant has the base's vocabulary, tokenizer family and raw source (a record's
+  "rgb" serves rgb@448 too, resized), but embeddings of its own in a model: the
+  reference's super-resolution model reads tok_rgb@224 and tok_rgb@448 side by side."""
+  base = get(name)
+  if not base.is_grid or base.resolution is not None:
+    raise ValueError(f"modality {name!r}: only a registered grid modality has resolution "
+                     "variants")
+  return register(dataclasses.replace(base, name=f"{name}@{resolution}",
+                                      resolution=resolution))
 
 
 def get_raw(name: str) -> RawSpec:
@@ -388,8 +433,8 @@ def get_raw(name: str) -> RawSpec:
 
 def grid_modality_of(raw_name: str) -> str:
   """The token-grid modality made from raw modality `raw_name` (rgb -> tok_rgb)."""
-  found = [spec.name for spec in MODALITIES.values()
-           if spec.kind == Kind.IMAGE_TOKENS and spec.source.name == raw_name]
+  found = [spec.name for spec in MODALITIES.values() if spec.kind == Kind.IMAGE_TOKENS
+           and spec.source.name == raw_name and spec.resolution is None]
   if len(found) != 1:
     raise KeyError(f"raw modality {raw_name!r} has {len(found)} token-grid modalities "
                    f"{found}; expected one")

@@ -103,6 +103,14 @@ def test_tokenize_refuses_the_wrong_tokenizer_and_bad_records(scenes, depth_toke
     tokenize.load_tokenizers([f"tok_rgb={workdir}"])
   with pytest.raises(UsageError, match="no tokenizer checkpoints"):
     tokenize.load_tokenizers([str(tmp_path)])
+  # A resolution variant's tokenizer is named for it, and must make the variant's grid.
+  from fourm.generation.loading import check_tokenizer
+  variant = tokenize.load_tokenizers([f"tok_depth@64={workdir}"])["tok_depth@64"][1]
+  check_tokenizer("tok_depth@64", variant, modalities.SMALL_LAYOUT)
+  with pytest.raises(UsageError, match="makes a 8x8 grid; the model reads 4x4"):
+    check_tokenizer("tok_depth@32", variant, modalities.SMALL_LAYOUT)
+  with pytest.raises(UsageError, match="not tok_rgb@64"):
+    tokenize.load_tokenizers([f"tok_rgb@64={workdir}"])
   tokenizer = train_lib.load_tokenizer(workdir)
   with pytest.raises(RecordError, match="field 'depth'"):
     tokenize.encode_batch(tokenizer, [{"rgb": np.zeros((64, 64, 3), np.uint8)}], 4)

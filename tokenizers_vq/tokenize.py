@@ -29,6 +29,10 @@ def _parse(entry: str) -> tuple[str | None, str]:
   return (name, path) if sep else (None, entry)
 
 
+def _is_variant_of(name: str, base: str) -> bool:
+  return modalities.is_known(name) and modalities.get(name).base_name == base
+
+
 def load_tokenizers(entries: Sequence[str]) -> dict[str, tuple[str, VQTokenizer]]:
   """{tok_<modality>: (workdir, tokenizer)}, checked against the modality registry."""
   loaded: dict[str, tuple[str, VQTokenizer]] = {}
@@ -40,6 +44,8 @@ def load_tokenizers(entries: Sequence[str]) -> dict[str, tuple[str, VQTokenizer]
     except KeyError:
       raise UsageError(f"{workdir}: a tokenizer for {tokenizer.raw_name!r}, which no "
                        "token-grid modality of the registry is made from") from None
+    if expected is not None and expected != name and _is_variant_of(expected, name):
+      name = expected  # tok_rgb@448=DIR: the 448 px grid of a model that reads two sizes
     if expected is not None and expected != name:
       raise UsageError(f"--tokenizers {entry}: that checkpoint is a tokenizer for "
                        f"{tokenizer.config.modality!r} (it makes {name}), not {expected}")

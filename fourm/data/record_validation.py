@@ -25,7 +25,7 @@ def validate_field(name: str, value: Any, *, image_hw: tuple[int, int] | None = 
   def fail(message: str):
     raise RecordError(message, path=path, record=record, field=name)
 
-  if name not in modalities.RAW_MODALITIES and name in modalities.MODALITIES:
+  if name not in modalities.RAW_MODALITIES and modalities.is_known(name):
     _validate_token_ids(modalities.get(name), value, fail)
     return
   try:

@@ -39,7 +39,7 @@ def decoding_from_dict(step: Mapping[str, Any], where: str = "schedule") -> Deco
     raise UsageError(f"{where}: unknown field(s) {unknown}; a step has {sorted(_FIELDS)}")
   if "target" not in step:
     raise UsageError(f"{where}: every step needs a target")
-  if step["target"] not in modalities.MODALITIES:
+  if not modalities.is_known(step["target"]):
     raise UsageError(f"{where}: unknown modality {step['target']!r}; known: "
                      f"{sorted(modalities.MODALITIES)}")
   for key in ("token_schedule", "conditions"):
@@ -67,7 +67,7 @@ def default_chain(targets: Iterable[str], reference: bool = False) -> tuple[Deco
   chain = []
   for name in targets:
     step = {"target": name}
-    if reference and name in modalities.MODALITIES and \
+    if reference and modalities.is_known(name) and \
         modalities.get(name).kind != modalities.Kind.SEQUENCE:
       step["token_schedule"] = "reference_cosine"
     chain.append(decoding_from_dict(step, f"target {name}"))

@@ -67,7 +67,7 @@ def read_value(name: str, value: Any) -> Any:
 
 
 def _raw_of(name: str) -> modalities.RawSpec | None:
-  if name in modalities.MODALITIES:
+  if modalities.is_known(name):
     return modalities.get(name).source
   return modalities.RAW_MODALITIES.get(name)
 
@@ -190,8 +190,9 @@ class ConditionEncoder:
       if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
         raise UsageError(f"{spec.name}: expected a uint8 image [H, W, 3], got "
                          f"{image.dtype} {list(image.shape)}")
-      image = augment_lib.center_crop(spec.source.name, image, self.layout.resolution)
-      images.append(self.reader.pixels(spec.source.name, image))
+      size = spec.image_size(self.layout)
+      image = augment_lib.center_crop(spec.source.name, image, size)
+      images.append(self.reader.pixels(spec.source.name, image, size))
     n = spec.num_tokens(self.layout)
     return {"tokens": np.stack(images).astype(np.float32),
             "input_mask": np.ones((len(images), n), bool)}

@@ -100,6 +100,7 @@ def _train_config(model: fmt.ReferenceModel, tied: bool):
   from fourm.train.config import default_config
   config = default_config()
   config.modalities = model.modality_names
+  config.input_only = model.input_only
   config.layout = f"{model.layout.resolution}/{model.layout.patch_size}"
   config.input_budget = config.target_budget = DEFAULT_BUDGETS
   config.model.update(fmt.preset_overrides(model.architecture))
@@ -132,7 +133,8 @@ def import_reference(source: str, workdir: str, log: Callable[[str], None] = pri
   model = fmt.read_config(reference_config, path)
   reader = SafetensorsReader(path)
   try:
-    targets = [n for n in model.modality_names if modalities.get(n).can_target]
+    targets = [n for n in model.modality_names
+               if modalities.get(n).can_target and n not in model.input_only]
     tied = _heads_are_tied(reader, model, targets)
     config = _train_config(model, tied)
     abstract = nnx.eval_shape(model_factory(config))
@@ -172,6 +174,7 @@ def import_reference(source: str, workdir: str, log: Callable[[str], None] = pri
   summary = dict(workdir=os.path.abspath(workdir), file=path, dtypes=dtypes,
                  tensors=len(entries), stored=len(entries) - len(derived),
                  derived=len(derived), tied_heads=tied, modalities=model.modality_names,
+                 input_only=model.input_only,
                  layout=config.layout, parameters=sum(
                      v.get_value().size for _, v in nnx.to_flat_state(params)))
   return summary

@@ -60,20 +60,31 @@ REFERENCE_SEQUENCE_POSITIONS = 512   # its max_sincos_pos_emb
 
 # Modality names ---------------------------------------------------------------------------
 
-def fourm_modality(domain: str) -> tuple[str, int | None]:
+def fourm_modality(domain: str, image_size: int | None = None) -> tuple[str, int | None]:
   """A reference domain name -> (fourm modality, the resolution it names or None):
-  'tok_rgb@224' -> ('tok_rgb', 224), 'rgb@448' -> ('rgb', 448), 'caption' -> ('caption',
-  None)."""
+  'tok_rgb@224' -> ('tok_rgb', 224), 'caption' -> ('caption', None). In a model whose
+  image_size is given, a grid at another size is fourm's resolution variant:
+  'tok_rgb@448' with image_size 224 -> ('tok_rgb@448', 448)."""
   name, _, resolution = domain.partition("@")
   if name not in modalities.MODALITIES:
     raise KeyError(domain)
-  return name, int(resolution) if resolution else None
+  if not resolution:
+    return name, None
+  if not resolution.isdigit():
+    raise KeyError(domain)
+  if image_size is not None and int(resolution) != image_size:
+    try:
+      name = modalities.at_resolution(name, int(resolution)).name
+    except ValueError:
+      raise KeyError(domain) from None
+  return name, int(resolution)
 
 
 def reference_domain(name: str, layout: modalities.Layout) -> str:
   """fourm modality -> the reference's domain name at `layout` (inverse of the above)."""
   spec = modalities.get(name)
-  return f"{name}@{layout.resolution}" if spec.positions == "2d" else name
+  return (f"{spec.base_name}@{spec.image_size(layout)}" if spec.positions == "2d"
+          else name)
 
 
 # The config -------------------------------------------------------------------------------
@@ -101,6 +112,7 @@ class ReferenceModel:
   architecture: FourMConfig
   domains: Mapping[str, str]          # fourm modality -> the reference's domain name
   config: Mapping[str, Any]           # the reference config itself, for the export
+  input_only: tuple[str, ...] = ()    # inputs only here, though fourm's specs allow targets
 
 
 def read_config(config: Mapping[str, Any], source: str) -> ReferenceModel:
@@ -124,31 +136,32 @@ def read_config(config: Mapping[str, Any], source: str) -> ReferenceModel:
     raise ReferenceFileError(f"{source}: config field mlp_ratio is {config['mlp_ratio']}; "
                              "fourm's presets use 4")
   domains_in, domains_out = list(config["domains_in"]), list(config["domains_out"])
-  names, domains, resolutions = [], {}, set()
+  image_size, patch_size = int(config["image_size"]), int(config["patch_size"])
+  names, domains, input_only = [], {}, []
   for domain in domains_in + [d for d in domains_out if d not in domains_in]:
     try:
-      name, resolution = fourm_modality(domain)
+      # A grid at another size than image_size (the super-resolution model's @448
+      # beside its @224) is a resolution variant: 'tok_rgb@448'.
+      name, _ = fourm_modality(domain, image_size)
     except KeyError:
       raise ReferenceFileError(f"{source}: modality {domain!r} is not in fourm's registry "
-                               f"(known: {sorted(modalities.MODALITIES)})") from None
+                               f"(known: {sorted(modalities.MODALITIES)}, a grid at any "
+                               "NAME@RESOLUTION)") from None
     spec = modalities.get(name)
     roles = {modalities.Role.INPUT} if domain in domains_in else set()
     roles |= {modalities.Role.TARGET} if domain in domains_out else set()
-    if roles != set(spec.roles):
+    # A model may read a modality it does not predict (the super-resolution model reads
+    # caption); it may not predict one fourm's spec cannot, or only predict an input.
+    predicted_not_read = roles == {modalities.Role.TARGET} and spec.can_input
+    if not roles <= set(spec.roles) or predicted_not_read:
       raise ReferenceFileError(
           f"{source}: modality {domain!r} is {'an input' if domain in domains_in else ''}"
           f"{' and ' if len(roles) == 2 else ''}{'a target' if domain in domains_out else ''}"
           f" there; fourm's {name!r} is {'+'.join(sorted(r.value for r in spec.roles))}")
-    if resolution is not None:
-      resolutions.add(resolution)
+    if roles == {modalities.Role.INPUT} and spec.can_target:
+      input_only.append(name)
     names.append(name)
     domains[name] = domain
-  image_size, patch_size = int(config["image_size"]), int(config["patch_size"])
-  if resolutions - {image_size}:
-    raise ReferenceFileError(
-        f"{source}: modalities at resolutions {sorted(resolutions)} with image_size "
-        f"{image_size}: a fourm model has one layout (mixed-resolution models are not "
-        "supported yet)")
   try:
     layout = modalities.Layout(image_size, patch_size)
     architecture = FourMConfig(
@@ -157,7 +170,8 @@ def read_config(config: Mapping[str, Any], source: str) -> ReferenceModel:
         share_modality_embeddings=bool(config.get("share_modality_embeddings", True)))
   except ValueError as error:
     raise ReferenceFileError(f"{source}: {error}") from None
-  return ReferenceModel(tuple(names), layout, architecture, domains, dict(config))
+  return ReferenceModel(tuple(names), layout, architecture, domains, dict(config),
+                        tuple(input_only))
 
 
 def reference_config(model_names: Sequence[str], input_names: Sequence[str],

@@ -134,7 +134,7 @@ class PatchEncoderEmbedding(nnx.Module):
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.spec, self.layout, self.dtype = spec, layout, dtype
     self.channels = channels
-    patch = layout.resolution // spec.grid(layout)
+    patch = spec.image_size(layout) // spec.grid(layout)
     patch_features = patch * patch * channels
     self.mod_emb = modality_embedding(dim, param_dtype, rngs)
     self.proj = Dense((patch_features,), (dim,), logical_axes=("patch", "embed"),
@@ -144,7 +144,7 @@ class PatchEncoderEmbedding(nnx.Module):
     image = entry["tokens"]
     # From the layout at call time: fine-tuning patchifies at a grid of its own.
     grid = self.spec.grid(self.layout)
-    batch, patch = image.shape[0], self.layout.resolution // grid
+    batch, patch = image.shape[0], self.spec.image_size(self.layout) // grid
     patches = image.reshape(batch, grid, patch, grid, patch, self.channels)
     patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid * grid, -1)
     return self.proj(patches)

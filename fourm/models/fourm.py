@@ -61,7 +61,7 @@ class FourM(nnx.Module):
 
   def __init__(self, config: FourMConfig, modality_names: Sequence[str],
                layout: modalities.Layout, input_budget: int, target_budget: int, *,
-               rngs: nnx.Rngs):
+               input_only: Sequence[str] = (), rngs: nnx.Rngs):
     self.config = config
     self.modality_names = tuple(modality_names)
     self.layout = layout
@@ -69,8 +69,14 @@ class FourM(nnx.Module):
     specs = [modalities.get(name) for name in self.modality_names]
     if len(set(self.modality_names)) != len(specs):
       raise ValueError(f"modality names repeat: {self.modality_names}")
+    # `input_only`: modalities this model reads but does not predict, though their
+    # specs allow both (the reference's super-resolution model reads caption).
+    unknown = set(input_only) - set(self.modality_names)
+    if unknown:
+      raise ValueError(f"input_only names {sorted(unknown)}, not among {self.modality_names}")
     self.input_names = tuple(spec.name for spec in specs if spec.can_input)
-    self.target_names = tuple(spec.name for spec in specs if spec.can_target)
+    self.target_names = tuple(spec.name for spec in specs
+                              if spec.can_target and spec.name not in input_only)
     if not self.input_names or not self.target_names:
       raise ValueError("4M needs at least one input and one target modality, got "
                        f"{self.modality_names}")
@@ -88,7 +94,7 @@ class FourM(nnx.Module):
             spec, layout, dim,
             own_modality_embedding=not (config.share_modality_embeddings and spec.can_input),
             tie_head=config.tie_output_heads, **common)
-        for spec in specs if spec.can_target})
+        for spec in specs if spec.name in self.target_names})
 
     self.encoder = nnx.List([
         EncoderBlock(dim, config.num_heads, config.mlp_ratio, **block_args)

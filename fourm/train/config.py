@@ -12,7 +12,11 @@ def default_config() -> ml_collections.ConfigDict:
 
   Fields
     modalities, layout ("small": 64 px / 8 px patches, "reference": 224 / 16, or
-      "RESOLUTION/PATCH" such as "448/16")
+      "RESOLUTION/PATCH" such as "448/16"); a grid at another size than the layout's
+      is "NAME@RES" (e.g. "tok_rgb@448")
+    input_only: modalities that this model only reads, though the registry lets them be
+      targets (the reference's super-resolution model reads caption and the 224 px
+      grids, and predicts only the 448 px ones)
     input_budget, target_budget: tokens per sample for the encoder / the decoder
     alphas: kind "all2all" | "rgb2all_and_all2all" (alpha) | "sources2all_and_all2all"
       (alpha, sources: e.g. ("rgb", "caption")) | "reference_yaml" (path)
@@ -30,6 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.modalities = ("rgb", "tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "caption")
   c.layout = "small"
+  c.input_only = ()
   c.input_budget = 64
   c.target_budget = 64
   c.pixel_normalization = "imagenet"

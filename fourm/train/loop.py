@@ -84,7 +84,8 @@ def make_pipeline(config: ml_collections.ConfigDict, *, split: str, train: bool,
                       config.target_budget, _alphas(config),
                       sequence_encoders=_sequence_encoders(config),
                       pixel_normalization=config.pixel_normalization,
-                      budget_rule=config.get("masking_budgets", "fourm"))
+                      budget_rule=config.get("masking_budgets", "fourm"),
+                      input_only=tuple(config.get("input_only", ())))
   pipeline_config = PipelineConfig(
       data=tuple(config.data.paths), split=split, batch_size=batch_size,
       resolution=grid_layout.resolution,

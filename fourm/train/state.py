@@ -66,7 +66,7 @@ def model_config(config: ml_collections.ConfigDict) -> fourm_model.FourMConfig:
 def model_factory(config: ml_collections.ConfigDict) -> Callable[[], fourm_model.FourM]:
   """A function that builds the run's model (call it under the mesh to shard it)."""
   for name in config.modalities:
-    if name not in modalities.MODALITIES:
+    if not modalities.is_known(name):
       raise UsageError(f"config.modalities names {name!r}; known: {sorted(modalities.MODALITIES)}")
   architecture = model_config(config)
   grid_layout = layout(config)
@@ -74,6 +74,7 @@ def model_factory(config: ml_collections.ConfigDict) -> Callable[[], fourm_model
   def build() -> fourm_model.FourM:
     return fourm_model.FourM(architecture, tuple(config.modalities), grid_layout,
                              config.input_budget, config.target_budget,
+                             input_only=tuple(config.get("input_only", ())),
                              rngs=nnx.Rngs(config.seed))
   return build
 

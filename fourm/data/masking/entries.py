@@ -41,8 +41,9 @@ class ValueReader:
     # (x / 255 - mean) / std as one multiply-add.
     self._pixel_scale, self._pixel_shift = 1.0 / (255.0 * std), -mean / std
 
-  def pixels(self, field: str, value: Any) -> np.ndarray:
-    size = self.layout.resolution
+  def pixels(self, field: str, value: Any, size: int | None = None) -> np.ndarray:
+    """uint8 [size, size, 3] (the layout's resolution unless given) -> normalized."""
+    size = size or self.layout.resolution
     if not isinstance(value, np.ndarray) or value.shape != (size, size, 3):
       raise RecordError(f"expected a uint8 image [{size}, {size}, 3], got "
                         f"{describe(value)}", field=field)

@@ -19,7 +19,7 @@ Kind = modalities.Kind
 
 
 def spec_or_error(name: str, where: str) -> modalities.ModalitySpec:
-  if name not in modalities.MODALITIES:
+  if not modalities.is_known(name):
     raise UsageError(f"{where}: unknown modality {name!r}; known: {sorted(modalities.MODALITIES)}")
   return modalities.get(name)
 
@@ -217,7 +217,9 @@ class AlphasMixture:
 
     entries: dict[str, tuple[str, Mapping]] = {}  # name -> (key as written, entry)
     for key, entry in per_modality.items():
-      name = _strip_resolution(str(key))
+      # A model that reads a modality at two sizes names the second "tok_rgb@448".
+      name = str(key) if wanted is not None and str(key) in wanted else \
+          _strip_resolution(str(key))
       if wanted is not None and name not in wanted:
         continue
       spec = spec_or_error(name, "alphas config")

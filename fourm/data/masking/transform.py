@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from fourm import modalities
+from fourm.data import augment
 from fourm.data.masking.budgets import allocate, draw_proportions, redistribute
 from fourm.data.masking.entries import ValueReader, checked_ids, describe
 from fourm.data.masking.mixtures import AlphasMixture, spec_or_error
@@ -43,13 +44,15 @@ class MaskSample:
                target_budget: int, mixture: AlphasMixture, *,
                text_ids: TextSpecialIds = TextSpecialIds(),
                sequence_encoders: Mapping[str, Callable[[Any], np.ndarray]] | None = None,
-               pixel_normalization: str = "imagenet", budget_rule: str = "fourm"):
+               pixel_normalization: str = "imagenet", budget_rule: str = "fourm",
+               input_only: Iterable[str] = ()):
     """`budget_rule`: "fourm" gives what a cap or a short text leaves over to the
     modalities with room, and counts a sequence's decoder predictions; "reference"
     splits as apple/ml-4m's UnifiedMasking does: a sequence's caps are its max_length
     whatever the text's length, what they cut is lost, and its target budget counts
     its decoder tokens including the last, which is only ever a label
-    (docs/interop.md measures both against the reference)."""
+    (docs/interop.md measures both against the reference). `input_only`: modalities
+    that are never targets here, though their specs allow it (the model's own roles)."""
     if budget_rule not in BUDGET_RULES:
       raise UsageError(f"budget_rule is {budget_rule!r}, expected one of {BUDGET_RULES}")
     self.reference_budgets = budget_rule == "reference"
@@ -73,7 +76,12 @@ class MaskSample:
     self._is_embedding_sequence = np.array(
         [spec.kind == Kind.SEQUENCE_EMBEDDINGS for spec in self.specs])
     self._embedding_sequences = tuple(np.flatnonzero(self._is_embedding_sequence))
-    self._can_target = np.array([spec.can_target for spec in self.specs])
+    input_only = set(input_only)
+    if input_only - set(self.names):
+      raise UsageError(f"input_only names {sorted(input_only - set(self.names))}, which are "
+                       f"not among the modalities {list(self.names)}")
+    self._can_target = np.array([spec.can_target and spec.name not in input_only
+                                 for spec in self.specs])
     self._check_specs()
     self._check_encoders()
     self._input_alphas, self._target_alphas, self._keep = self._component_tables()
@@ -215,7 +223,8 @@ class MaskSample:
   def _empty_tokens(self, spec: modalities.ModalitySpec) -> np.ndarray:
     n = spec.num_tokens(self.layout)
     if spec.kind == Kind.PIXELS:
-      return np.zeros((self.layout.resolution, self.layout.resolution, 3), np.float32)
+      size = spec.image_size(self.layout)
+      return np.zeros((size, size, 3), np.float32)
     if spec.kind == Kind.FEATURE_MAP:
       return np.zeros((n, spec.source.channels), np.float32)
     return np.zeros(n, np.int32)
@@ -256,7 +265,12 @@ class MaskSample:
     if value is None:
       return None
     if spec.kind == Kind.PIXELS:
-      return self.reader.pixels(key, value)
+      size = spec.image_size(self.layout)
+      if spec.resolution is not None and isinstance(value, np.ndarray) and \
+          value.shape[:2] != (size, size):
+        # rgb@448 beside rgb: the sample's one image, resized for the variant.
+        value = augment.center_crop(key, value, size)
+      return self.reader.pixels(key, value, size)
     if spec.kind == Kind.FEATURE_MAP:
       return self.reader.features(spec, key, value)
     if spec.kind == Kind.SEQUENCE:
