@@ -159,3 +159,44 @@ def test_codecs_feed_the_masking(fixture, family):
   out = transform({family: record}, np.random.default_rng(0))
   seen = out[family]["input_tokens"][out[family]["input_mask"]]
   assert seen.tolist() == (case["ids"] + [text.special_tokens().eos])[:spec.max_length]
+
+
+def _span_lengths(tokens: np.ndarray, special: text.SpecialTokens) -> list[int]:
+  """Lengths of the runs between sentinels (a trailing [EOS] not counted)."""
+  runs, run = [], 0
+  for token in tokens.tolist():
+    if special.first_sentinel <= token < special.first_sentinel + special.num_sentinels:
+      runs.append(run)
+      run = 0
+    elif token != special.eos:
+      run += 1
+  return runs + [run]
+
+
+def test_metadata_is_masked_an_entry_at_a_time(fixture):
+  """The reference masks metadata by whole entries (chunk span masking): an encoder run
+  and a decoder span always hold whole "v1=<kind> v0=<bin>" pairs. Given as bare ids,
+  without the codec's chunks, the same record is cut mid-entry: the check can fail."""
+  record, case = cases(fixture, "metadata")[0]
+  codec = metadata.MetadataCodec()
+  chunks = codec.chunks(record)
+  assert [len(c) for c in chunks] == [2] * len(chunks)
+  assert np.concatenate(chunks).tolist() == case["ids"]
+  special = text.special_tokens()
+  component = DirichletComponent({"metadata": 1.0}, {"metadata": 1.0},
+                                 keep={"metadata": "random"})
+
+  def odd_runs(value, encoders) -> int:
+    transform = MaskSample(("metadata",), modalities.SMALL_LAYOUT, 30, 60,
+                           AlphasMixture((component,)), sequence_encoders=encoders)
+    odd = 0
+    for seed in range(200):
+      out = transform({"metadata": value}, np.random.default_rng(seed))["metadata"]
+      seen = out["input_tokens"][out["input_mask"]]
+      # A decoder span is the target tokens (its labels, closed by the next sentinel).
+      spans = out["target_labels"][out["target_mask"]]
+      odd += sum(n % 2 for n in _span_lengths(seen, special) + _span_lengths(spans, special))
+    return odd
+
+  assert odd_runs(record, {"metadata": codec}) == 0
+  assert odd_runs(record, {"metadata": lambda value: codec(value)}) > 0  # no chunks

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from fourm.errors import RecordError
+from tokenizers_vq import text
 from tokenizers_vq.value_words import MAX_VALUE, WordCodec, WordReader, parse_pieces, value_word
 
 METADATA_KEYS = (
@@ -102,16 +103,29 @@ def bin_value(key: str, binned: int) -> float:
 class MetadataCodec(WordCodec):
   name = "metadata"
 
-  def words(self, metadata) -> list[str]:
+  def entries(self, metadata) -> list[list[str]]:
+    """The words of each present entry: ["v1=<kind>", "v0=<bin>"]."""
     array = as_array(metadata)
-    words = []
+    entries = []
     for index, (key, value) in enumerate(zip(METADATA_KEYS, array.tolist())):
       if np.isnan(value):
         continue
       if not np.isfinite(value):
         raise RecordError(f"metadata {key!r} is {value}", field=self.name)
-      words += [value_word(1, index), value_word(0, value_bin(key, value))]
-    return words
+      entries.append([value_word(1, index), value_word(0, value_bin(key, value))])
+    return entries
+
+  def words(self, metadata) -> list[str]:
+    return [word for entry in self.entries(metadata) for word in entry]
+
+  def chunks(self, metadata) -> list[np.ndarray]:
+    """Each entry's token ids: the masking keeps or masks an entry whole, as the
+    reference's chunk span masking of metadata does. Concatenated, they are `self(...)`'s
+    ids (the words are whitespace-separated either way)."""
+    tokenizer = text.load_text_tokenizer(self.path)
+    encoded = tokenizer.encode_batch([" ".join(e) for e in self.entries(metadata)],
+                                     add_special_tokens=False)
+    return [np.asarray(e.ids, np.int32) for e in encoded]
 
   def parse(self, reader: WordReader, strict: bool) -> tuple[dict[str, float], int]:
     """{kind: value} in `METADATA_KEYS` order (a kind given twice: the last wins)."""

@@ -26,11 +26,20 @@ def input_length(keep: np.ndarray) -> np.ndarray:
 
 
 def choose_keep_mask(length: int, input_budget: int, scheme: str,
-                     rng: np.random.Generator) -> np.ndarray:
+                     rng: np.random.Generator, chunk_of: np.ndarray | None = None
+                     ) -> np.ndarray:
   """Which tokens of a sequence the encoder sees, as the reference picks them: each kept
-  with keep_prob; while the input is over budget, keep_prob *= 0.9 and redraw."""
+  with keep_prob; while the input is over budget, keep_prob *= 0.9 and redraw.
+
+  `chunk_of` [length] (ascending chunk numbers from 0): the draws are per chunk and a
+  chunk's tokens are kept or masked together, the reference's chunk span masking of
+  metadata (a "v1=<kind> v0=<bin>" entry is never cut in half)."""
   if input_budget <= 0:  # the reference: no input at all, the whole text is the target
     return np.zeros(length, bool)
+  draws = length
+  if chunk_of is not None:
+    chunk_of = np.asarray(chunk_of)
+    draws = int(chunk_of[-1]) + 1 if length else 0
   if scheme == "random":
     keep_prob = rng.random()
   elif scheme == "all":
@@ -44,7 +53,9 @@ def choose_keep_mask(length: int, input_budget: int, scheme: str,
     # Drawing the next tries in one go is the same as drawing them one after another:
     # every try uses fresh uniforms, and the first that fits wins.
     keep_probs = keep_prob * KEEP_PROB_DECAY ** np.arange(rows)
-    keep = rng.random((rows, length)) < keep_probs[:, None]
+    keep = rng.random((rows, draws)) < keep_probs[:, None]
+    if chunk_of is not None:
+      keep = keep[:, chunk_of]
     fits = np.flatnonzero(input_length(keep) <= input_budget)
     if fits.size:
       return keep[fits[0]]

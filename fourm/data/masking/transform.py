@@ -144,6 +144,10 @@ class MaskSample:
     alpha_in, alpha_tg = self._input_alphas[component], self._target_alphas[component]
     keep_schemes = self._keep[component]
     values = [self._read(spec, sample) for spec in self.specs]
+    chunks = {}  # sequence index -> each token's chunk, for codecs that mask in chunks
+    for i in self._sequences:
+      if values[i] is not None:
+        values[i], chunks[i] = values[i]
     present = np.array([value is not None for value in values])
     dense_eligible = present & ~self._is_sequence & ~self._is_embedding_sequence
 
@@ -160,7 +164,8 @@ class MaskSample:
     spans = {}
     for i in self._sequences:
       if present[i]:
-        keep = choose_keep_mask(len(values[i]), int(n_in[i]), keep_schemes[i], rng)
+        keep = choose_keep_mask(len(values[i]), int(n_in[i]), keep_schemes[i], rng,
+                                chunks[i])
         inputs, target = span_mask(values[i], keep, self.text_ids)
         if n_in[i] == 0:
           inputs = inputs[:0]
@@ -279,10 +284,14 @@ class MaskSample:
       return self.reader.embedding_sequence(spec, value)
     return self.reader.token_grid(spec, value)
 
-  def _read_sequence(self, spec: modalities.ModalitySpec, value: Any) -> np.ndarray:
+  def _read_sequence(self, spec: modalities.ModalitySpec, value: Any
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the ids with [EOS], each id's chunk or None): a codec with `chunks` (metadata)
+    is masked a chunk at a time, as the reference's chunk span masking does."""
     # Arrays are the text's token ids, unless the raw value itself is an array (a
     # palette of colors, say): then, like a str or a boxes dict, the codec makes the ids.
     raw_is_array = spec.source.form not in (modalities.Form.TEXT, modalities.Form.BOXES)
+    chunk_of = None
     if isinstance(value, (np.ndarray, list, tuple)) and not raw_is_array:
       ids = np.asarray(value)
       if ids.size == 0:
@@ -292,7 +301,12 @@ class MaskSample:
       if encoder is None:
         raise UsageError(f"{spec.name!r} holds a raw {type(value).__name__}; give "
                          f"MaskSample a sequence_encoders[{spec.name!r}] to tokenize it")
-      ids = np.asarray(encoder(value))
+      if hasattr(encoder, "chunks"):
+        pieces = [np.asarray(piece, np.int32) for piece in encoder.chunks(value)]
+        ids = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+        chunk_of = np.repeat(np.arange(len(pieces)), [len(p) for p in pieces])
+      else:
+        ids = np.asarray(encoder(value))
     if ids.ndim != 1:
       raise RecordError(f"expected a 1-D sequence of token ids, got {describe(ids)}",
                         field=spec.name)
@@ -302,14 +316,21 @@ class MaskSample:
       raise RecordError("the text's token ids contain [PAD] or sentinel ids, which the "
                         "span masking reserves", field=spec.name)
     ids = np.append(ids, np.int32(self.text_ids.eos))
+    if chunk_of is not None:  # [EOS] is a chunk of its own, as in the reference
+      chunk_of = np.append(chunk_of, chunk_of[-1] + 1 if len(chunk_of) else 0)
     limit = spec.max_length - 1
     if len(ids) > limit:
       if spec.name not in self._warned_truncation:
         self._warned_truncation.add(spec.name)
         warnings.warn(f"{spec.name!r}: texts longer than {limit} tokens (with [EOS]) are "
                       f"truncated to fit max_length {spec.max_length}", stacklevel=3)
-      ids = ids[:limit]
-    return ids
+      if chunk_of is None:
+        ids = ids[:limit]
+      else:  # whole chunks only
+        ends = np.cumsum(np.bincount(chunk_of))
+        whole = ends[chunk_of] <= limit
+        ids, chunk_of = ids[whole], chunk_of[whole]
+    return ids, chunk_of
 
 
 def _pack_kept_vectors(vectors: np.ndarray, keep: np.ndarray) -> np.ndarray:
