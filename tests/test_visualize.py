@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fourm.data import colorize, visualize
+from fourm import modalities
+from fourm.data import colorize, sequence_tiles, tiles, visualize
 
 SIZE = 16
 CLASS_NAMES = ("background", "floor", "wall")
@@ -277,3 +278,235 @@ def test_color_maps_reject_wrong_shapes(bad):
     colorize.depth_to_rgb(bad)
   with pytest.raises(ValueError):
     colorize.normal_to_rgb(bad)
+
+
+# --------------------------------------------------------------------------------------
+# 4M-21 sequences: color palette, human poses, SAM instances, metadata.
+
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def _grey_rgb(size: int, level: int = 100) -> np.ndarray:
+  return np.full((size, size, 3), level, np.uint8)
+
+
+def _pose_rows(*boxes) -> np.ndarray:
+  rows = np.zeros((len(boxes), 34), np.float32)
+  rows[:, :4] = np.asarray(boxes, np.float32).reshape(-1, 4)
+  return rows
+
+
+def _tile(key: str, value, tile: int, **sample) -> np.ndarray:
+  return dict(visualize.sample_tiles({key: value, **sample}, tile))[key]
+
+
+def test_sequence_layouts_match_the_codecs():
+  from tokenizers_vq import human_poses, metadata, sam_instance
+  assert sequence_tiles.METADATA_KEYS == metadata.METADATA_KEYS
+  assert sequence_tiles.POSE_WIDTH == human_poses.WIDTH
+  assert sequence_tiles.POSE_BOX == human_poses.COLUMNS["box"]
+  assert sequence_tiles.SAM_WIDTH == sam_instance.WIDTH
+  for raw in (modalities.COLOR_PALETTE, modalities.HUMAN_POSES, modalities.SAM_INSTANCE,
+              modalities.METADATA):
+    assert tiles.DRAWERS[raw.values] is sequence_tiles.SEQUENCE_DRAWERS[raw.values]
+
+
+def test_palette_tile_is_bands_of_exactly_its_colors():
+  tile = 96
+  image = _tile("color_palette", np.array([RED, BLUE], np.uint8), tile)
+  assert image.shape == (tile, tile, 3) and image.dtype == np.uint8
+  top, bottom = image[:tile // 2], image[tile // 2:]
+  # Horizontal bands, the first color on top; the hex code sits in the middle of a band,
+  # so its ends and most of it are the pure color, and no color leaks into the other.
+  assert (top[:, :4] == RED).all() and (top[:, -4:] == RED).all()
+  assert (bottom[:, :4] == BLUE).all() and (bottom[:, -4:] == BLUE).all()
+  assert (top == RED).all(axis=-1).mean() > 0.8
+  assert (bottom == BLUE).all(axis=-1).mean() > 0.8
+  assert not (top == BLUE).all(axis=-1).any() and not (bottom == RED).all(axis=-1).any()
+  assert not (top == RED).all()  # the hex code is written
+  # Seven colors: seven bands, each showing its color.
+  seven = colorize.palette(8)[1:]
+  image = _tile("color_palette", seven, 70)
+  for k, color in enumerate(seven):
+    assert (image[k * 10:(k + 1) * 10, 0] == color).all()
+
+
+def test_empty_palette_says_so():
+  image = _tile("color_palette", np.zeros((0, 3), np.uint8), 64)
+  assert (image == visualize.BLANK_COLOR).all(axis=-1).mean() > 0.9
+
+
+def test_pose_box_is_drawn_at_its_place_labelled_person():
+  size = 64
+  rgb = _grey_rgb(size)
+  image = _tile("human_poses", _pose_rows([0.25, 0.5, 0.75, 0.875]), size, rgb=rgb)
+  assert image.shape == (size, size, 3)
+  color = np.array(colorize.class_color("person"), np.uint8)
+  x0, y0, x1, y1 = 16, 32, 47, 55  # the box's pixels (draw_boxes' convention)
+  assert (image[y0, x0:x1 + 1] == color).all() and (image[y1, x0:x1 + 1] == color).all()
+  assert (image[y0:y1 + 1, x0] == color).all() and (image[y0:y1 + 1, x1] == color).all()
+  # Inside, below, left of the box and well above it (past its label) nothing changes.
+  np.testing.assert_array_equal(image[y0 + 1:y1, x0 + 1:x1], rgb[y0 + 1:y1, x0 + 1:x1])
+  np.testing.assert_array_equal(image[y1 + 1:], rgb[y1 + 1:])
+  np.testing.assert_array_equal(image[:, :x0], rgb[:, :x0])
+  np.testing.assert_array_equal(image[:y0 - 20], rgb[:y0 - 20])
+  assert (image[y0 - 4, x0] == color).all()  # the label's background, above the box
+  # The same box as drawn for a detection of class "person".
+  det = _tile("det", {"boxes": np.array([[0.25, 0.5, 0.75, 0.875]]), "classes": ["person"]},
+              size, rgb=rgb)
+  np.testing.assert_array_equal(image, det)
+
+
+def test_poses_without_people_or_image():
+  size = 48
+  rgb = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(_tile("human_poses", _pose_rows(), size, rgb=rgb), rgb)
+  canvas = _tile("human_poses", _pose_rows([0.25, 0.25, 0.75, 0.75]), size)
+  assert (canvas[size // 2, size // 2] == visualize.CANVAS_COLOR).all()
+  assert (canvas[12, 12:36] == colorize.class_color("person")).all()  # the top edge
+
+
+def _sam_rows() -> np.ndarray:
+  """Point (56, 168) inside one instance, box (20, 150)-(100, 200) px of the 224 px
+  image; point (180, 40) in none."""
+  rows = np.full((2, 22), 7, np.int32)
+  rows[0, :6] = (56, 168, 20, 150, 100, 200)
+  rows[1, :2] = (180, 40)
+  rows[1, 2:] = -1
+  return rows
+
+
+def test_sam_instance_points_and_boxes_are_at_their_pixels():
+  size = 112  # half the 224 px the coordinates are in
+  rgb = _grey_rgb(size)
+  image = _tile("sam_instance", _sam_rows(), size, rgb=rgb)
+  assert image.shape == (size, size, 3)
+  first, second = colorize.palette(3)[1:]
+  # The box covers pixels 20..100 x 150..200 of 224: 10..50 x 75..100 here.
+  assert (image[75, 10:51] == first).all() and (image[100, 10:51] == first).all()
+  assert (image[75:101, 10] == first).all() and (image[75:101, 50] == first).all()
+  np.testing.assert_array_equal(image[77:99, 12:20], rgb[77:99, 12:20])  # inside
+  # The point with an instance is a dot of the box's color at (28.25, 84.25).
+  assert (image[84, 28] == first).all()
+  # The point without one is a ring of the next color around (90.25, 20.25), hollow.
+  np.testing.assert_array_equal(image[20, 90], rgb[20, 90])
+  rows, cols = np.mgrid[:size, :size]
+  distance = np.hypot(rows + 0.5 - 20.25, cols + 0.5 - 90.25)
+  assert (image[(distance > 4.5) & (distance < 7)] == second).all(axis=-1).any()
+  # Away from the box and the points nothing changes.
+  far = (distance > 12) & ~((rows >= 66) & (rows <= 102) & (cols <= 52))
+  np.testing.assert_array_equal(image[far], rgb[far])
+
+
+def test_sam_instance_without_rows_is_the_image():
+  rgb = _grey_rgb(32, 60)
+  np.testing.assert_array_equal(_tile("sam_instance", np.zeros((0, 22), np.int32), 32,
+                                      rgb=rgb), rgb)
+
+
+def _metadata(**entries) -> np.ndarray:
+  array = np.full(len(sequence_tiles.METADATA_KEYS), np.nan, np.float32)
+  for key, value in entries.items():
+    array[sequence_tiles.METADATA_KEYS.index(key)] = value
+  return array
+
+
+def _ink(image: np.ndarray) -> np.ndarray:
+  return _luminance(image) < 128
+
+
+def test_metadata_tile_lists_the_present_entries():
+  tile = 128
+  two = _tile("metadata", _metadata(n_humans=2, brightness=120.0), tile)
+  assert two.shape == (tile, tile, 3)
+  assert _ink(two).sum() > 50  # text is written
+  # Different values, different text; one entry more, more lines.
+  assert not np.array_equal(two, _tile("metadata", _metadata(n_humans=3, brightness=120.0),
+                                       tile))
+  three = _tile("metadata", _metadata(n_humans=2, brightness=120.0, aesthetic_score=5.0), tile)
+  assert _ink(three)[40:].sum() > _ink(two)[40:].sum()
+  # A decoded {kind: value} dict draws as the record holding the same values.
+  np.testing.assert_array_equal(
+      _tile("metadata", {"n_humans": 2.0, "brightness": 120.0}, tile), two)
+  # Absent entries and an empty dict: a tile that says so, no text of entries.
+  for empty in (_metadata(), {}):
+    image = _tile("metadata", empty, tile)
+    assert (image == visualize.BLANK_COLOR).all(axis=-1).mean() > 0.9
+
+
+def test_metadata_with_every_entry_fills_its_tile_in_key_order():
+  tile = 128
+  full = _tile("metadata", _metadata(**{key: 1.5 for key in sequence_tiles.METADATA_KEYS}),
+               tile)
+  assert full.shape == (tile, tile, 3)
+  # Not all 21 fit: the lines run down to the bottom ("+N more" last) ...
+  assert _ink(full)[-tile // 5:].any()
+  # ... and start with the first kinds, as a tile of only those shows them.
+  first_two = _tile("metadata", _metadata(original_width=1.5, original_height=1.5), tile)
+  lines = sequence_tiles.MARGIN + 2 * visualize.line_height(sequence_tiles.tile_font(tile))
+  np.testing.assert_array_equal(full[1:lines, 1:-1], first_two[1:lines, 1:-1])
+  assert not np.array_equal(full[lines:], first_two[lines:])
+  small = _tile("metadata", _metadata(**{key: 1.5 for key in sequence_tiles.METADATA_KEYS}),
+                40)
+  assert small.shape == (40, 40, 3) and _ink(small).any()
+  assert sequence_tiles.format_number(512.0) == "512"
+  assert sequence_tiles.format_number(122.296) == "122"
+  assert sequence_tiles.format_number(0.3125) == "0.312"
+
+
+def test_sequence_drawers_follow_the_meaning_not_the_name():
+  other = modalities.RawSpec("my_palette", modalities.Form.VECTOR, "uint8", "color_palette",
+                             channels=3)
+  modalities.register_raw(other)
+  try:
+    colors = np.array([RED, BLUE], np.uint8)
+    np.testing.assert_array_equal(_tile("my_palette", colors, 32),
+                                  _tile("color_palette", colors, 32))
+  finally:
+    modalities.RAW_MODALITIES.pop("my_palette")
+  # A condition shown beside its generated modality draws as its raw.
+  np.testing.assert_array_equal(_tile("color_palette (given)", colors, 32),
+                                _tile("color_palette", colors, 32))
+
+
+def test_decoded_sequences_draw_like_their_records():
+  """What the codecs' detokenize gives (generation's output) draws."""
+  from tokenizers_vq import sequences
+  size = 64
+  rgb = _grey_rgb(size)
+  records = {"color_palette": np.array([RED, BLUE], np.uint8),
+             "human_poses": _pose_rows([0.25, 0.5, 0.75, 0.875]),
+             "sam_instance": _sam_rows(),
+             "metadata": _metadata(n_humans=2, original_width=640.0)}
+  for name, record in records.items():
+    codec = sequences.codec_for(name)
+    decoded = codec.detokenize(codec(record))
+    drawn = _tile(name, decoded, size, rgb=rgb)
+    expected = _tile(name, record, size, rgb=rgb)
+    assert drawn.shape == (size, size, 3)
+    if name == "metadata":  # a dict of the bins read back: here the same numbers
+      assert isinstance(decoded, dict)
+    np.testing.assert_array_equal(drawn, expected, err_msg=name)
+
+
+def test_grid_of_rgb_and_the_four_sequences(tmp_path):
+  tile = 96
+  rgb = _grey_rgb(tile)
+  sample = {"__name__": "s", "rgb": rgb, "caption": "a grey square",
+            "color_palette": np.array([RED, BLUE], np.uint8),
+            "human_poses": _pose_rows([0.25, 0.5, 0.75, 0.875]),
+            "sam_instance": _sam_rows(),
+            "metadata": _metadata(n_humans=1, brightness=100.0)}
+  names = [name for name, _ in visualize.sample_tiles(sample, tile)]
+  assert names == ["rgb", "human_poses", "sam_instance", "color_palette", "metadata"]
+  plain = {k: v for k, v in sample.items() if k not in ("__name__", "caption")}
+  grid = visualize.make_grid([plain], tile=tile)
+  pixels = np.asarray(grid)
+  top = visualize.PAD + visualize.line_height(visualize.font(visualize.TEXT_SIZE))
+  expected = dict(visualize.sample_tiles(plain, tile))
+  for column, name in enumerate(names):
+    left, _, right, bottom = _tile_box(tile, grid, column, len(names), top)
+    np.testing.assert_array_equal(pixels[top:bottom, left:right], expected[name], name)
+  path = visualize.save_grid([sample, {"rgb": rgb}], tmp_path / "grid.png", tile=tile)
+  with Image.open(path) as image:
+    assert image.size[0] > 5 * tile

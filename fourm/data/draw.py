@@ -104,7 +104,7 @@ def as_text(value: Any) -> str:
 # Boxes.
 
 
-def _readable_text_color(background: Sequence[int]) -> tuple[int, int, int]:
+def readable_text_color(background: Sequence[int]) -> tuple[int, int, int]:
   luminance = 0.299 * background[0] + 0.587 * background[1] + 0.114 * background[2]
   return (0, 0, 0) if luminance > 140 else (255, 255, 255)
 
@@ -129,12 +129,13 @@ def box_to_pixels(box: Sequence[float], height: int,
 
 
 def draw_boxes(image: np.ndarray, boxes, classes, valid=None, *, line_width: int | None = None,
-               font_size: int = 12) -> np.ndarray:
+               font_size: int = 12, colors=None) -> np.ndarray:
   """Draws labelled boxes over a copy of `image` (uint8 [H, W, 3]).
 
   `boxes` is [N, 4] normalized (xmin, ymin, xmax, ymax); `classes` is N names (a list or
   a numpy str/bytes/object array); rows with `valid[i]` False, and empty boxes, are
-  skipped. Each class gets a color from its name. The outline is drawn inward from the
+  skipped. Each class gets a color from its name, unless `colors` gives one per box (an
+  empty name then draws the box without a label). The outline is drawn inward from the
   box's pixel bounds, and the label sits just above the box when there is room (so it
   hides nothing inside the box), otherwise just inside its top-left corner.
   """
@@ -156,7 +157,8 @@ def draw_boxes(image: np.ndarray, boxes, classes, valid=None, *, line_width: int
     if bounds is None:
       continue
     name = names[i] if i < len(names) else "?"
-    color = class_color(name)
+    color = (tuple(int(c) for c in colors[i]) if colors is not None
+             else class_color(name))
     draw.rectangle(bounds, outline=color, width=line_width)
     if name:
       _draw_box_label(draw, bounds, name, color, label_font, width)
@@ -173,4 +175,39 @@ def _draw_box_label(draw: ImageDraw.ImageDraw, bounds: tuple[int, int, int, int]
   draw.rectangle((label_x, label_y, label_x + label_width - 1, label_y + label_height - 1),
                  fill=color)
   draw.text((label_x + 2 - left, label_y + 1 - top), name, font=label_font,
-            fill=_readable_text_color(color))
+            fill=readable_text_color(color))
+
+
+def draw_points(image: np.ndarray, points, colors, hollow=None, *,
+                radius: int | None = None) -> np.ndarray:
+  """Draws dots over a copy of `image` (uint8 [H, W, 3]).
+
+  `points` is [N, 2] normalized (x, y), a pixel's center at (col + 0.5) / W; `colors`
+  one RGB per point. A dot is filled with its color inside a dark outline, so it shows
+  on light and dark images alike; `hollow[i]` True draws point i as a ring instead
+  (its color inside a dark outline).
+  Points with a non-finite coordinate are skipped; points outside are clipped inward.
+  """
+  canvas = Image.fromarray(image_to_uint8_rgb(image))
+  draw = ImageDraw.Draw(canvas)
+  width, height = canvas.size
+  points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+  rings = (np.zeros(len(points), bool) if hollow is None
+           else np.asarray(hollow, dtype=bool).ravel())
+  if radius is None:
+    radius = max(2, round(min(width, height) / 32))
+  for i, (x, y) in enumerate(points):
+    if not (math.isfinite(x) and math.isfinite(y)):
+      continue
+    col = min(max(x * width, 0.0), width - 1.0)
+    row = min(max(y * height, 0.0), height - 1.0)
+    bounds = (col - radius, row - radius, col + radius, row + radius)
+    color = tuple(int(c) for c in colors[i])
+    if i < len(rings) and rings[i]:
+      # A ring a little larger than a dot: dark, colored (2 px), dark, the image inside.
+      for grow, ring_color, ring_width in ((3, (0, 0, 0), 1), (2, color, 2), (0, (0, 0, 0), 1)):
+        draw.ellipse((col - radius - grow, row - radius - grow, col + radius + grow,
+                      row + radius + grow), outline=ring_color, width=ring_width)
+    else:
+      draw.ellipse(bounds, fill=color, outline=(0, 0, 0), width=1)
+  return np.asarray(canvas)

@@ -7,6 +7,9 @@ of a known meaning is drawn without code here; a new meaning registers a drawer:
 
     register_drawer("palette", lambda value, context: ...)   # -> uint8 [tile, tile, 3]
 
+4M-21's sequence families (color palettes, metadata, human poses, SAM instances) are
+drawn by `fourm.data.sequence_tiles`, registered here on import.
+
 Keys that are not registered raw modalities (token grids, "<raw> (given)" columns of
 generation, which draw as their raw) fall back to a generic rendering of numeric arrays.
 """
@@ -32,10 +35,12 @@ BLANK_COLOR = (236, 236, 236)       # a modality the sample does not have
 BLANK_TEXT_COLOR = (170, 170, 170)
 CANVAS_COLOR = (128, 128, 128)      # what boxes are drawn on when there is no image
 
-# Column order by meaning: the image first, its boxes next to it, then dense geometry
-# and labels, then features; meanings without a place here follow, then unregistered keys.
-TILE_ORDER = (Values.COLOR, Values.BOXES, Values.DISTANCE, Values.DIRECTION, Values.CLASSES,
-              Values.INSTANCES, Values.FEATURES)
+# Column order by meaning: the image first, what is drawn over it next to it (boxes, people,
+# queried instances), then dense geometry and labels, then features, then the image's
+# colors and metadata; meanings without a place here follow, then unregistered keys.
+TILE_ORDER = (Values.COLOR, Values.BOXES, "human_poses", "sam_instance", Values.DISTANCE,
+              Values.DIRECTION, Values.CLASSES, Values.INSTANCES, Values.FEATURES,
+              "color_palette", "metadata")
 # Meanings shown as text under a sample's row (TEXT) or not at all (NAME).
 NOT_TILES = frozenset({Values.TEXT, Values.NAME})
 
@@ -101,18 +106,23 @@ def _features(value, context: TileContext) -> np.ndarray:
   return features_to_rgb(value, context.tile)
 
 
-def _boxes(value, context: TileContext) -> np.ndarray:
-  """Boxes over the (tile-sized) image of the sample, so labels are drawn readably."""
+def image_or_canvas(context: TileContext) -> np.ndarray:
+  """What is drawn over: the sample's image fitted to the tile (not yet padded, so
+  normalized coordinates stay the image's), or a grey tile when it has none."""
   image = next((context.sample[raw.name] for raw in modalities.raws_with(Values.COLOR)
                 if raw.form == modalities.Form.IMAGE
                 and context.sample.get(raw.name) is not None), None)
   if image is not None:
-    base = fit_to_square(image_to_uint8_rgb(image), context.tile, Image.Resampling.BILINEAR)
-  else:
-    base = np.empty((context.tile, context.tile, 3), np.uint8)
-    base[...] = CANVAS_COLOR
-  drawn = draw_boxes(base, value.get("boxes", np.zeros((0, 4))), value.get("classes", []),
-                     value.get("valid"))
+    return fit_to_square(image_to_uint8_rgb(image), context.tile, Image.Resampling.BILINEAR)
+  base = np.empty((context.tile, context.tile, 3), np.uint8)
+  base[...] = CANVAS_COLOR
+  return base
+
+
+def _boxes(value, context: TileContext) -> np.ndarray:
+  """Boxes over the (tile-sized) image of the sample, so labels are drawn readably."""
+  drawn = draw_boxes(image_or_canvas(context), value.get("boxes", np.zeros((0, 4))),
+                     value.get("classes", []), value.get("valid"))
   return pad_to_square(drawn, context.tile)
 
 
@@ -195,3 +205,7 @@ def sample_text(sample: Mapping[str, Any]) -> str:
     return str(sample["__text__"])
   return " | ".join(as_text(sample[k]) for k in sample
                     if is_text(k) and sample[k] is not None)
+
+
+# The 4M-21 sequence drawers register themselves; imported last, as they use this module.
+from fourm.data import sequence_tiles  # noqa: E402,F401  pylint: disable=wrong-import-position
