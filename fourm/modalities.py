@@ -311,6 +311,14 @@ T5_CAPTION = RawSpec("t5_caption", Form.VECTOR, "float32", Values.FEATURES, chan
 HUMAN_POSES = RawSpec("human_poses", Form.VECTOR, "float32", "human_poses")
 COLOR_PALETTE = RawSpec("color_palette", Form.VECTOR, "uint8", "color_palette", channels=3)
 METADATA = RawSpec("metadata", Form.VECTOR, "float32", "metadata")
+# What a metadata record's 21 numbers are, in order (NaN where absent); the order is the
+# reference's, each kind's "v1=" id in the text (tokenizers_vq/metadata.py).
+METADATA_KEYS = (
+    "original_width", "original_height", "caption_n_chars", "caption_n_words",
+    "caption_n_sentences", "n_humans", "n_sam_instances", "n_coco_instances",
+    "coco_instance_diversity", "colorfulness", "brightness", "contrast", "saturation",
+    "entropy", "walkability", "objectness", "semantic_diversity", "geometric_complexity",
+    "occlusion_score", "watermark_score", "aesthetic_score")
 SAM_INSTANCE = RawSpec("sam_instance", Form.VECTOR, "int32", "sam_instance")
 
 _SHARED_TEXT = dict(vocab_size=TEXT_VOCAB)  # the reference's `shared_vocab: [caption]`

@@ -113,15 +113,17 @@ def fourm_outputs(model, arrays, budgets):
   return results
 
 
-def test_converted_model_matches_the_reference_forward_pass(converted):
-  layout, fixture, arrays, workdir, _ = converted
-  model = load_model(workdir).model
+def assert_matches_reference(model, arrays, fixture) -> None:
+  """fourm's forward pass on the fixture batch against the reference's: per target
+  modality the labels, logsumexp and probed logits (1e-4), argmax and loss."""
   expected = fixture["outputs"]
+  image_size = fixture["config"]["image_size"]
   got = fourm_outputs(model, arrays, expected["budgets"])
-  assert set(got) == {fmt.fourm_modality(d)[0] for d in expected["modalities"]}
+  names = {d: fmt.fourm_modality(d, image_size)[0] for d in expected["modalities"]}
+  assert set(got) == set(names.values())
   losses = []
   for domain, ref in expected["modalities"].items():
-    mine = got[fmt.fourm_modality(domain)[0]]
+    mine = got[names[domain]]
     np.testing.assert_array_equal(mine["labels"], ref["labels"], err_msg=domain)
     np.testing.assert_allclose(mine["logsumexp"], ref["logsumexp"], atol=1e-4, err_msg=domain)
     np.testing.assert_allclose(mine["logits"][:, ref["probes"]], ref["probe_logits"],
@@ -130,6 +132,11 @@ def test_converted_model_matches_the_reference_forward_pass(converted):
     assert abs(mine["loss"] - ref["loss"]) < 1e-4, domain
     losses.append(mine["loss"])
   assert abs(np.mean(losses) - expected["loss"]) < 1e-4  # the "mod" reduction
+
+
+def test_converted_model_matches_the_reference_forward_pass(converted):
+  _, fixture, arrays, workdir, _ = converted
+  assert_matches_reference(load_model(workdir).model, arrays, fixture)
 
 
 def test_converted_workdir_records_what_it_came_from(converted):
@@ -144,8 +151,10 @@ def test_converted_workdir_records_what_it_came_from(converted):
       + fixture["config"]["domains_out"]}
 
 
-def test_export_then_import_is_bitwise_identical(converted, tmp_path):
-  _, fixture, arrays, workdir, source = converted
+def assert_export_round_trip(fixture, workdir: str, source: str, tmp_path) -> None:
+  """`fourm convert --to reference` writes the reference file back (names, shapes, float32,
+  values; positions to their tolerance) and importing that gives the same parameters."""
+  from flax import nnx
   exported = str(tmp_path / "export.safetensors")
   assert cli.main(["convert", "--to", "reference", workdir, "--out", exported]) == 0
   with SafetensorsReader(source) as original, SafetensorsReader(exported) as ours:
@@ -163,14 +172,17 @@ def test_export_then_import_is_bitwise_identical(converted, tmp_path):
     assert fmt.parse_metadata(ours.metadata) == fixture["config"]
   again = tmp_path / "again"
   assert cli.main(["convert", "--from", "reference", exported, "--out", str(again)]) == 0
-  first, second = load_model(workdir).model, load_model(str(again)).model
-  from flax import nnx
-  a = dict(nnx.to_flat_state(nnx.state(first, nnx.Param)))
-  b = dict(nnx.to_flat_state(nnx.state(second, nnx.Param)))
-  assert a.keys() == b.keys()
-  for key in a:
-    np.testing.assert_array_equal(np.asarray(a[key].get_value()),
-                                  np.asarray(b[key].get_value()), err_msg=str(key))
+  first = dict(nnx.to_flat_state(nnx.state(load_model(workdir).model, nnx.Param)))
+  second = dict(nnx.to_flat_state(nnx.state(load_model(str(again)).model, nnx.Param)))
+  assert first.keys() == second.keys()
+  for key in first:
+    np.testing.assert_array_equal(np.asarray(first[key].get_value()),
+                                  np.asarray(second[key].get_value()), err_msg=str(key))
+
+
+def test_export_then_import_is_bitwise_identical(converted, tmp_path):
+  _, fixture, _, workdir, source = converted
+  assert_export_round_trip(fixture, workdir, source, tmp_path)
 
 
 def test_the_reference_loaded_our_export_when_the_fixtures_were_made():
@@ -296,21 +308,41 @@ def test_reader_checks_offsets_against_the_header(tmp_path):
     SafetensorsReader(str(path))
 
 
-def test_the_notebook_cell_generates_from_a_converted_checkpoint(converted, monkeypatch,
-                                                                 capsys):
+def test_the_notebook_generates_from_a_converted_checkpoint(converted, monkeypatch):
+  """The notebook's code cells, in order, with FOURM_CHECKPOINT naming the converted
+  workdir: the demo-world cells say they are skipped, the converted cell generates."""
+  import contextlib
+  import io
   import nbformat
-  _, _, _, workdir, _ = converted
+  from fourm import modalities
+  from fourm.generation.generator import converted_from
+  _, _, _, workdir, source = converted
+  assert converted_from(workdir)["source"] == source
   notebook = nbformat.read(os.path.join(os.path.dirname(FIXTURES), "..", "..", "notebooks",
                                         "chained_generation.ipynb"), as_version=4)
-  cell = next(c for c in notebook.cells
-              if c.cell_type == "code" and "FOURM_CONVERTED" in c.source)
-  from fourm.generation.decoding import Decoding
-  from fourm.generation.generator import Generator
-  monkeypatch.setenv("FOURM_CONVERTED", workdir)
-  exec(cell.source, {"os": os, "Generator": Generator, "Decoding": Decoding, "STEPS": 2,
-                     "SEED": 0})
-  out = capsys.readouterr().out
-  assert "caption: a photo of" in out and "tok_rgb ids: [" in out
+  monkeypatch.setenv("FOURM_CHECKPOINT", workdir)
+  monkeypatch.setenv("FOURM_DATA", os.path.join(workdir, "no-such-world"))
+  monkeypatch.setenv("FOURM_NUM_SAMPLES", "1")
+  monkeypatch.setenv("FOURM_STEPS", "2")
+  namespace, printed = {}, {}
+  for cell in (c for c in notebook.cells if c.cell_type == "code"):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      exec(cell.source, namespace)
+    printed[cell.source] = out.getvalue()
+  skip = f"skipped: {workdir} is converted from {source}; "
+  demo = [text for cell, text in printed.items() if "if DEMO_SKIPPED:" in cell]
+  assert len(demo) == 3 and all(t.startswith(skip) and t.count("\n") == 1 for t in demo), demo
+  text = next(t for cell, t in printed.items() if cell.startswith("if CONVERTED:"))
+  assert "skipped" not in text
+  assert "caption: a photo of" in text and "tok_rgb ids: [" in text, text
+  result, model = namespace["result"], namespace["model"]
+  assert result.generated == ("caption", "tok_rgb")
+  ids = result.tokens("tok_rgb")[0].ravel()
+  spec = modalities.get("tok_rgb")
+  assert ids.size == spec.num_tokens(model.layout)
+  assert ((ids >= 0) & (ids < spec.vocab_size)).all()
+  assert " ".join(map(str, ids[:4])) in " ".join(text.replace("[", " ").split())
 
 
 @pytest.mark.slow

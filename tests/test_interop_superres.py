@@ -16,9 +16,8 @@ import pytest
 from fourm import cli, modalities
 from fourm.generation.loading import load_model
 from fourm.interop import reference_format as fmt
-from fourm.interop.safetensors_file import SafetensorsReader
-from test_interop import (fourm_outputs, load_fixture, reference_tensors, tensor_digest,
-                          write_reference_file)
+from test_interop import (assert_export_round_trip, assert_matches_reference, load_fixture,
+                          reference_tensors, tensor_digest, write_reference_file)
 
 LAYOUT = "4m7_sr"
 VARIANTS = tuple(f"{name}@448" for name in ("tok_rgb", "tok_depth", "tok_normal",
@@ -59,45 +58,14 @@ def test_converted_sr_model_matches_the_reference_forward_pass(converted_sr):
   assert {"caption", "det", "tok_rgb", "rgb", "rgb@448"} <= set(model.input_names)
   assert set(trained.config.input_only) == {"caption", "det", "tok_rgb", "tok_depth",
                                             "tok_normal", "tok_semseg", "tok_clip"}
-  expected = fixture["outputs"]
-  got = fourm_outputs(model, arrays, expected["budgets"])
-  assert set(got) == set(VARIANTS)
-  losses = []
-  for domain, ref in expected["modalities"].items():
-    mine = got[fmt.fourm_modality(domain, 224)[0]]
-    np.testing.assert_array_equal(mine["labels"], ref["labels"], err_msg=domain)
-    np.testing.assert_allclose(mine["logsumexp"], ref["logsumexp"], atol=1e-4, err_msg=domain)
-    np.testing.assert_allclose(mine["logits"][:, ref["probes"]], ref["probe_logits"],
-                               atol=1e-4, err_msg=domain)
-    np.testing.assert_array_equal(mine["logits"].argmax(-1), ref["argmax"], err_msg=domain)
-    assert abs(mine["loss"] - ref["loss"]) < 1e-4, domain
-    losses.append(mine["loss"])
-  assert abs(np.mean(losses) - expected["loss"]) < 1e-4
+  assert_matches_reference(model, arrays, fixture)
+  assert set(model.target_names) == {fmt.fourm_modality(d, 224)[0]
+                                     for d in fixture["outputs"]["modalities"]}
 
 
 def test_sr_export_then_import_is_bitwise_identical(converted_sr, tmp_path):
-  from flax import nnx
   fixture, _, workdir, source = converted_sr
-  exported = str(tmp_path / "sr.safetensors")
-  assert cli.main(["convert", "--to", "reference", workdir, "--out", exported]) == 0
-  with SafetensorsReader(source) as original, SafetensorsReader(exported) as ours:
-    assert sorted(ours.names()) == sorted(original.names())
-    for name in original.names():
-      assert ours.shape(name) == original.shape(name), name
-      a, b = original.read(name), ours.read(name)
-      if name.endswith("pos_emb"):
-        np.testing.assert_allclose(b, a, atol=fmt.POSITION_TOLERANCE, err_msg=name)
-      else:
-        np.testing.assert_array_equal(b, a, err_msg=name)
-    assert fmt.parse_metadata(ours.metadata) == fixture["config"]
-  again = tmp_path / "again"
-  assert cli.main(["convert", "--from", "reference", exported, "--out", str(again)]) == 0
-  first = dict(nnx.to_flat_state(nnx.state(load_model(workdir).model, nnx.Param)))
-  second = dict(nnx.to_flat_state(nnx.state(load_model(str(again)).model, nnx.Param)))
-  assert first.keys() == second.keys()
-  for key in first:
-    np.testing.assert_array_equal(np.asarray(first[key].get_value()),
-                                  np.asarray(second[key].get_value()), err_msg=str(key))
+  assert_export_round_trip(fixture, workdir, source, tmp_path)
 
 
 def _sr_conditions(arrays):

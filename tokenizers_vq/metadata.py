@@ -35,15 +35,10 @@ from typing import Any
 import numpy as np
 
 from fourm.errors import RecordError
+from fourm.modalities import METADATA_KEYS
 from tokenizers_vq import text
 from tokenizers_vq.value_words import MAX_VALUE, WordCodec, WordReader, parse_pieces, value_word
 
-METADATA_KEYS = (
-    "original_width", "original_height", "caption_n_chars", "caption_n_words",
-    "caption_n_sentences", "n_humans", "n_sam_instances", "n_coco_instances",
-    "coco_instance_diversity", "colorfulness", "brightness", "contrast", "saturation",
-    "entropy", "walkability", "objectness", "semantic_diversity", "geometric_complexity",
-    "occlusion_score", "watermark_score", "aesthetic_score")
 IMAGE_SIZE_KEYS = ("original_width", "original_height")
 IMAGE_SIZE_BIN = 32
 COUNT_KEYS = ("caption_n_chars", "caption_n_words", "caption_n_sentences", "n_humans",

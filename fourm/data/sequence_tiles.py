@@ -33,18 +33,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fourm.data.colorize import palette
+from fourm.modalities import METADATA_KEYS
 from fourm.data.draw import (TEXT_SIZE, draw_boxes, draw_points, font, line_height,
                              readable_text_color, text_width, wrap_text)
 from fourm.data.tiles import (TileContext, blank_tile, image_or_canvas, pad_to_square,
                               register_drawer)
 
-# tokenizers_vq/metadata.py: METADATA_KEYS (a record's order, each kind's v1= id).
-METADATA_KEYS = (
-    "original_width", "original_height", "caption_n_chars", "caption_n_words",
-    "caption_n_sentences", "n_humans", "n_sam_instances", "n_coco_instances",
-    "coco_instance_diversity", "colorfulness", "brightness", "contrast", "saturation",
-    "entropy", "walkability", "objectness", "semantic_diversity", "geometric_complexity",
-    "occlusion_score", "watermark_score", "aesthetic_score")
 # tokenizers_vq/human_poses.py: a person's row and where its box is in it.
 POSE_WIDTH = 34
 POSE_BOX = slice(0, 4)
