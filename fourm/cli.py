@@ -52,7 +52,9 @@ def _convert(args: argparse.Namespace) -> None:
           f"{summary['tensors']} tensors, {summary['stored']} stored as "
           f"{summary['parameters']:,} parameters, {summary['derived']} checked and "
           f"recomputed; {'tied' if summary['tied_heads'] else 'untied'} output heads; "
-          f"modalities {', '.join(summary['modalities'])} at {summary['layout']}")
+          f"modalities {', '.join(summary['modalities'])} at {summary['layout']}"
+          + (f" (inputs only: {', '.join(summary['input_only'])})"
+             if summary["input_only"] else ""))
     print(f"wrote {summary['workdir']} (use it as fourm generate --checkpoint, or fourm "
           "finetune --init)")
   else:
@@ -180,6 +182,12 @@ def _finetune(args: argparse.Namespace) -> None:
   from fourm.finetune import loop
   overrides = list(args.overrides) + ([f"init={args.init!r}"] if args.init else [])
   config = config_lib.load_config(args.config, overrides)
+  if args.mesh:
+    from fourm.errors import UsageError
+    from fourm.train import mesh as mesh_lib
+    if any(o.startswith("mesh.") or o.startswith("mesh=") for o in args.overrides):
+      raise UsageError("give the mesh once: --mesh or --config.mesh.*, not both")
+    config.mesh = mesh_lib.flag_config(args.mesh)
   loop.finetune(config, args.workdir, stop_after=args.stop_after)
 
 
@@ -338,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="FILE[:VARIANT], e.g. configs/finetune/segmentation_synthetic.py")
   p.add_argument("--init", default=None,
                  help="the pre-trained model: a fourm train workdir (sets config.init)")
+  p.add_argument("--mesh", default="", metavar="data=D,fsdp=F,tensor=T",
+                 help="the mesh over every device (sets config.mesh; unnamed axes are 1, "
+                      "one may be -1); the --init parameters are read straight into their "
+                      "shards on it. Default: the config's (data parallel)")
   p.add_argument("--workdir", required=True, help="checkpoints and TensorBoard logs go here")
   p.add_argument("--stop-after", type=int, default=None,
                  help="end this invocation after N steps with a checkpoint (time-limited jobs)")
@@ -385,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="with --targets: classifier-free guidance scale for every target")
   p.add_argument("--num-steps", type=int, default=None, help="with --targets: decoding steps")
   p.add_argument("--temperature", type=float, default=None, help="with --targets")
+  p.add_argument("--mesh", default="", metavar="data=D,fsdp=F,tensor=T",
+                 help="shard the model over every device, each reading only its shard of "
+                      "the checkpoint (a training config's mesh; unnamed axes are 1, one "
+                      "may be -1); default: one device")
   p.set_defaults(run=_generate)
 
   p = sub.add_parser(

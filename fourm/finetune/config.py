@@ -25,6 +25,8 @@ def default_config() -> ml_collections.ConfigDict:
     loss: DETR's set-loss weights and auxiliary losses; depth's variance focus;
       classification's label smoothing
     ema_decay: 0 = off; else evaluation (and `fourm evaluate`) reads the moving average
+    mesh: data / fsdp / tensor sizes, one may be -1 (the devices left); `--mesh` sets it
+    sharding.rules: overrides of the logical-axis table, as in `fourm train`
   """
   c = ml_collections.ConfigDict()
   c.task = "segmentation"
@@ -51,8 +53,9 @@ def default_config() -> ml_collections.ConfigDict:
       class_weight=1.0, l1_weight=5.0, giou_weight=2.0, eos_coef=0.1, auxiliary=True,
       variance_focus=0.85, label_smoothing=0.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  # The logical-axis table, as in `fourm train` (only the batch axes matter here: the
-  # parameters are replicated).
+  # The mesh and the logical-axis table, as in `fourm train` (`--mesh` sets the mesh): the
+  # default puts every device on `data`, which keeps the parameters replicated; `fsdp` /
+  # `tensor` axes shard them, the `init` checkpoint read straight into its shards.
   c.sharding = ml_collections.ConfigDict(dict(rules=ml_collections.ConfigDict(type_safe=False)))
   c.log_every = 10
   c.eval_every = 200

@@ -11,9 +11,12 @@ is bitwise the uninterrupted run (batch k of the stream and the drop-path draws 
 are functions of the seed and k), and a resume with another task, model or data stream
 is refused.
 
-Parameters are replicated over the mesh and the batch split over its batch axes (data
-parallel), which is how ViT fine-tuning is usually run; sharding the encoder's weights
-(FSDP) is pre-training's and not yet used here.
+The mesh is `config.mesh` (`--mesh` sets it) and the parameters are placed on it by the
+logical-axis table as in pre-training: the default mesh (all devices on `data`) keeps
+them replicated with the batch split over them (data parallel, as ViT fine-tuning is
+usually run); `fsdp` / `tensor` axes shard the encoder's weights and their optimizer
+state. The `init` checkpoint is read straight into those shards, so a pre-trained model
+too big for one device never has to fit on one.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from fourm.finetune.targets import TaskTargets, required_fields
 from fourm.finetune.task_model import HeadOptions, TuningOptions, build_task_model, \
     describe_parameters
 from fourm.generation.loading import load_model
+from fourm.nn import sharding
 from fourm.train import mesh as mesh_lib
 from fourm.train.loop import TrainingStopped
 from fourm.train.preemption import Preemption
@@ -142,17 +146,21 @@ def build(config: ml_collections.ConfigDict,
   the init checkpoint is not read: the architecture is built from that config and the
   state restored over it (a resume or `fourm evaluate` does not need `init` any more)."""
   restoring = pretrain_config is not None
+  if not restoring and not config.init:
+    raise UsageError("give the pre-trained model: --init WORKDIR (a fourm train run)")
+  # The mesh first: the pre-trained parameters are read straight into their shards on it.
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = mesh_lib.axis_rules(config, mesh)
+  mesh_lib.check_batch_divides(mesh, config.batch_size, rules)
   if not restoring:
-    if not config.init:
-      raise UsageError("give the pre-trained model: --init WORKDIR (a fourm train run)")
-    pretrained = load_model(config.init)
+    pretrained = load_model(config.init, mesh, rules)
     pretrain_config, model = pretrained.config, pretrained.model
   if config.from_scratch or restoring:
     # The baseline (this architecture, randomly initialized), or the structure that a
     # checkpoint's state is restored into.
     scratch = ml_collections.ConfigDict(pretrain_config.to_dict())
     scratch.seed = config.seed
-    model = model_factory(scratch)()
+    model = _built_on(mesh, rules, model_factory(scratch))
   classes = dataset_classes(config)
   resolution = config.resolution or model.layout.resolution
   head = HeadOptions(num_classes=len(classes), channels=config.head.channels,
@@ -167,18 +175,19 @@ def build(config: ml_collections.ConfigDict,
                                 seed=config.seed)
   description = describe_parameters(task_model, config.tuning.mode)
   graphdef, trainable, frozen, other = step_lib.split_for_tuning(task_model, config.tuning.mode)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = mesh_lib.axis_rules(config, mesh)
-  mesh_lib.check_batch_divides(mesh, config.batch_size, rules)
   replicated = NamedSharding(mesh, PartitionSpec())
-  trainable, frozen = jax.device_put((trainable, frozen), replicated)
+  # The encoder's parameters are on their shards already (a no-op for them); the head's
+  # and the adapters' (no logical axes: replicated) join them.
+  placement = (_param_shardings(trainable, mesh, rules), _param_shardings(frozen, mesh, rules))
+  trainable, frozen = jax.device_put((trainable, frozen), placement)
   optimizer = config.optimizer
   tx, _ = step_lib.make_optimizer(
       trainable, depth=len(task_model.encoder.blocks), peak_lr=optimizer.lr,
       total_steps=config.total_steps, warmup_steps=optimizer.warmup_steps,
       weight_decay=optimizer.weight_decay, layer_decay=optimizer.layer_decay,
       clip_norm=optimizer.grad_clip or None)
-  opt_state = jax.jit(tx.init, out_shardings=replicated)(trainable)
+  opt_state = jax.jit(tx.init, out_shardings=_state_shardings(
+      jax.eval_shape(tx.init, trainable), trainable, placement[0], replicated))(trainable)
   ema = (jax.tree.map(lambda x: x.copy(), trainable) if config.ema_decay
          else jax.device_put(np.float32(0), replicated))
   state = FineTuneState(step=jax.device_put(np.int32(0), replicated), trainable=trainable,
@@ -186,6 +195,36 @@ def build(config: ml_collections.ConfigDict,
   return Setup(config, pretrain_config, classes, resolution,
                pretrain_config.pixel_normalization, graphdef, other, state, tx, description,
                mesh, rules, step_lib.make_predict(graphdef))
+
+
+def _built_on(mesh: jax.sharding.Mesh, rules: sharding.Rules,
+              build: Callable[[], Any]) -> Any:
+  """`build()`'s model with every parameter born on its shard, as `fourm train` creates
+  its state, instead of whole on one device first."""
+  graphdef = nnx.graphdef(nnx.eval_shape(build))
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    state = jax.jit(lambda: nnx.state(build()))()
+  return nnx.merge(graphdef, state)
+
+
+def _param_shardings(params: nnx.State, mesh: jax.sharding.Mesh, rules: sharding.Rules):
+  """Each parameter's `NamedSharding` under the logical-axis table (replicated where it
+  carries no logical axes, or the mesh has no fsdp / tensor split)."""
+  specs = sharding.partition_specs(params, mesh, rules)
+  return jax.tree.map(lambda _, spec: NamedSharding(mesh, spec), params, specs,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _state_shardings(opt_state, params, param_shardings, replicated: NamedSharding):
+  """The optimizer state's shardings: every copy of the parameter tree inside it (Adam's
+  moments) sharded as `params` are, anything else (step counts) replicated."""
+  structure = jax.tree.structure(params)
+
+  def is_params(node) -> bool:
+    return jax.tree.structure(node) == structure
+
+  return jax.tree.map(lambda node: param_shardings if is_params(node) else replicated,
+                      opt_state, is_leaf=is_params)
 
 
 def _check_resumable(saved: Mapping[str, Any], config: ml_collections.ConfigDict,
@@ -228,7 +267,8 @@ def _finetune(config, workdir, *, log, stop_after, is_chief, cleanup) -> dict[st
   setup = build(config, ml_collections.ConfigDict(saved["pretrain_config"]) if saved else None)
   log(f"fine-tune: {config.task} ({len(setup.classes)} classes) at {setup.resolution} px, "
       f"tuning {config.tuning.mode}: {setup.description}; init {config.init}"
-      f"{' (architecture only: from scratch)' if config.from_scratch else ''}")
+      f"{' (architecture only: from scratch)' if config.from_scratch else ''}; mesh "
+      f"{' x '.join(f'{axis}={size}' for axis, size in setup.mesh.shape.items())}")
   state = setup.state
   restored = checkpoints.restore_latest(state)
   if restored is not None:
@@ -248,7 +288,10 @@ def _finetune(config, workdir, *, log, stop_after, is_chief, cleanup) -> dict[st
   batches = _batches(pipeline.iterator(start_batch=start), mesh, setup.rules)
   loss_fn = objectives.task_loss(config.task, config.loss,
                                  ignore_index=config.data.ignore_index)
-  train_step = step_lib.make_train_step(graphdef, setup.tx, loss_fn, config.tuning.mode)
+  placed = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
+  train_step = step_lib.make_train_step(
+      graphdef, setup.tx, loss_fn, config.tuning.mode, mesh=mesh, rules=setup.rules,
+      shardings=(placed(state.trainable), placed(state.opt_state)))
   writer = (metrics_lib.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
             if is_chief else metrics_lib.NullWriter())
   cleanup.callback(workdir_lib.closing_quietly(writer.close))

@@ -23,6 +23,7 @@ from flax import nnx
 
 from fourm.finetune import peft
 from fourm.finetune.task_model import TaskModel
+from fourm.nn import sharding
 
 
 def split_for_tuning(model: TaskModel, mode: str):
@@ -83,14 +84,21 @@ LossFn = Callable[[Any, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    loss_fn: LossFn, mode: str) -> Callable:
+                    loss_fn: LossFn, mode: str, *, mesh: jax.sharding.Mesh | None = None,
+                    rules: sharding.Rules = sharding.DEFAULT_RULES,
+                    shardings: tuple[Any, Any] | None = None) -> Callable:
   """(trainable, frozen, other, opt_state, batch, key) -> (trainable, opt_state, metrics).
 
   `loss_fn(outputs, batch) -> (loss, metrics)` scores the model's outputs on
   `batch["image"]`. Drop path draws from `key` (the loop passes one per step, a function
   of the seed and the step, so a resumed run draws what the uninterrupted one did and
   no random state needs saving). The trainable parameters and the optimizer state are
-  donated; the frozen parameters are read only."""
+  donated; the frozen parameters are read only.
+
+  Given a `mesh`, the step runs under it and the logical-axis table `rules`, as a
+  pre-training step does (the model's activation constraints split the batch), and
+  `shardings` (of the trainable parameters, of the optimizer state) keep the updated
+  ones where the donated ones were."""
 
   which = peft.trainable_filter(mode)
 
@@ -110,7 +118,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     trainable = optax.apply_updates(trainable, updates)
     return trainable, opt_state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
 
-  return jax.jit(step, donate_argnums=(0, 3))
+  pinned = {} if shardings is None else {"out_shardings": (*shardings, None)}
+  jitted = jax.jit(step, donate_argnums=(0, 3), **pinned)
+  if mesh is None:
+    return jitted
+
+  def run(*args):
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+      return jitted(*args)
+  return run
 
 
 def make_predict(graphdef: nnx.GraphDef) -> Callable:

@@ -95,16 +95,28 @@ def _check_out(out: str) -> None:
     raise UsageError(f"--out {out}: cannot create it ({os.strerror(error.errno)})") from None
 
 
+def mesh_from_args(args: argparse.Namespace):
+  """--mesh data=D,fsdp=F,tensor=T, as a training config's `mesh` describes it: the
+  devices to shard the model over (None: one device, as without the flag)."""
+  if not args.mesh:
+    return None
+  from fourm.train import mesh as mesh_lib
+  return mesh_lib.make_mesh(mesh_lib.flag_config(args.mesh))
+
+
 def run(args: argparse.Namespace) -> None:
   from fourm.generation.generator import Generator
   chain = chain_from_args(args)
   conditions, num_samples = conditions_from_args(args)
+  mesh = mesh_from_args(args)
   _check_out(args.out)  # before the model loads and the chain runs, not after
-  generator = Generator.from_checkpoint(args.checkpoint, args.tokenizers)
+  generator = Generator.from_checkpoint(args.checkpoint, args.tokenizers, mesh=mesh)
   if generator.reference_faithful:
     chain = chain_from_args(args, reference=True)
-  print(f"model: {args.checkpoint} ({', '.join(generator.model.modality_names)}); "
-        f"conditions: {', '.join(conditions) or 'none'}")
+  placed = ("one device" if mesh is None else
+            " x ".join(f"{axis}={size}" for axis, size in mesh.shape.items()))
+  print(f"model: {args.checkpoint} ({', '.join(generator.model.modality_names)}) on "
+        f"{placed}; conditions: {', '.join(conditions) or 'none'}")
   started = time.perf_counter()
 
   def progress(index, decoding):

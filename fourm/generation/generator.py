@@ -12,6 +12,7 @@ modality is decoded back to what a person looks at (`tokenizers_vq/detokenize.py
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,25 +21,51 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 
 from fourm import modalities
+from fourm.checkpoint import Checkpoints
 from fourm.data import visualize
 from fourm.errors import UsageError
 from fourm.generation import loading
 from fourm.generation.chain import run_chain
 from fourm.generation.conditions import ConditionEncoder, mask_region
 from fourm.generation.sampler import Decoding, Sampler
+from fourm.nn import sharding
 from tokenizers_vq.detokenize import Detokenizer
 
 Kind = modalities.Kind
+
+
+def converted_from(workdir: str) -> dict[str, Any] | None:
+  """What the workdir's checkpoint was converted from, as `fourm convert --from reference`
+  records it in the checkpoint's metadata (source, kind, file, dtypes, reference_config);
+  None for a workdir `fourm train` wrote, or one without a readable checkpoint. Reads the
+  metadata alone, not the model."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return None
+  checkpoints = Checkpoints(workdir, every=1, keep=1_000_000, async_save=False,
+                            owner=False)
+  try:
+    meta = checkpoints.latest_meta()
+  finally:
+    checkpoints.close()
+  found = (meta or {}).get("converted_from")
+  return dict(found) if found else None
 
 
 class Generator:
   """A trained model with its tokenizers: conditions in, decoded modalities out."""
 
   def __init__(self, model, tokenizers: Mapping[str, Any], *, text_vocab: str | None = None,
-               pixel_normalization: str = "imagenet", reference_faithful: bool = False):
+               pixel_normalization: str = "imagenet", reference_faithful: bool = False,
+               mesh: jax.sharding.Mesh | None = None, rules: Any = None):
     self.model = model
+    # The mesh the parameters are sharded over, and the logical-axis table that placed
+    # them: generation runs under both, as a train step does, so the model's activation
+    # constraints split the batch instead of leaving XLA to guess from the weights.
+    self.mesh = mesh
+    self.rules = sharding.DEFAULT_RULES if rules is None else rules
     # A converted reference model: default chains use the reference's schedules,
     # sequences from nothing are prompted with [S_1] and text conditions have no [EOS],
     # as the reference's generation prompts them.
@@ -56,15 +83,18 @@ class Generator:
     self.detokenizer = Detokenizer(self.tokenizers, text_vocab)
 
   @classmethod
-  def from_checkpoint(cls, workdir: str, tokenizers: Sequence[str] = ()) -> "Generator":
+  def from_checkpoint(cls, workdir: str, tokenizers: Sequence[str] = (),
+                      mesh: jax.sharding.Mesh | None = None) -> "Generator":
     """The newest checkpoint of a `fourm train` workdir, with the tokenizers its token
-    datasets record (`tokenizers` entries "tok_x=WORKDIR" override them)."""
-    trained = loading.load_model(workdir)
+    datasets record (`tokenizers` entries "tok_x=WORKDIR" override them). With `mesh`
+    the parameters are read straight into their shards (`loading.load_model`)."""
+    trained = loading.load_model(workdir, mesh=mesh)
     config = trained.config
     return cls(trained.model, loading.load_tokenizers(config, workdir, tokenizers),
                text_vocab=loading.text_vocab_path(config),
                pixel_normalization=config.get("pixel_normalization", "imagenet"),
-               reference_faithful=bool(config.get("reference_faithful", False)))
+               reference_faithful=bool(config.get("reference_faithful", False)),
+               mesh=mesh, rules=loading.axis_rules(config))
 
   # Generation ------------------------------------------------------------------------------
 
@@ -103,9 +133,18 @@ class Generator:
       known[modality] = mask_region(known[modality], box, grid, outside=outpaint)
     negative_entries = self.encode_conditions(negatives or {}, num_samples)
     given = tuple(known)
-    known = run_chain(self.sampler, known, chain, jax.random.key(seed), negative_entries,
-                      progress)
+    with self._on_mesh():
+      known = run_chain(self.sampler, known, chain, jax.random.key(seed), negative_entries,
+                        progress)
     return Generation(self, known, given, tuple(d.target for d in chain))
+
+  def _on_mesh(self) -> contextlib.AbstractContextManager:
+    if self.mesh is None:
+      return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nnx.logical_axis_rules(self.rules))
+    return stack
 
 
 @dataclasses.dataclass

@@ -40,12 +40,14 @@ class TrainedModel:
   workdir: str
 
 
-def load_model(workdir: str, mesh: jax.sharding.Mesh | None = None) -> TrainedModel:
+def load_model(workdir: str, mesh: jax.sharding.Mesh | None = None,
+               rules: sharding.Rules | None = None) -> TrainedModel:
   """The model of the newest readable checkpoint in a `fourm train` workdir.
 
   Without `mesh` every parameter lands on this process's first device. With one, each
-  is read straight into its `NamedSharding` under the run's logical-axis table, so a
-  model too big for one device never has to fit on one."""
+  is read straight into its `NamedSharding` under the logical-axis table `rules` (by
+  default the run's own, `axis_rules`), so a model too big for one device never has to
+  fit on one."""
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(directory):
     raise UsageError(f"--checkpoint {workdir}: no checkpoints there (expected {directory}; "
@@ -62,7 +64,8 @@ def load_model(workdir: str, mesh: jax.sharding.Mesh | None = None) -> TrainedMo
                        "tokenizer's? load those with --tokenizers)")
     build = model_factory(config)
     abstract_model = nnx.eval_shape(build)
-    target = _placed(nnx.state(abstract_model, nnx.Param), config, mesh)
+    target = _placed(nnx.state(abstract_model, nnx.Param), mesh,
+                     axis_rules(config) if rules is None else rules)
     restored = checkpoints.restore_latest_params(target)
   finally:
     checkpoints.close()
@@ -74,13 +77,13 @@ def load_model(workdir: str, mesh: jax.sharding.Mesh | None = None) -> TrainedMo
                       workdir=os.path.abspath(workdir))
 
 
-def _placed(params: nnx.State, config: ml_collections.ConfigDict,
-            mesh: jax.sharding.Mesh | None) -> nnx.State:
+def _placed(params: nnx.State, mesh: jax.sharding.Mesh | None,
+            rules: sharding.Rules) -> nnx.State:
   """The abstract parameters, each carrying the sharding it is to be restored into."""
   if mesh is None:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(lambda v: _with_sharding(v, device), params, is_leaf=_is_variable)
-  specs = sharding.partition_specs(params, mesh, _axis_rules(config))
+  specs = sharding.partition_specs(params, mesh, rules)
   return jax.tree.map(lambda v, spec: _with_sharding(v, NamedSharding(mesh, spec)),
                       params, specs, is_leaf=_is_variable)
 
@@ -94,7 +97,7 @@ def _is_variable(x) -> bool:
   return isinstance(x, nnx.Variable)
 
 
-def _axis_rules(config: ml_collections.ConfigDict) -> sharding.Rules:
+def axis_rules(config: ml_collections.ConfigDict) -> sharding.Rules:
   """The logical-axis table the run trained with: the default one with the overrides its
   config names (`config.sharding.rules`; configs from before them have none). The axes
   are not checked against the mesh: generation may run on another mesh than training,
@@ -164,11 +167,14 @@ def check_tokenizer(name: str, tokenizer: GridTokenizer, layout: modalities.Layo
   if not isinstance(tokenizer, GridTokenizer):
     raise UsageError(f"the {name} tokenizer {type(tokenizer).__name__} is not a grid "
                      "tokenizer (tokenizers_vq/grid.py)")
+  # A resolution variant (tok_rgb@448) is read at its own image size.
+  layout = modalities.Layout(spec.image_size(layout), layout.patch_size)
   grid = tokenizer.grid_at(layout)
-  if grid != layout.grid:
+  if grid != spec.grid(layout):
     raise UsageError(f"the {name} tokenizer makes a {grid}x{grid} grid; the model reads "
-                     f"{layout.grid}x{layout.grid} ({layout.resolution} px, "
-                     f"{layout.patch_size} px patches): it is not this model's tokenizer")
+                     f"{spec.grid(layout)}x{spec.grid(layout)} ({layout.resolution} px, "
+                     f"{spec.patch_size or layout.patch_size} px patches): it is not this "
+                     "model's tokenizer")
   if tokenizer.num_codes > spec.vocab_size:
     raise UsageError(f"the {name} tokenizer has {tokenizer.num_codes} codes, more than the "
                      f"model's vocabulary of {spec.vocab_size}: it is not this model's "

@@ -4,7 +4,8 @@ A mesh config names the size of each axis, `data`, `fsdp` and `tensor`, one of w
 may be -1 (all devices left). Parameters and the batch follow the logical-axis table of
 `fourm/nn/sharding.py` with the config's overrides (`axis_rules`): by default the batch
 is split over `data` x `fsdp` (its "act_batch" rule). Only the mesh changes between a
-laptop, an 8-device test, a GPU node and a TPU pod slice.
+laptop, an 8-device test, a GPU node and a TPU pod slice. Commands take the same
+description as a flag, `--mesh data=2,fsdp=2,tensor=2` (`flag_config`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,47 @@ def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
                      f"{jax.device_count()} devices; a multi-process run must use them all")
   return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES),
                        devices=jax.devices()[:count])
+
+
+def parse_flag(text: str, flag: str = "--mesh") -> ml_collections.ConfigDict:
+  """`--mesh data=2,fsdp=2,tensor=2` -> a `config.mesh` group (the training config's own
+  description, so a command's flag and a run's config mean the same mesh). Axes not
+  named are 1; one size may be -1 (the devices left)."""
+  sizes = {axis: 1 for axis in AXES}
+  named = set()
+  for entry in filter(None, (part.strip() for part in text.split(","))):
+    axis, sep, size = (part.strip() for part in entry.partition("="))
+    if not sep or axis not in AXES:
+      raise UsageError(f"{flag} {text}: {entry!r} is not AXIS=SIZE with AXIS one of "
+                       f"{', '.join(AXES)}")
+    if axis in named:
+      raise UsageError(f"{flag} {text}: {axis} given twice")
+    try:
+      sizes[axis] = int(size)
+    except ValueError:
+      raise UsageError(f"{flag} {text}: {axis}={size} is not a whole number") from None
+    named.add(axis)
+  if not named:
+    raise UsageError(f"{flag} {text!r}: expected AXIS=SIZE,... with AXIS one of "
+                     f"{', '.join(AXES)}, e.g. data=2,fsdp=2,tensor=2")
+  return ml_collections.ConfigDict(sizes)
+
+
+def flag_config(text: str, flag: str = "--mesh") -> ml_collections.ConfigDict:
+  """`parse_flag`, checked to use every device: a command given a mesh means all of
+  them (with none, generation keeps to one device and fine-tuning to its config's)."""
+  config = parse_flag(text, flag)
+  count = jax.device_count()
+  sizes = [config[axis] for axis in AXES]
+  if -1 not in sizes and min(sizes) > 0 and math.prod(sizes) != count:
+    raise UsageError(f"{flag} {text}: {' x '.join(map(str, sizes))} = {math.prod(sizes)} "
+                     f"devices, this run has {count}; the sizes must multiply to {count} "
+                     "(or let one be -1, the devices left)")
+  try:
+    mesh_shape(config, count)  # sizes below 1, several -1, or a -1 that does not divide
+  except UsageError as error:
+    raise UsageError(f"{flag} {text}: {error}") from None
+  return config
 
 
 def axis_rules(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> sharding.Rules:
