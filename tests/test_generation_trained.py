@@ -19,7 +19,7 @@ from fourm import config as config_lib
 from fourm.data import patch_tokens, world
 from fourm.generation import evaluate, loading
 from fourm.generation.evaluate import named_colors
-from fourm.generation.generator import Generator
+from fourm.generation.generator import Generator, converted_from
 from fourm.train import loop
 
 # Every test here reads the model trained once for the module (about a
@@ -200,3 +200,16 @@ def test_the_notebook_runs(trained):
   assert not [o for o in outputs if o.get("output_type") == "error"]
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) == 3  # caption -> all, rgb -> all, in-painting
+
+  def printed(cell):
+    return "".join(o.get("text", "") for o in cell.get("outputs", [])
+                   if o.get("output_type") == "stream" and o.get("name") == "stdout")
+  # A fourm-trained workdir: the demo cells run, the converted-checkpoint cell skips.
+  assert converted_from(trained["workdir"]) is None
+  assert converted_from(trained["data"]) is None  # no checkpoints at all
+  demo = [c for c in notebook.cells if c.cell_type == "code" and "DEMO_SKIPPED:" in c.source]
+  assert len(demo) == 3 and not any("skipped" in printed(c) for c in demo)
+  cell = next(c for c in notebook.cells
+              if c.cell_type == "code" and c.source.startswith("if CONVERTED:"))
+  assert printed(cell) == (f"skipped: {trained['workdir']} is not a converted checkpoint (set "
+                           "FOURM_CHECKPOINT to a `fourm convert --from reference` workdir)\n")
