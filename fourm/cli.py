@@ -441,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
             "fourm finetune and fourm tokenizer train", file=sys.stderr)
       return 2
     args.overrides = overrides
+  from fourm import compilation_cache
   from fourm.errors import FourmError, write_refusal
+  compilation_cache.enable()  # a second run reads what the first compiled
   try:
     args.run(args)
   except FourmError as error:
