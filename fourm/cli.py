@@ -15,8 +15,9 @@ def _synth(args: argparse.Namespace) -> None:
   info = world.write_world(args.out, args.num, args.resolution, args.seed,
                            val_fraction=args.val_fraction,
                            records_per_shard=args.records_per_shard,
-                           feature_dim=args.feature_dim, workers=args.workers,
-                           progress=not args.quiet)
+                           feature_dim=args.feature_dim,
+                           extras=[m.strip() for m in args.extras.split(",") if m.strip()],
+                           workers=args.workers, progress=not args.quiet)
   print(_summary(args.out, info))
 
 
@@ -140,13 +141,13 @@ def _pseudolabel(args: argparse.Namespace) -> None:
   tasks = job.parse_tasks(args.tasks)
   models = {task: torch_model.TINY if args.tiny else getattr(args, f"{task}_model")
             for task in job.DEFAULT_MODELS}
-  if args.tiny:
+  if args.tiny and any(task not in job.LIBRARY_LABELERS for task in tasks):
     print("--tiny: tiny random-init networks; the labels they make are meaningless")
   fov = args.fov if args.fov is not None else job.camera_fov(args.data)
   labelers = job.build_labelers(tasks, models, device=args.device, fov_deg=fov)
   out = args.out or args.data.rstrip("/") + "_pseudolabels"
-  info = job.pseudolabel_dataset(args.data, out, labelers, batch_size=args.batch_size,
-                                 progress=not args.quiet)
+  info = job.pseudolabel_dataset(args.data, out, labelers, beside=args.beside,
+                                 batch_size=args.batch_size, progress=not args.quiet)
   print(_summary(out, info))
   failed = info.metadata.get("num_failed", 0)
   total = sum(split.num_records for split in info.splits.values())
@@ -230,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--val-fraction", type=float, default=0.1)
   p.add_argument("--records-per-shard", type=int, default=1000)
   p.add_argument("--feature-dim", type=int, default=64, help="channels of the CLIP-like map")
+  p.add_argument("--extras", default="",
+                 help="4M-21 modalities to render too, comma-separated: canny_edge (the "
+                      "image's exact step edges), color_palette, metadata")
   p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(run=_synth)
@@ -284,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   from pseudolabel import DEFAULT_MODELS  # names only: torch loads when a labeler is built
   p = sub.add_parser("pseudolabel", help="add depth, normals, segmentation, boxes and CLIP "
-                     "features to a dataset with off-the-shelf networks, side by side",
+                     "features (off-the-shelf networks), canny edges, color palettes and "
+                     "metadata to a dataset, side by side",
                      description="Runs pseudo-labelers (torch + transformers: pip install "
                                  "'fourm[pseudolabel]') over the rgb of a dataset and writes "
                                  "the new modalities beside it; resumable.")
@@ -292,7 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default=None,
                  help="output directory, read beside --data (default: DATA_pseudolabels)")
   p.add_argument("--tasks", default="depth,normals,semseg,det,clip",
-                 help="comma-separated: depth,normals,semseg,det,clip")
+                 help="comma-separated: depth,normals,semseg,det,clip (networks), "
+                      "canny_edge,color_palette,metadata (no network; metadata reads the "
+                      "record's other modalities and those the tasks before it make)")
+  p.add_argument("--beside", action="append", default=[], metavar="DIR",
+                 help="a side-by-side store of --data (e.g. an earlier pseudolabel output) "
+                      "whose modalities the metadata task reads too; repeatable")
   p.add_argument("--depth-model", default=DEFAULT_MODELS["depth"],
                  help="hub id or local directory of a DPT / Depth Anything checkpoint")
   p.add_argument("--semseg-model", default=DEFAULT_MODELS["semseg"],

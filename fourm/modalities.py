@@ -297,7 +297,7 @@ MODALITY_SET_4M7 = tuple(spec.name for spec in _4M7)
 # (apple/ml-4m, fourm/data/modality_info.py). Edges are binary class maps; the DINOv2 /
 # ImageBind feature maps are at their 14 px patch grid, the global vectors one per image.
 CANNY_EDGE = RawSpec("canny_edge", Form.IMAGE, "uint8", Values.CLASSES,
-                     resample=Resample.NEAREST)
+                     resample=Resample.NEAREST, labeler="canny_edge")
 SAM_EDGE = RawSpec("sam_edge", Form.IMAGE, "uint8", Values.CLASSES, resample=Resample.NEAREST)
 DINOV2 = RawSpec("dinov2", Form.FEATURE_MAP, "float32", Values.FEATURES, channels=768)
 IMAGEBIND = RawSpec("imagebind", Form.FEATURE_MAP, "float32", Values.FEATURES, channels=1280)
@@ -309,8 +309,11 @@ T5_CAPTION = RawSpec("t5_caption", Form.VECTOR, "float32", Values.FEATURES, chan
 # Families of their own, serialized into the text vocabulary by a codec of the same name
 # (the reference's value bins and special words).
 HUMAN_POSES = RawSpec("human_poses", Form.VECTOR, "float32", "human_poses")
-COLOR_PALETTE = RawSpec("color_palette", Form.VECTOR, "uint8", "color_palette", channels=3)
-METADATA = RawSpec("metadata", Form.VECTOR, "float32", "metadata")
+COLOR_PALETTE = RawSpec("color_palette", Form.VECTOR, "uint8", "color_palette", channels=3,
+                        labeler="color_palette")
+# A palette holds 1..COLOR_PALETTE_MAX colors (the reference precomputes one of each size).
+COLOR_PALETTE_MAX = 7
+METADATA = RawSpec("metadata", Form.VECTOR, "float32", "metadata", labeler="metadata")
 # What a metadata record's 21 numbers are, in order (NaN where absent); the order is the
 # reference's, each kind's "v1=" id in the text (tokenizers_vq/metadata.py).
 METADATA_KEYS = (

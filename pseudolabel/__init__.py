@@ -12,6 +12,12 @@ initialized: meaningless labels, for tests and demos) and a batch
 | semseg | `semseg.SemsegLabeler` (Mask2Former panoptic, folded) | semseg uint8 [H, W] |
 | det | `detection.DetectionLabeler` (DETR family) | det {boxes, classes} |
 | clip | `clip_features.ClipLabeler` (CLIP ViT-B/16) | clip float32 [G, G, D] |
+| canny_edge | `canny.CannyLabeler` (scikit-image Canny) | canny_edge uint8 [H, W] (0 / 1) |
+| color_palette | `palette.PaletteLabeler` (k-means in RGB) | color_palette uint8 [K, 3] |
+| metadata | `metadata.MetadataLabeler` (statistics, counts) | metadata float32 [21] |
+
+The last three need no network (their `tiny()` is the labeler itself); metadata reads
+the record's other modalities too (`reads`, `label_records`; see `job.py`).
 
 torch and transformers (the optional `[pseudolabel]` extra) are imported only when a
 labeler is built, so importing this package, or running `fourm --help`, does not need

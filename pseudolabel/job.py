@@ -6,6 +6,12 @@ source's splits, shards and record order, holding only the new modalities, read 
 a killed job resumes. A labeler that fails on an image (after its batch failed, each
 image is retried alone) leaves that image's modality absent; the image is logged with
 its key and counted, the job goes on, and `dataset_info.json` lists the failures.
+
+Most labelers read the image only. One that reads other modalities too (metadata counts
+objects, measures captions) says which in `reads` and has `label_records(samples)`: it
+gets each record as the source holds it (with any `beside` stores of the same records,
+e.g. an earlier run's pseudo-labels), overlaid with what the tasks before it made in
+this run. `TASK_ORDER` runs such a task after those it reads.
 """
 
 from __future__ import annotations
@@ -16,15 +22,31 @@ from typing import Any
 from fourm import modalities
 from fourm.data import derived, records
 from fourm.errors import RecordError, UsageError
-from pseudolabel import DEFAULT_MODELS, TASK_MODALITIES, normals, torch_model
+from pseudolabel import DEFAULT_MODELS, TASK_MODALITIES, canny, normals, palette, torch_model
+from pseudolabel import metadata as metadata_labeler
 
 IMAGE = modalities.RGB.name  # what every labeler reads
-TASK_ORDER = ("depth", "normals", "semseg", "det", "clip")  # normals reuse the depth maps
+# The order tasks run in: normals reuse the depth maps; metadata reads what every task
+# before it made, so it comes last.
+TASK_ORDER = ("depth", "normals", "semseg", "det", "clip", "canny_edge", "color_palette",
+              "metadata")
+# Tasks computed by a library, without a network (--tiny changes nothing for them).
+LIBRARY_LABELERS = {"canny_edge": canny.CannyLabeler, "color_palette": palette.PaletteLabeler,
+                    "metadata": metadata_labeler.MetadataLabeler}
+# What their values mean, for the dataset's info (as for depth and normals).
+LIBRARY_DESCRIPTIONS = {
+    "canny_edge": "1 on a Canny edge of the image's luma, else 0",
+    "color_palette": "k-means colors of the image, most pixels first, 1..7 drawn per image",
+    "metadata": ("float32 [21] in METADATA_KEYS order, NaN where absent: n_sam_instances, "
+                 "watermark_score and aesthetic_score always (no SAM count, no LAION "
+                 "networks); counts and semantic shares where the record has caption, "
+                 "det / human_poses, semseg, normal, depth"),
+}
 
 
 def parse_tasks(text: str) -> list[str]:
   tasks = [t.strip() for t in text.split(",") if t.strip()]
-  unknown = [t for t in tasks if t not in TASK_MODALITIES]
+  unknown = [t for t in tasks if t not in TASK_MODALITIES or t not in TASK_ORDER]
   if unknown or not tasks:
     raise UsageError(f"--tasks: unknown task(s) {unknown or text!r}; choose from "
                      f"{','.join(TASK_ORDER)}")
@@ -34,13 +56,16 @@ def parse_tasks(text: str) -> list[str]:
 def build_labelers(tasks: Sequence[str], models: Mapping[str, str] | None = None, *,
                    device: str = "cpu", fov_deg: float = normals.DEFAULT_FOV_DEG
                    ) -> dict[str, Any]:
-  """{task: labeler}; a model named `tiny-random` is the tiny random-init architecture."""
-  from pseudolabel import clip_features, depth, detection, semseg
-  classes = {"depth": depth.DepthLabeler, "semseg": semseg.SemsegLabeler,
-             "det": detection.DetectionLabeler, "clip": clip_features.ClipLabeler}
+  """{task: labeler}; a model named `tiny-random` is the tiny random-init architecture.
+  The library tasks (`LIBRARY_LABELERS`) take no model."""
   models = {**DEFAULT_MODELS, **{k: v for k, v in (models or {}).items() if v}}
 
   def build(task):
+    if task in LIBRARY_LABELERS:
+      return LIBRARY_LABELERS[task]()
+    from pseudolabel import clip_features, depth, detection, semseg
+    classes = {"depth": depth.DepthLabeler, "semseg": semseg.SemsegLabeler,
+               "det": detection.DetectionLabeler, "clip": clip_features.ClipLabeler}
     name = models[task]
     return classes[task].tiny(device) if name == torch_model.TINY else \
         classes[task].from_pretrained(name, device=device)
@@ -52,19 +77,20 @@ def build_labelers(tasks: Sequence[str], models: Mapping[str, str] | None = None
   return labelers
 
 
-def _run_isolated(labeler, images, name: str, errors: list[list[str]]) -> list:
-  """The labeler on the batch; if the batch fails, on each image alone (None = failed)."""
+def _run_isolated(labeler, inputs, name: str, errors: list[list[str]]) -> list:
+  """The labeler on the batch (of images, or of records for a labeler that reads them);
+  if the batch fails, on each input alone (None = failed)."""
   try:
-    outputs = labeler(images)
-    if len(outputs) != len(images):
-      raise RuntimeError(f"returned {len(outputs)} outputs for {len(images)} images")
+    outputs = labeler(inputs)
+    if len(outputs) != len(inputs):
+      raise RuntimeError(f"returned {len(outputs)} outputs for {len(inputs)} inputs")
     return list(outputs)
   except Exception:  # noqa: BLE001 - a labeler may raise anything; we retry per image
     pass
   outputs = []
-  for image, image_errors in zip(images, errors):
+  for one, image_errors in zip(inputs, errors):
     try:
-      outputs.append(labeler([image])[0])
+      outputs.append(labeler([one])[0])
     except Exception as error:  # noqa: BLE001
       image_errors.append(f"{name}: {type(error).__name__}: {error}")
       outputs.append(None)
@@ -104,6 +130,10 @@ def label_batch(labelers: Mapping[str, Any], samples: Sequence[dict]
     if task == "normals" and labeler.depth is labelers.get("depth"):
       # Same depth network: derive normals from the maps just made, where there are some.
       made = [_normals_of(labeler, d, e) for d, e in zip(results["depth"], errors)]
+    elif getattr(labeler, "reads", None):
+      # The record as read, overlaid with what this run made for it so far.
+      inputs = [{**sample, **made_here} for sample, made_here in zip(samples, records_out)]
+      made = _run_isolated(labeler.label_records, inputs, task, errors)
     else:
       made = _run_isolated(labeler, images, task, errors)
     made = [None if output is None else _checked(task, output, image, image_errors)
@@ -124,9 +154,13 @@ def camera_fov(data: str) -> float:
 
 
 def pseudolabel_dataset(data: str, out: str, labelers: Mapping[str, Any], *,
-                        batch_size: int = 8, progress: bool = True,
-                        log: Callable[[str], None] = print) -> records.DatasetInfo:
-  """Labels every record's rgb with each labeler and writes the modalities to `out`."""
+                        beside: Sequence[str] = (), batch_size: int = 8,
+                        progress: bool = True, log: Callable[[str], None] = print
+                        ) -> records.DatasetInfo:
+  """Labels every record's rgb with each labeler and writes the modalities to `out`.
+
+  `beside`: side-by-side stores of `data` (an earlier run's pseudo-labels, ...) whose
+  modalities the labelers that read records (`reads`) see as well."""
   if not labelers:
     raise UsageError("no pseudo-labelling task given")
   if batch_size < 1:
@@ -134,6 +168,8 @@ def pseudolabel_dataset(data: str, out: str, labelers: Mapping[str, Any], *,
   info = records.DatasetInfo.load(data)
   if IMAGE not in info.modalities:
     raise UsageError(f"{data} has no {IMAGE} images to label (it has {sorted(info.modalities)})")
+  infos = [info] + [records.DatasetInfo.load(d) for d in beside]
+  _resolve_classes(labelers, infos)
   models = {task: labeler.name for task, labeler in labelers.items()}
   metadata: dict[str, Any] = {"created_by": "fourm pseudolabel", "models": models}
   if "semseg" in labelers:
@@ -145,13 +181,36 @@ def pseudolabel_dataset(data: str, out: str, labelers: Mapping[str, Any], *,
     metadata[TASK_MODALITIES["normals"]] = (
         f"unit vectors, camera frame x right, y down, z forward, facing the camera; "
         f"{labelers['normals'].name}")
+  for task, what in LIBRARY_DESCRIPTIONS.items():
+    if task in labelers:
+      metadata[TASK_MODALITIES[task]] = what
   if any(getattr(labeler, "depth", labeler).name == torch_model.TINY
          for labeler in labelers.values()):
     metadata["warning"] = "made by tiny random-init networks: these labels are meaningless"
   job = {"method": "pseudolabel", "tasks": sorted(labelers), "models": models}
   key = modalities.KEY.name
   keep = [IMAGE] + ([key] if key in info.modalities else [])
+  if any(getattr(labeler, "reads", None) for labeler in labelers.values()):
+    keep = None  # the whole record: what it lacks, the labeler does without
   return derived.write_derived(
       data, out, lambda samples: label_batch(labelers, samples), job=job,
-      name="pseudo_labels", modalities=keep, batch_size=batch_size, metadata=metadata,
-      progress=progress, log=log, tolerate_failures=True)
+      name="pseudo_labels", modalities=keep, beside=beside, batch_size=batch_size,
+      metadata=metadata, progress=progress, log=log, tolerate_failures=True)
+
+
+def _resolve_classes(labelers: Mapping[str, Any], infos: Sequence[records.DatasetInfo]
+                     ) -> None:
+  """Tells a labeler that reads semseg the class names of the semseg it will see: this
+  run's segmenter's, else those of the store that holds semseg."""
+  for labeler in labelers.values():
+    if "semseg" not in (getattr(labeler, "reads", None) or ()) or \
+        getattr(labeler, "semseg_classes", None) is not None:
+      continue
+    if "semseg" in labelers:
+      labeler.semseg_classes = list(labelers["semseg"].class_names)
+      continue
+    store = next((i for i in infos if "semseg" in i.modalities), None)
+    if store is not None and "classes" in store.metadata:
+      labeler.semseg_classes = list(store.metadata["classes"])
+      if "thing_classes" in store.metadata and getattr(labeler, "thing_classes", None) is None:
+        labeler.thing_classes = frozenset(store.metadata["thing_classes"])

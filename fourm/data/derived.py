@@ -117,6 +117,7 @@ def claim_directory(out: str, job: Mapping[str, Any], *, job_file: str = JOB_FIL
 
 def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[str, Any],
                   name: str, modalities: Sequence[str] | None = None,
+                  beside: Sequence[str] = (),
                   splits: Sequence[str] | None = None, batch_size: int = 64,
                   metadata: Mapping[str, Any] | None = None, progress: bool = True,
                   log: Callable[[str], None] = print,
@@ -124,19 +125,23 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
   """Derives every record of `source_dir` (the named `modalities` of it) into `out`.
 
   `job` describes the derivation (JSON-able); rerunning the same job resumes it, a
-  different one is refused. With `tolerate_failures`, unreadable source records and
-  `Failure`s are logged and counted (`num_failed`, `failed` in the metadata) and the
-  job goes on; without, they stop it. Returns the new dataset's info.
+  different one is refused. `beside` names side-by-side stores of the source whose
+  modalities the derivation reads too (joined record by record, as `RecordSource`
+  joins them). With `tolerate_failures`, unreadable source records and `Failure`s are
+  logged and counted (`num_failed`, `failed` in the metadata) and the job goes on;
+  without, they stop it. Returns the new dataset's info.
   """
-  if os.path.abspath(source_dir) == os.path.abspath(out):
-    raise UsageError(f"the derived dataset must go to its own directory, not {source_dir}")
+  for directory in [source_dir, *beside]:
+    if os.path.abspath(directory) == os.path.abspath(out):
+      raise UsageError(f"the derived dataset must go to its own directory, not {directory}")
   info = records.DatasetInfo.load(source_dir)
   split_names = list(splits) if splits is not None else sorted(info.splits)
   unknown = [s for s in split_names if s not in info.splits]
   if unknown:
     raise UsageError(f"{source_dir} has no split(s) {unknown} (it has {sorted(info.splits)})")
   os.makedirs(out, exist_ok=True)
-  claim_directory(out, {**job, "source": os.path.abspath(source_dir)})
+  claim_directory(out, {**job, "source": os.path.abspath(source_dir),
+                        **({"beside": [os.path.abspath(d) for d in beside]} if beside else {})})
 
   plan = []  # (split, shard name, record range)
   for split in split_names:
@@ -156,7 +161,7 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
   sources: dict[str, records.RecordSource] = {}
   for split, shard, indices in todo:
     if split not in sources:
-      sources[split] = records.RecordSource(source_dir, split, modalities)
+      sources[split] = records.RecordSource([source_dir, *beside], split, modalities)
     path = os.path.join(out, shard)
     failed[shard] = [] if tolerate_failures else None
     count, stats = records.write_shard(

@@ -5,7 +5,9 @@ cubes, cylinders, cones, pyramids) resting on a floor in front of a backdrop wal
 by a pinhole camera and lit by one directional light. `raycast` renders it; every
 dense map comes from the same camera-ray hit, so rgb, depth, normals, semantic and
 instance labels agree to the pixel. Boxes, a caption and a CLIP-like feature map are
-derived from those maps and from the scene graph.
+derived from those maps and from the scene graph. On request (`extras`) a sample also
+holds 4M-21 modalities the world knows exactly (`EXTRA_MODALITIES`): its image edges,
+its color palette and its metadata.
 
 Conventions: the world is y-up, in metres, with the floor at y = 0. The camera frame is
 OpenCV's (x right, y down, z forward); depth is z-depth; normals are camera-frame unit
@@ -18,10 +20,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 
-from fourm.data import captions, raycast
+from fourm.data import captions, measures, raycast
+from fourm.modalities import COLOR_PALETTE_MAX
 
 CLASSES = ("background", "floor", "sphere", "cube", "cylinder", "cone", "pyramid")
 OBJECT_CLASSES = CLASSES[2:]
@@ -42,6 +47,17 @@ CHECKER_SIZE = 1.0      # floor tiles, metres: texture that gives rgb some depth
 _FLOOR_COLOR = np.array([0.50, 0.47, 0.42])
 _BACKDROP_COLOR = np.array([0.62, 0.68, 0.76])
 _GAMMA_LEVELS = 4096
+# 4M-21 raw modalities a sample holds when asked (`make_sample(extras=...)`).
+EXTRA_MODALITIES = ("canny_edge", "color_palette", "metadata")
+# Between neighbouring pixels of one surface, a normal turning by more than this is a
+# crease (a cube's or pyramid's edge, a cylinder's rim: 77..90 degrees), not curvature
+# (a sphere's normal turns by less between pixels unless its radius is under 2 px).
+CREASE_DEG = 60.0
+# The steps of luma (0..255) that make an image edge, as `fourm pseudolabel`'s Canny
+# finds them (pseudolabel/canny.py): one of 50 grey levels starts an edge, which goes
+# on along steps of 25. The floor's checker (a step of about 10) is below both.
+EDGE_STEPS = (25.0, 50.0)
+_PALETTE_STREAM = 1  # the palette's size is drawn from a stream of its own (spawn key)
 
 
 # eq=False: identity equality, since fields hold numpy arrays (which do not compare to bool).
@@ -188,9 +204,11 @@ def render(scene: Scene, resolution: int) -> dict:
   """Dense maps of one scene at `resolution` x `resolution`.
 
   Returns `rgb` uint8 [R,R,3], `depth` float32 [R,R], `normal` float32 [R,R,3],
-  `semseg` uint8 [R,R], and two maps for checks and derived modalities: `object_index`
-  int16 [R,R] (position in `scene.objects`, -1 on floor and backdrop) and `shading`
-  float32 [R,R] (the lighting factor in [AMBIENT, 1] applied to the albedo).
+  `semseg` uint8 [R,R], and maps for checks and derived modalities: `object_index`
+  int16 [R,R] (position in `scene.objects`, -1 on floor and backdrop), `shading`
+  float32 [R,R] (the lighting factor in [AMBIENT, 1] applied to the albedo),
+  `floor_tile` int8 [R,R] (the checker parity 0 / 1 on the floor, -1 elsewhere) and
+  `cast_shadow` bool [R,R] (facing the light, but shadowed by an object).
   """
   objects = [_primitive(obj) for obj in scene.objects]
   # Surface index 0 is the backdrop, 1 the floor, 2 + k object k: as the class table.
@@ -206,6 +224,9 @@ def render(scene: Scene, resolution: int) -> dict:
   x, z = hits["points"][0, floor], hits["points"][2, floor]
   tile = (np.floor(x / CHECKER_SIZE) + np.floor(z / CHECKER_SIZE)) % 2
   albedo[floor] *= (1.0 - 0.12 * tile)[:, None]
+  floor_tile = np.full(index.shape, -1, np.int8)
+  floor_tile[floor] = tile
+  cast_shadow = (np.asarray(scene.light_dir) @ hits["normals"] > 0) & (hits["direct"] == 0)
   shading = AMBIENT + (1 - AMBIENT) * hits["direct"]
   linear = np.clip(albedo * shading[:, None], 0.0, 1.0)
   rgb = _gamma_table()[(linear * (_GAMMA_LEVELS - 1) + 0.5).astype(np.intp)]
@@ -219,6 +240,8 @@ def render(scene: Scene, resolution: int) -> dict:
       "semseg": class_table[index].reshape(shape),
       "object_index": (np.maximum(index, 1).astype(np.int16) - 2).reshape(shape),
       "shading": shading.astype(np.float32).reshape(shape),
+      "floor_tile": floor_tile.reshape(shape),
+      "cast_shadow": cast_shadow.reshape(shape),
   }
 
 
@@ -296,13 +319,112 @@ def clip_like_features(semseg: np.ndarray, rgb: np.ndarray, depth: np.ndarray, g
   return features.astype(np.float32)
 
 
+def surface_index(maps: dict) -> np.ndarray:
+  """Which surface each pixel shows: 0 backdrop, 1 floor, 2 + k object k."""
+  return np.where(maps["object_index"] >= 0, maps["object_index"].astype(np.int64) + 2,
+                  maps["semseg"].astype(np.int64))
+
+
+def image_edges(maps: dict) -> np.ndarray:
+  """4M-21's canny_edge for the world: the step edges of the rendered image, exactly.
+
+  Canny looks for the steps of an image's intensity. The world's rgb is smooth except
+  across a surface's outline (occluding or touching another), a floor tile's border, a
+  cast shadow's border and a crease (`CREASE_DEG`). The edge map marks those steps,
+  on the nearer of the two pixels each falls between (the occluding side), so a line is
+  one pixel wide as Canny's are, and keeps those that Canny's hysteresis would: a
+  connected line with steps of at least `EDGE_STEPS[0]` and one of `EDGE_STEPS[1]`.
+  No smoothing moves an edge and no noise adds one. uint8 [R, R], 1 on an edge.
+  """
+  region = (surface_index(maps) * 3 + maps["floor_tile"].astype(np.int64) + 1) * 2 + \
+      maps["cast_shadow"]
+  normal, depth = maps["normal"].astype(np.float64), maps["depth"]
+  gray = measures.luma(maps["rgb"])
+  crease = math.cos(math.radians(CREASE_DEG))
+  strength = np.zeros(region.shape)  # the largest luma step marked on each pixel
+  for axis in (0, 1):
+    first = [slice(None)] * 2
+    second = [slice(None)] * 2
+    first[axis], second[axis] = slice(0, -1), slice(1, None)
+    first, second = tuple(first), tuple(second)
+    step = (region[first] != region[second]) | \
+        ((normal[first] * normal[second]).sum(-1) < crease)
+    height = np.where(step, np.abs(gray[first] - gray[second]), 0.0)
+    nearer_first = depth[first] <= depth[second]
+    strength[first] = np.maximum(strength[first], np.where(nearer_first, height, 0.0))
+    strength[second] = np.maximum(strength[second], np.where(nearer_first, 0.0, height))
+  low, high = EDGE_STEPS
+  lines, _ = ndimage.label(strength >= low, structure=np.ones((3, 3)))
+  seeded = np.unique(lines[strength >= high])
+  return np.isin(lines, seeded[seeded > 0]).astype(np.uint8)
+
+
+def painted_color(albedo) -> np.ndarray:
+  """A linear albedo as the uint8 color `render` gives it fully lit."""
+  levels = (np.asarray(albedo, np.float64) * (_GAMMA_LEVELS - 1) + 0.5).astype(np.intp)
+  return _gamma_table()[levels]
+
+
+def scene_palette(scene: Scene, maps: dict, num_colors: int = COLOR_PALETTE_MAX
+                  ) -> np.ndarray:
+  """4M-21's color_palette for the world: the colors the scene is painted with (backdrop,
+  floor, each object color; fully lit, as `painted_color`), most pixels first, at most
+  `num_colors`. uint8 [K, 3]."""
+  paints = [scene.backdrop_color, scene.floor_color] + \
+      [np.asarray(COLORS[obj.color]) for obj in scene.objects]
+  names = ["backdrop", "floor"] + [obj.color for obj in scene.objects]
+  pixels = np.bincount(surface_index(maps).ravel(), minlength=len(paints))
+  share: dict[str, int] = {}
+  color: dict[str, np.ndarray] = {}
+  for name, paint, count in zip(names, paints, pixels):
+    if count:
+      share[name] = share.get(name, 0) + int(count)
+      color[name] = paint
+  order = sorted(share, key=lambda name: -share[name])[:num_colors]  # stable: ties in scene order
+  return np.stack([painted_color(color[name]) for name in order]).astype(np.uint8)
+
+
+def scene_metadata(maps: dict, det: dict, caption: str) -> np.ndarray:
+  """4M-21's metadata for the world, float32 [21] (`measures.metadata_vector`).
+
+  Exact where the world knows the answer: no people (n_humans 0) and no watermark
+  (watermark_score 0); the COCO-style instances are the visible objects (det);
+  SAM-style instances every visible surface (objects, floor, backdrop); the floor is
+  what is walkable, the objects are the things. Image statistics, geometric complexity
+  and occlusion score are `measures`' on the exact rgb, normals and depth. Only the
+  aesthetic score is absent (NaN).
+  """
+  semseg = maps["semseg"]
+  values = measures.image_statistics(maps["rgb"])
+  values.update(measures.caption_counts(caption))
+  values.update({
+      "n_humans": 0.0,
+      "n_sam_instances": float(np.unique(surface_index(maps)).size),
+      "n_coco_instances": float(len(det["classes"])),
+      "coco_instance_diversity": float(len(set(det["classes"]))),
+      "walkability": measures.class_share(semseg, [CLASSES.index("floor")]),
+      "objectness": measures.class_share(
+          semseg, [CLASSES.index(name) for name in OBJECT_CLASSES]),
+      "semantic_diversity": measures.semantic_diversity(semseg),
+      "geometric_complexity": measures.geometric_complexity(maps["normal"]),
+      "occlusion_score": measures.occlusion_score(maps["depth"]),
+      "watermark_score": 0.0,
+  })
+  return measures.metadata_vector(values)
+
+
 def default_feature_grid(resolution: int) -> int:
   return max(1, resolution // 8 if resolution < 224 else resolution // 16)
 
 
 def make_sample(seed: int, split: str, index: int, resolution: int = 64,
-                feature_grid: int | None = None, feature_dim: int = 64) -> dict:
-  """Sample `index` of `split`: every raw modality of one rendered scene (record contract)."""
+                feature_grid: int | None = None, feature_dim: int = 64,
+                extras: Sequence[str] = ()) -> dict:
+  """Sample `index` of `split`: every raw modality of one rendered scene (record contract),
+  plus the `extras` asked for (of `EXTRA_MODALITIES`), which change nothing else."""
+  unknown = sorted(set(extras) - set(EXTRA_MODALITIES))
+  if unknown:
+    raise ValueError(f"the world renders no {unknown}; extras are {list(EXTRA_MODALITIES)}")
   rng = scene_rng(seed, split, index)
   scene = sample_scene(rng)
   maps = render(scene, resolution)
@@ -311,7 +433,7 @@ def make_sample(seed: int, split: str, index: int, resolution: int = 64,
                                o.footprint_radius)
            for o in (scene.objects[k] for k in visible)]
   grid = feature_grid or default_feature_grid(resolution)
-  return {
+  sample = {
       "rgb": maps["rgb"],
       "depth": maps["depth"],
       "normal": maps["normal"],
@@ -323,3 +445,15 @@ def make_sample(seed: int, split: str, index: int, resolution: int = 64,
       "clip": clip_like_features(maps["semseg"], maps["rgb"], maps["depth"], grid,
                                  feature_dim),
   }
+  if "canny_edge" in extras:
+    sample["canny_edge"] = image_edges(maps)
+  if "color_palette" in extras:
+    # 4M-21 trains on palettes of 1..7 colors; the size comes from a stream of its own,
+    # so asking for a palette changes no other value of the sample.
+    size_rng = np.random.default_rng(np.random.SeedSequence(
+        [seed, SPLITS.index(split), index], spawn_key=(_PALETTE_STREAM,)))
+    sample["color_palette"] = scene_palette(
+        scene, maps, int(size_rng.integers(1, COLOR_PALETTE_MAX + 1)))
+  if "metadata" in extras:
+    sample["metadata"] = scene_metadata(maps, det, sample["caption"])
+  return sample

@@ -12,7 +12,7 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
 
@@ -26,7 +26,8 @@ JOB_FILE = "synth_job.json"
 def _sample_stream(args: dict, split: str, indices: range):
   for index in indices:
     sample = synthetic.make_sample(args["seed"], split, index, args["resolution"],
-                                   feature_dim=args["feature_dim"])
+                                   feature_dim=args["feature_dim"],
+                                   extras=args.get("extras", ()))
     sample["key"] = f"{split}/{index:06d}"
     yield sample
 
@@ -46,16 +47,23 @@ def _write_one_shard(out: str, args: dict, split: str, shard: int, num_shards: i
 
 def write_world(out: str, num: int, resolution: int = 64, seed: int = 0,
                 val_fraction: float = 0.1, records_per_shard: int = 1000,
-                feature_dim: int = 64, workers: int | None = None,
-                progress: bool = True, log: Callable[[str], None] = print
-                ) -> records.DatasetInfo:
-  """Renders `num` scenes (a `val_fraction` of them as split 'val') into `out`."""
+                feature_dim: int = 64, extras: Sequence[str] = (),
+                workers: int | None = None, progress: bool = True,
+                log: Callable[[str], None] = print) -> records.DatasetInfo:
+  """Renders `num` scenes (a `val_fraction` of them as split 'val') into `out`, with the
+  4M-21 `extras` asked for (of `synthetic.EXTRA_MODALITIES`)."""
   if num <= 0:
     raise UsageError(f"--num must be positive, got {num}")
   if not 0 <= val_fraction < 1:
     raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+  unknown = sorted(set(extras) - set(synthetic.EXTRA_MODALITIES))
+  if unknown:
+    raise UsageError(f"--extras: the world renders no {unknown}; choose from "
+                     f"{','.join(synthetic.EXTRA_MODALITIES)}")
   args = {"seed": seed, "resolution": resolution, "feature_dim": feature_dim,
           "num": num, "val_fraction": val_fraction, "records_per_shard": records_per_shard}
+  if extras:  # absent otherwise, so a world made before extras existed still resumes
+    args["extras"] = [m for m in synthetic.EXTRA_MODALITIES if m in extras]
   os.makedirs(out, exist_ok=True)
   derived.claim_directory(out, args, job_file=JOB_FILE, what="a synthetic world")
 
@@ -104,6 +112,7 @@ def write_world(out: str, num: int, resolution: int = 64, seed: int = 0,
     splits.setdefault(split, []).append((name, count))
   metadata = {"created_by": "fourm synth", "generator": args,
               "classes": list(synthetic.CLASSES),
+              "thing_classes": list(synthetic.OBJECT_CLASSES),
               "camera": {"fov_deg": synthetic.FOV_DEG,
                          "depth": "metric z-depth in metres",
                          "normal": "unit vectors, camera frame, x right, y down, z forward"}}
