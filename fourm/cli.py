@@ -287,9 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(run=_tokenize)
 
   from pseudolabel import DEFAULT_MODELS  # names only: torch loads when a labeler is built
-  p = sub.add_parser("pseudolabel", help="add depth, normals, segmentation, boxes and CLIP "
-                     "features (off-the-shelf networks), canny edges, color palettes and "
-                     "metadata to a dataset, side by side",
+  p = sub.add_parser("pseudolabel", help="add depth, normals, segmentation, boxes, CLIP and "
+                     "DINOv2 features, SAM edges and instances, people's keypoints, T5 "
+                     "caption embeddings (off-the-shelf networks), canny edges, color "
+                     "palettes and metadata to a dataset, side by side",
                      description="Runs pseudo-labelers (torch + transformers: pip install "
                                  "'fourm[pseudolabel]') over the rgb of a dataset and writes "
                                  "the new modalities beside it; resumable.")
@@ -297,23 +298,39 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default=None,
                  help="output directory, read beside --data (default: DATA_pseudolabels)")
   p.add_argument("--tasks", default="depth,normals,semseg,det,clip",
-                 help="comma-separated: depth,normals,semseg,det,clip (networks), "
-                      "canny_edge,color_palette,metadata (no network; metadata reads the "
-                      "record's other modalities and those the tasks before it make)")
+                 help="comma-separated: depth,normals,semseg,det,clip (4M-7's networks), "
+                      "sam_edge,sam_instance,dinov2,dinov2_global,human_keypoints,t5_caption "
+                      "(4M-21's networks; sam_instance writes untokenized sam_instance_masks, "
+                      "human_keypoints boxes and COCO keypoints, not human_poses; t5_caption "
+                      "embeds the record's caption), canny_edge,color_palette,metadata (no "
+                      "network; metadata reads the record's other modalities and those the "
+                      "tasks before it make)")
   p.add_argument("--beside", action="append", default=[], metavar="DIR",
                  help="a side-by-side store of --data (e.g. an earlier pseudolabel output) "
-                      "whose modalities the metadata task reads too; repeatable")
+                      "whose modalities the tasks that read records (metadata, t5_caption) "
+                      "read too; repeatable")
   p.add_argument("--depth-model", default=DEFAULT_MODELS["depth"],
                  help="hub id or local directory of a DPT / Depth Anything checkpoint")
   p.add_argument("--semseg-model", default=DEFAULT_MODELS["semseg"],
                  help="hub id or local directory of a Mask2Former checkpoint")
   p.add_argument("--det-model", default=DEFAULT_MODELS["det"],
-                 help="hub id or local directory of a DETR-family checkpoint")
+                 help="hub id or local directory of a DETR-family checkpoint (it also finds "
+                      "the people of human_keypoints)")
   p.add_argument("--clip-model", default=DEFAULT_MODELS["clip"],
                  help="hub id or local directory of a CLIP checkpoint")
+  p.add_argument("--sam-model", default=DEFAULT_MODELS["sam"],
+                 help="hub id or local directory of a SAM checkpoint (sam_edge and "
+                      "sam_instance share one run)")
+  p.add_argument("--dinov2-model", default=DEFAULT_MODELS["dinov2"],
+                 help="hub id or local directory of a DINOv2 checkpoint (dinov2 and "
+                      "dinov2_global share one pass)")
+  p.add_argument("--human-keypoints-model", default=DEFAULT_MODELS["human_keypoints"],
+                 help="hub id or local directory of a ViTPose checkpoint")
+  p.add_argument("--t5-caption-model", default=DEFAULT_MODELS["t5_caption"],
+                 help="hub id or local directory of a T5 checkpoint (its encoder)")
   p.add_argument("--tiny", action="store_true",
                  help="tiny random-init networks instead (no download; MEANINGLESS labels, "
-                      "for tests and demos); also per task as --TASK-model tiny-random")
+                      "for tests and demos); also per network as --NAME-model tiny-random")
   p.add_argument("--fov", type=float, default=None,
                  help="horizontal field of view (degrees) for normals from depth (default: "
                       "the dataset's camera if it records one, else 60)")

@@ -298,14 +298,18 @@ MODALITY_SET_4M7 = tuple(spec.name for spec in _4M7)
 # ImageBind feature maps are at their 14 px patch grid, the global vectors one per image.
 CANNY_EDGE = RawSpec("canny_edge", Form.IMAGE, "uint8", Values.CLASSES,
                      resample=Resample.NEAREST, labeler="canny_edge")
-SAM_EDGE = RawSpec("sam_edge", Form.IMAGE, "uint8", Values.CLASSES, resample=Resample.NEAREST)
-DINOV2 = RawSpec("dinov2", Form.FEATURE_MAP, "float32", Values.FEATURES, channels=768)
+SAM_EDGE = RawSpec("sam_edge", Form.IMAGE, "uint8", Values.CLASSES, resample=Resample.NEAREST,
+                   labeler="sam_edge")
+DINOV2 = RawSpec("dinov2", Form.FEATURE_MAP, "float32", Values.FEATURES, channels=768,
+                 labeler="dinov2")
 IMAGEBIND = RawSpec("imagebind", Form.FEATURE_MAP, "float32", Values.FEATURES, channels=1280)
-DINOV2_GLOBAL = RawSpec("dinov2_global", Form.VECTOR, "float32", Values.FEATURES, channels=768)
+DINOV2_GLOBAL = RawSpec("dinov2_global", Form.VECTOR, "float32", Values.FEATURES, channels=768,
+                        labeler="dinov2_global")
 IMAGEBIND_GLOBAL = RawSpec("imagebind_global", Form.VECTOR, "float32", Values.FEATURES,
                            channels=1280)
 # The caption's T5-XXL encoder states [L, 4096], one per text token.
-T5_CAPTION = RawSpec("t5_caption", Form.VECTOR, "float32", Values.FEATURES, channels=4096)
+T5_CAPTION = RawSpec("t5_caption", Form.VECTOR, "float32", Values.FEATURES, channels=4096,
+                     labeler="t5_caption")
 # Families of their own, serialized into the text vocabulary by a codec of the same name
 # (the reference's value bins and special words).
 HUMAN_POSES = RawSpec("human_poses", Form.VECTOR, "float32", "human_poses")
@@ -356,8 +360,23 @@ MODALITY_SET_4M21 = (
     "tok_imagebind", "tok_imagebind_global", "tok_sam_edge", "tok_canny_edge",
     "color_palette", "sam_instance")
 
+# What the 4M-21 labelers write where a model modality's record cannot be made yet. Each
+# waits for a network fourm lacks; the labels are the inputs that network would read.
+# * sam_instance_masks, int32 [R, 22 + 64*64] (pseudolabel/sam.py): a sam_instance record
+#   whose 16 token columns are -1, each row followed by its instance's 64 x 64 mask in its
+#   box. The gap: a SAM-instance tokenizer (the reference's 64 x 64 mask VQ-VAE) to turn
+#   the masks into the ids, then `sam.with_tokens` makes the sam_instance record.
+# * human_keypoints, float32 [N, 56] (pseudolabel/human_poses.py): per person a box (as
+#   human_poses' columns 0:4), the detector's score and 17 COCO keypoints (x, y, score).
+#   The gap: a body model (HMR2.0's SMPL regressor) and the pose tokenizer, for the SMPL
+#   columns of human_poses.
+SAM_INSTANCE_MASKS = RawSpec("sam_instance_masks", Form.VECTOR, "int32", "sam_instance_masks",
+                             labeler="sam_instance")
+HUMAN_KEYPOINTS = RawSpec("human_keypoints", Form.VECTOR, "float32", "human_keypoints",
+                          labeler="human_keypoints")
+
 # Raw modalities stored in records without a model modality of their own (yet).
-_RAW_ONLY = (INSTANCE, KEY, LABEL)
+_RAW_ONLY = (INSTANCE, KEY, LABEL, SAM_INSTANCE_MASKS, HUMAN_KEYPOINTS)
 
 # Keys a batch carries beside its modalities; no modality may take these names.
 RESERVED_NAMES = frozenset({"meta"})

@@ -7,12 +7,12 @@ modality each kind comes from, and which stay NaN (absent):
 | --- | --- |
 | original_width / _height, brightness, contrast, saturation, colorfulness, entropy | the image |
 | caption_n_chars / _words / _sentences | `caption` |
-| n_humans | `human_poses` (its rows), else the `det` boxes of class "person" |
+| n_humans | the rows of `human_poses`, else of `human_keypoints`; else `det`'s "person" boxes |
 | n_coco_instances, coco_instance_diversity | `det`: its boxes, its distinct classes |
 | walkability, objectness, semantic_diversity | `semseg`, and its class names |
 | geometric_complexity | `normal` |
 | occlusion_score | `depth` |
-| n_sam_instances | NaN: a `sam_instance` record holds only the instances at its query points |
+| n_sam_instances | `SAM_COUNT`: SAM's masks, when the same run made them (see below); else NaN |
 | watermark_score, aesthetic_score | NaN: they need LAION's watermark / aesthetic networks |
 
 A kind whose modality the record lacks is NaN. walkability and objectness need to know
@@ -23,7 +23,11 @@ word is in `WALKABLE` ("floor-wood" -> "floor"), a thing if its name is in
 
 The labeler declares what it reads (`reads`); `fourm pseudolabel` hands it each record
 with the source's modalities, those of `--beside` stores, and what the tasks before it
-made in the same run (`label_records`). Called on bare images it measures the image only.
+made in the same run (`label_records`), plus `SAM_COUNT` where that run made SAM's
+automatic masks (sam_edge, sam_instance): their number. No stored modality holds it (a
+`sam_instance` record lists only the instances at its query points), so a later run
+reading SAM's outputs `--beside` cannot count them. Called on bare images it measures
+the image only.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ WALKABLE = frozenset((
     "playingfield", "field", "railroad", "platform", "stairs", "rug", "carpet", "ground",
     "earth"))
 PERSON = "person"
+# The number of SAM automatic masks of the image, which `fourm pseudolabel` adds to the
+# record it hands over when the same run made them (no modality stores it).
+SAM_COUNT = "n_sam_instances"
 
 
 def _first_word(name: str) -> str:
@@ -64,9 +71,9 @@ class MetadataLabeler:
   """records -> metadata float32 [21] each (`fourm.modalities.METADATA_KEYS` order)."""
 
   # The raw modalities it reads when a record has them (besides rgb).
-  reads = ("caption", "semseg", "det", "normal", "depth", "human_poses")
-  name = ("image statistics; counts from caption, human_poses, det, semseg, normal, depth; "
-          "no watermark, aesthetic or SAM-instance counts")
+  reads = ("caption", "semseg", "det", "normal", "depth", "human_poses", "human_keypoints")
+  name = ("image statistics; counts from caption, human_poses / human_keypoints, det, semseg, "
+          "normal, depth, this run's SAM masks; no watermark or aesthetic scores")
 
   def __init__(self, semseg_classes: Sequence[str] | None = None,
                thing_classes: Iterable[str] | None = None):
@@ -95,8 +102,11 @@ class MetadataLabeler:
       values["n_coco_instances"] = float(len(classes))
       values["coco_instance_diversity"] = float(len(set(classes)))
       values["n_humans"] = float(classes.count(PERSON))
-    if sample.get("human_poses") is not None:
-      values["n_humans"] = float(len(np.asarray(sample["human_poses"])))  # a row a person
+    for people in ("human_keypoints", "human_poses"):  # human_poses wins: a row a person
+      if sample.get(people) is not None:
+        values["n_humans"] = float(len(np.asarray(sample[people])))
+    if sample.get(SAM_COUNT) is not None:
+      values["n_sam_instances"] = float(sample[SAM_COUNT])
     if sample.get("semseg") is not None:
       values.update(self._semantic(np.asarray(sample["semseg"])))
     if sample.get("normal") is not None:

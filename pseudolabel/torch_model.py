@@ -41,7 +41,7 @@ def load_model(task: str, model_class, name_or_path: str):
   except (OSError, ValueError) as error:
     local = os.path.isdir(name_or_path)
     hint = ("" if local else " If this machine has no network, download the model "
-            f"elsewhere and pass its local directory (--{task}-model DIR).")
+            f"elsewhere and pass its local directory (--{task.replace('_', '-')}-model DIR).")
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise UsageError(f"{task}: cannot load model {name_or_path!r} ({reason}).{hint}") from error
 

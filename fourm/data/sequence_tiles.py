@@ -15,6 +15,15 @@ modalities (never their names), so any raw modality of one of these meanings dra
 * "metadata", float [21] in `METADATA_KEYS` order (NaN where absent), or the {kind:
   value} dict decoding gives: a "kind: value" line per present entry, as many as fit.
 
+Two raw-only modalities that the 4M-21 pseudo-labelers write draw like their families:
+
+* "sam_instance_masks", int32 [R, 22 + 64*64] (sam_instance rows, tokens -1, each with
+  its instance's mask): drawn as "sam_instance" over the image's center square, the
+  frame its pixels are of.
+* "human_keypoints", float32 [N, 56] (box, score, 17 (x, y, score) in [0, 1] of the
+  image): each person's box labelled "person" and its keypoints as dots, a color a
+  person.
+
 The layouts are those of the codecs in `tokenizers_vq` (palette.py, human_poses.py,
 sam_instance.py, metadata.py), which `fourm.data` may not import (the import layers of
 pyproject.toml), so the few constants needed are repeated here; tests/test_visualize.py
@@ -32,6 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fourm import modalities
 from fourm.data.colorize import palette
 from fourm.modalities import METADATA_KEYS
 from fourm.data.draw import (TEXT_SIZE, draw_boxes, draw_points, font, line_height,
@@ -45,6 +55,12 @@ POSE_BOX = slice(0, 4)
 # tokenizers_vq/sam_instance.py: a row (point, box, 16 tokens) and the image its pixels are of.
 SAM_WIDTH = 22
 SAM_IMAGE_SIZE = 224
+# pseudolabel/sam.py: an untokenized row carries its instance's 64 x 64 mask after the 22.
+SAM_MASK_SIZE = 64
+# pseudolabel/human_poses.py: box, score, then 17 keypoints (x, y, score).
+KEYPOINTS_BOX = slice(0, 4)
+KEYPOINTS_FIRST = 5
+KEYPOINTS = 17
 
 TEXT_COLOR = (30, 30, 30)
 PAPER_COLOR = (250, 250, 250)   # a text tile's background (lighter than an absent tile)
@@ -131,6 +147,46 @@ def draw_sam_instances(value, context: TileContext) -> np.ndarray | None:
   return pad_to_square(drawn, context.tile)
 
 
+def draw_sam_instance_masks(value, context: TileContext) -> np.ndarray | None:
+  """The sam_instance columns of untokenized rows, over the image's center square (the
+  224 px frame of their pixels is that square)."""
+  rows = np.asarray(value)
+  if rows.ndim != 2 or rows.shape[1] != SAM_WIDTH + SAM_MASK_SIZE ** 2 or \
+      rows.dtype.kind not in "iu":
+    return None
+  sample = dict(context.sample)
+  for name, image in context.sample.items():
+    if _is_color_image(name, image):
+      height, width = image.shape[:2]
+      side = min(height, width)
+      top, left = (height - side) // 2, (width - side) // 2
+      sample[name] = image[top:top + side, left:left + side]
+  square = TileContext(sample, context.tile, context.num_classes)
+  return draw_sam_instances(rows[:, :SAM_WIDTH], square)
+
+
+def _is_color_image(name: str, value) -> bool:
+  raw = modalities.RAW_MODALITIES.get(name)
+  return (raw is not None and raw.values == modalities.Values.COLOR
+          and raw.form == modalities.Form.IMAGE and isinstance(value, np.ndarray)
+          and value.ndim >= 2)
+
+
+def draw_human_keypoints(value, context: TileContext) -> np.ndarray | None:
+  """Each person's box, labelled "person", and keypoints over the sample's image."""
+  people = np.asarray(value)
+  width = KEYPOINTS_FIRST + 3 * KEYPOINTS
+  if people.ndim != 2 or people.shape[1] != width or people.dtype.kind != "f":
+    return None
+  colors = palette(len(people) + 1)[1:]
+  drawn = draw_boxes(image_or_canvas(context), people[:, KEYPOINTS_BOX], ["person"] * len(people),
+                     colors=colors)
+  joints = people[:, KEYPOINTS_FIRST:].reshape(len(people), KEYPOINTS, 3)[..., :2]
+  drawn = draw_points(drawn, joints.reshape(-1, 2), np.repeat(colors, KEYPOINTS, axis=0),
+                      radius=max(1, context.tile // 80))
+  return pad_to_square(drawn, context.tile)
+
+
 # --------------------------------------------------------------------------------------
 # Metadata.
 
@@ -203,6 +259,8 @@ SEQUENCE_DRAWERS: dict[str, Any] = {
     "human_poses": draw_human_poses,
     "sam_instance": draw_sam_instances,
     "metadata": draw_metadata,
+    "sam_instance_masks": draw_sam_instance_masks,
+    "human_keypoints": draw_human_keypoints,
 }
 for _values, _drawer in SEQUENCE_DRAWERS.items():
   register_drawer(_values, _drawer)

@@ -17,6 +17,7 @@ generation, which draw as their raw) fall back to a generic rendering of numeric
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,9 +39,9 @@ CANVAS_COLOR = (128, 128, 128)      # what boxes are drawn on when there is no i
 # Column order by meaning: the image first, what is drawn over it next to it (boxes, people,
 # queried instances), then dense geometry and labels, then features, then the image's
 # colors and metadata; meanings without a place here follow, then unregistered keys.
-TILE_ORDER = (Values.COLOR, Values.BOXES, "human_poses", "sam_instance", Values.DISTANCE,
-              Values.DIRECTION, Values.CLASSES, Values.INSTANCES, Values.FEATURES,
-              "color_palette", "metadata")
+TILE_ORDER = (Values.COLOR, Values.BOXES, "human_poses", "human_keypoints", "sam_instance",
+              "sam_instance_masks", Values.DISTANCE, Values.DIRECTION, Values.CLASSES,
+              Values.INSTANCES, Values.FEATURES, "color_palette", "metadata")
 # Meanings shown as text under a sample's row (TEXT) or not at all (NAME).
 NOT_TILES = frozenset({Values.TEXT, Values.NAME})
 
@@ -102,7 +103,24 @@ def _classes(value, context: TileContext) -> np.ndarray:
   return to_tile(semseg_to_rgb(value, context.num_classes), context.tile, labels=True)
 
 
-def _features(value, context: TileContext) -> np.ndarray:
+def _features(value, context: TileContext) -> np.ndarray | None:
+  """A feature map [G, G, D] by its principal components; a sequence of vectors [L, D]
+  (4M-21's t5_caption) the same way, as L vertical bands in order; one vector [D] (a
+  global feature) as its values in grey, row-major on the smallest square grid."""
+  value = np.asarray(value)
+  if value.ndim == 2:
+    return features_to_rgb(value[None], context.tile)
+  if value.ndim == 1 and value.size:
+    grey = generic_to_rgb(value[None])
+    if grey is None:
+      return None
+    side = math.ceil(math.sqrt(value.size))
+    cells = np.empty((side * side, 3), np.uint8)
+    cells[...] = BLANK_COLOR                  # the square's cells past the vector's end
+    cells[:value.size] = grey[0]
+    return to_tile(cells.reshape(side, side, 3), context.tile, labels=True)
+  if value.ndim != 3:
+    return None
   return features_to_rgb(value, context.tile)
 
 
