@@ -1,4 +1,5 @@
-"""`fourm tokenizer train --config configs/tokenizers/vqvae.py:<modality>_<size> --workdir DIR`.
+"""`fourm tokenizer train --config configs/tokenizers/vqvae.py:<modality>_<size> --workdir DIR`
+(or configs/tokenizers/divae.py:<modality>_<size>, a diffusion-decoder DiVAE).
 
 The same conventions as `fourm train`: an ml_collections config with `--config.x=y`
 overrides, the grain pipeline (augmented crops of the raw modality), orbax checkpoints
@@ -9,12 +10,17 @@ the modality's reconstruction metrics, codebook usage over all held-out tokens p
 (% of the vocabulary used) and perplexity, and a PNG grid of a few held-out originals
 above their reconstructions is written to WORKDIR/reconstructions.png.
 
+A DiVAE trains the same way (the config's `decoder` is "diffusion" and `diffusion` holds
+its UNet and schedule); its held-out metrics and reconstructions are DDIM decodes of the
+held-out codes with the tokenizer's `sample_steps`.
+
 `load_tokenizer(WORKDIR)` turns the newest checkpoint into a `VQTokenizer`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -33,15 +39,25 @@ from fourm import metrics as metrics_lib
 from fourm import workdir as workdir_lib
 from fourm.checkpoint import Checkpoints
 from tokenizers_vq import train_step as step_lib
-from tokenizers_vq.vqvae import VQVAE, VQVAEConfig, preset
+from tokenizers_vq.vqvae import (DIVAE_PRESETS, VQVAE, DiffusionConfig, VQVAEConfig,
+                                 divae_preset, preset)
 
 
-def default_config(preset_name: str = "rgb_tiny") -> ml_collections.ConfigDict:
+def default_config(preset_name: str = "rgb_tiny", decoder: str = "vit"
+                   ) -> ml_collections.ConfigDict:
   """Every field of a tokenizer training config, with defaults for the preset's size:
-  minutes on a CPU for the tiny presets, a GPU-node run for the base ones."""
+  minutes on a CPU for the tiny presets, a GPU-node run for the base ones. With
+  `decoder="diffusion"` a DiVAE (tokenizers_vq.vqvae.DIVAE_PRESETS) and its `diffusion`
+  fields, each overridable (--config.diffusion.sample_steps=50)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.preset = preset_name         # tokenizers_vq.vqvae.PRESETS
+  c.preset = preset_name         # tokenizers_vq.vqvae.PRESETS (DIVAE_PRESETS for a DiVAE)
+  c.decoder = decoder            # "vit" or "diffusion"
+  if decoder == "diffusion":
+    if preset_name not in DIVAE_PRESETS:
+      raise UsageError(f"no DiVAE preset {preset_name!r}; one of {sorted(DIVAE_PRESETS)}")
+    c.diffusion = ml_collections.ConfigDict(
+        dataclasses.asdict(DIVAE_PRESETS[preset_name]["diffusion"]))
   c.vocab_size = 0               # 0: the preset's
   c.dead_code_replacement = True
   c.data = ml_collections.ConfigDict(dict(
@@ -73,6 +89,9 @@ def vqvae_config(config: ml_collections.ConfigDict) -> VQVAEConfig:
   overrides: dict[str, Any] = {"dead_code_replacement": config.dead_code_replacement}
   if config.vocab_size:
     overrides["vocab_size"] = config.vocab_size
+  if config.get("decoder", "vit") == "diffusion":
+    diffusion = DiffusionConfig.from_dict(dict(config.diffusion.to_dict()))
+    return divae_preset(config.preset, diffusion=diffusion, **overrides)
   return preset(config.preset, **overrides)
 
 
@@ -156,6 +175,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     return _train(config, vq, workdir, log=log, cleanup=cleanup)
 
 
+def _trained_dict(saved: dict[str, Any] | None) -> dict[str, Any] | None:
+  try:
+    return VQVAEConfig.from_dict(saved).trained_dict() if saved else None
+  except (UsageError, TypeError):
+    return saved  # not a config this version reads: it differs
+
+
 def _train(config: ml_collections.ConfigDict, vq, workdir: str, *,
            log: Callable[[str], None], cleanup: contextlib.ExitStack) -> dict[str, float]:
   if config.eval_every:  # a missing eval split fails now, not after eval_every steps
@@ -167,7 +193,7 @@ def _train(config: ml_collections.ConfigDict, vq, workdir: str, *,
                             async_save=config.checkpoint.async_save, log=log)
   cleanup.callback(workdir_lib.closing_quietly(checkpoints.close))
   saved = checkpoints.latest_meta()
-  if saved is not None and saved.get("tokenizer") != vq.to_dict():
+  if saved is not None and _trained_dict(saved.get("tokenizer")) != vq.trained_dict():
     raise UsageError(f"{workdir} holds a tokenizer {saved.get('tokenizer')}, this config "
                      f"makes {vq.to_dict()}; use a new --workdir")
   restored = checkpoints.restore_latest(state)
@@ -175,8 +201,11 @@ def _train(config: ml_collections.ConfigDict, vq, workdir: str, *,
     state, _ = restored
     log(f"resumed from the checkpoint at step {int(state.step)} in {checkpoints.directory}")
   start = int(state.step)
+  decoder = (f", diffusion decoder (predicts {vq.diffusion.prediction}, decodes in "
+             f"{vq.diffusion.sample_steps} DDIM steps)" if vq.is_diffusion else "")
   log(f"tokenizer {vq.name}: {vq.modality}, {vq.grid}x{vq.grid} tokens, vocabulary "
-      f"{vq.vocab_size}, dead-code replacement {'on' if vq.dead_code_replacement else 'off'}")
+      f"{vq.vocab_size}, dead-code replacement {'on' if vq.dead_code_replacement else 'off'}"
+      f"{decoder}")
 
   def meta() -> dict[str, Any]:
     return {"step": int(state.step), "tokenizer": vq.to_dict(),
@@ -184,7 +213,7 @@ def _train(config: ml_collections.ConfigDict, vq, workdir: str, *,
 
   batches = _pipeline(config, vq, train=True).iterator(start_batch=start)
   train_step = step_lib.make_train_step(graphdef, vq, optimizer, seed=config.seed)
-  eval_step = step_lib.make_eval_step(graphdef, vq)
+  eval_step = step_lib.make_eval_step(graphdef, vq, seed=config.seed)
   writer = metrics_lib.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
   cleanup.callback(workdir_lib.closing_quietly(writer.close))
   last: dict[str, float] = {}

@@ -12,14 +12,18 @@ Inside the step the raw batch is normalized (modality_io), the reconstruction pl
 commitment loss is differentiated with respect to the parameters only, AdamW updates
 them, and then the quantizer's EMA update and dead-code replacement run on the
 encoder vectors of the same batch, outside the gradient. The dead-code draw is keyed by
-(seed, step), so a resumed run replaces the same codes with the same vectors.
+(seed, step), so a resumed run replaces the same codes with the same vectors. A DiVAE
+(config.decoder "diffusion") is the same step with the DDPM loss as its reconstruction
+loss; its noise levels and noise are keyed by (seed, step) as well, and its held-out
+metrics score the DDIM decode of the codes from a fixed key.
 
 `VQTokenizer` is the inference side, for the data pipeline and for generation:
 `encode(raw) -> int32 [B, G, G]`, `decode(tokens) -> raw arrays` (inverse
-normalization applied, class ids for semseg). Both check their input on the host before
-the jitted call, so a batch of the wrong modality or a token id outside the vocabulary is
-a one-line error naming the tokenizer, the modality and the bad value, never an
-out-of-bounds gather inside XLA (which would silently clamp).
+normalization applied, class ids for semseg; a DiVAE runs DDIM from `seed`, 0 unless
+given, so the same tokens decode to the same pixels). Both check their input on the host
+before the jitted call, so a batch of the wrong modality or a token id outside the
+vocabulary is a one-line error naming the tokenizer, the modality and the bad value, never
+an out-of-bounds gather inside XLA (which would silently clamp).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from flax import nnx
 
 from fourm import modalities
 from fourm.data import augment as augment_lib
-from fourm.errors import RecordError
+from fourm.errors import RecordError, UsageError
 from tokenizers_vq import modality_io
 from tokenizers_vq import quantizer as quantizer_lib
 from tokenizers_vq.vqvae import VQVAE, VQVAEConfig
@@ -90,14 +94,20 @@ def init_state(model: VQVAE, optimizer: optax.GradientTransformation
   return graphdef, TrainState(params, codebook, optimizer.init(params), jnp.int32(0))
 
 
-def forward_loss(graphdef, io: modality_io.ModalityIO, params, codebook, raw):
+def forward_loss(graphdef, io: modality_io.ModalityIO, params, codebook, raw,
+                 key: jax.Array | None = None):
   """The VQ-VAE objective on one raw batch: (reconstruction + commitment loss,
-  (reconstruction loss, decoder output, quantizer output, normalization stats))."""
+  (reconstruction loss, decoder output, quantizer output, normalization stats)).
+  A DiVAE's reconstruction loss is the DDPM loss, its noise drawn from `key`."""
   model = nnx.merge(graphdef, params, codebook)
   x, stats = io.normalize(raw)
-  out, quantized = model(x)
-  recon = io.loss(out, x)
+  recon, out, quantized = model.reconstruction_loss(x, io.loss, key)
   return recon + quantized.commitment_loss, (recon, out, quantized, stats)
+
+
+def _noise_key(base_key: jax.Array, step: jax.Array) -> jax.Array:
+  """The DiVAE's noise draw of a step (the dead-code draw uses fold_in(base, step))."""
+  return jax.random.fold_in(jax.random.fold_in(base_key, step), 1)
 
 
 def _batch_metrics(io, config: VQVAEConfig, loss, recon, out, quantized, raw, stats
@@ -133,8 +143,10 @@ def make_train_step(graphdef: nnx.GraphDef, config: VQVAEConfig,
   base_key = jax.random.key(seed)
 
   def step(state: TrainState, raw: jax.Array) -> tuple[TrainState, Metrics]:
+    key = _noise_key(base_key, state.step)
     grad_fn = jax.value_and_grad(
-        lambda params: forward_loss(graphdef, io, params, state.codebook, raw), has_aux=True)
+        lambda params: forward_loss(graphdef, io, params, state.codebook, raw, key),
+        has_aux=True)
     (loss, (recon, out, quantized, stats)), grads = grad_fn(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -155,18 +167,26 @@ def make_train_step(graphdef: nnx.GraphDef, config: VQVAEConfig,
   return checked_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, config: VQVAEConfig
+def make_eval_step(graphdef: nnx.GraphDef, config: VQVAEConfig, *, seed: int = 0
                    ) -> Callable[[TrainState, Any], Metrics]:
   """Jitted `(state, raw batch) -> metrics` without any update (held-out evaluation).
 
   The metrics of the train step (but codes_replaced and grad_norm), plus "codes": the
-  batch's token ids [B, G, G], for usage pooled over a whole held-out set.
+  batch's token ids [B, G, G], for usage pooled over a whole held-out set. A DiVAE's loss
+  uses noise from a fixed key (comparable from one evaluation to the next) and its
+  modality metrics score the DDIM decode of the codes (the config's steps, key(seed)),
+  i.e. what `VQTokenizer.reconstruct` returns.
   """
   io = modality_io.for_config(config)
+  key = jax.random.key(seed)
 
   @jax.jit
   def evaluate(params, codebook, raw):
-    loss, (recon, out, quantized, stats) = forward_loss(graphdef, io, params, codebook, raw)
+    loss, (recon, out, quantized, stats) = forward_loss(graphdef, io, params, codebook, raw,
+                                                        _noise_key(key, 0))
+    if config.is_diffusion:
+      model = nnx.merge(graphdef, params, codebook)
+      out = model.decode_quant(quantized.quantized, key=key)
     metrics = _batch_metrics(io, config, loss, recon, out, quantized, raw, stats)
     metrics["codes"] = quantized.codes
     return metrics
@@ -196,12 +216,12 @@ class VQTokenizer:
       x, stats = io.normalize(raw)
       return model.encode(x).codes, stats
 
-    @jax.jit
-    def decode(params, codebook, tokens, stats):
+    def decode(params, codebook, tokens, stats, seed, steps):
       model = nnx.merge(graphdef, params, codebook)
-      return io.to_raw(io.denormalize(model.decode_tokens(tokens), stats))
+      sampling = dict(key=jax.random.key(seed), steps=steps) if self.config.is_diffusion else {}
+      return io.to_raw(io.denormalize(model.decode_tokens(tokens, **sampling), stats))
 
-    self._encode, self._decode = encode, decode
+    self._encode, self._decode = encode, jax.jit(decode, static_argnames="steps")
 
   @classmethod
   def from_model(cls, model: VQVAE) -> VQTokenizer:
@@ -246,12 +266,16 @@ class VQTokenizer:
                         f"the vocabulary [0, {self.config.vocab_size})", field=self.io.name)
     return tokens.astype(np.int32)
 
-  def decode(self, tokens, stats=None) -> np.ndarray:
+  def decode(self, tokens, stats=None, *, seed: int = 0, steps: int | None = None
+             ) -> np.ndarray:
     """int tokens [B, G, G] (or [B, G*G]) -> raw arrays, in the dtype records store.
 
     rgb uint8 [B, R, R, 3]; depth float32 [B, R, R] metres (at the config's typical
     distance unless `stats` from `encode(..., return_stats=True)` are given); normal unit
     vectors float32 [B, R, R, 3]; semseg class ids [B, R, R]; clip float32 [B, G, G, C].
+    A DiVAE samples by DDIM in `steps` (default: its config's `sample_steps`; 1 is the
+    one-step preview) from noise drawn from `seed` (a batch's noise is one draw, so an
+    image's pixels depend on its place in the batch too); a ViT decoder ignores both.
     """
     tokens = self.check_tokens(tokens)
     if stats is None:
@@ -260,8 +284,14 @@ class VQTokenizer:
     if stats.shape != (tokens.shape[0], 2):
       raise RecordError(f"{self.io.tokenizer_label()}: stats must be [B, 2] = "
                         f"[{tokens.shape[0]}, 2], got {list(stats.shape)}", field=self.io.name)
+    if steps is not None and self.config.is_diffusion:
+      limit = self.config.diffusion.num_train_timesteps
+      if not 1 <= steps <= limit:
+        raise UsageError(f"{self.io.tokenizer_label()}: DDIM steps must be in [1, {limit}], "
+                         f"got {steps}")
     return np.asarray(self._decode(self._params, self._codebook, jnp.asarray(tokens),
-                                   jnp.asarray(stats)))
+                                   jnp.asarray(stats), jnp.int32(seed),
+                                   steps if self.config.is_diffusion else None))
 
   # The grid-tokenizer protocol (tokenizers_vq/grid.py) ------------------------------
 
@@ -293,7 +323,7 @@ class VQTokenizer:
   def detokenize(self, ids: np.ndarray) -> np.ndarray:
     return self.decode(ids)
 
-  def reconstruct(self, raw) -> np.ndarray:
-    """decode(encode(raw)) with each image's own stats."""
+  def reconstruct(self, raw, **sampling) -> np.ndarray:
+    """decode(encode(raw)) with each image's own stats (`seed`, `steps`: see decode)."""
     tokens, stats = self.encode(raw, return_stats=True)
-    return self.decode(tokens, stats)
+    return self.decode(tokens, stats, **sampling)

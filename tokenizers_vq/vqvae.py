@@ -17,8 +17,10 @@ so their tokenizer runs on the feature grid with 1 x 1 patches (the reference's
 (`cls_emb`) and predicts per-pixel class logits.
 
 The decoder is a separate part with a one-line contract, code-space vectors
-[B, G, G, code_dim] in, [B, R, R, C_out] out (`Decoder`), and can be passed in, so a
-diffusion decoder can replace the ViT one without touching encoder or quantizer.
+[B, G, G, code_dim] in, [B, R, R, C_out] out (`Decoder`), and can be passed in. A config
+with `decoder="diffusion"` makes a DiVAE: the same encoder and quantizer with the
+diffusion decoder of tokenizers_vq/divae.py, trained by the DDPM loss
+(`reconstruction_loss`) and decoded by DDIM from a key (`decode_quant(..., key=)`).
 
 Parameter names follow apple/ml-4m (`fourm/vq/vqvae.py`, `vit_models.py`) so published
 weights convert by renaming, transposing and reshaping only (torch Linear [out, in]):
@@ -57,12 +59,15 @@ from flax import nnx
 from fourm.nn.dense import Dense
 from fourm.nn.positions import sincos_2d
 from tokenizers_vq import quantizer as quantizer_lib
-from tokenizers_vq.vqvae_config import (PRESETS, TINY_VOCAB_DIVISOR, VQVAEConfig, preset,
+from tokenizers_vq.divae import DiffusionDecoder
+from tokenizers_vq.vqvae_config import (DIVAE_PRESETS, PRESETS, TINY_VOCAB_DIVISOR,
+                                        DiffusionConfig, VQVAEConfig, divae_preset, preset,
                                         preset_names)
 
 # The config lives in its own module; it is re-exported here, where callers look for it.
-__all__ = ["Decoder", "PRESETS", "VQVAE", "VQVAEConfig", "ViTDecoder", "ViTEncoder",
-           "TINY_VOCAB_DIVISOR", "num_params", "patchify", "preset", "preset_names", "unpatchify"]
+__all__ = ["DIVAE_PRESETS", "Decoder", "DiffusionConfig", "DiffusionDecoder", "PRESETS",
+           "VQVAE", "VQVAEConfig", "ViTDecoder", "ViTEncoder", "TINY_VOCAB_DIVISOR",
+           "divae_preset", "num_params", "patchify", "preset", "preset_names", "unpatchify"]
 
 
 # Layers -------------------------------------------------------------------------------------
@@ -207,7 +212,9 @@ class VQVAE(nnx.Module):
   """encoder -> quantizer -> decoder, with the semseg class embedding in front.
 
   Works on normalized inputs (see modality_io); `tokenizers_vq.train_step` wraps it with
-  the raw-array normalization, the training step and jitted encode / decode.
+  the raw-array normalization, the training step and jitted encode / decode. With
+  `config.decoder == "diffusion"` it is a DiVAE: decoding draws from noise, so
+  `decode_quant` / `decode_tokens` take a `key` (and the number of DDIM `steps`).
   """
 
   def __init__(self, config: VQVAEConfig, *, rngs: nnx.Rngs, decoder: Decoder | None = None):
@@ -223,10 +230,16 @@ class VQVAE(nnx.Module):
         c.vocab_size, c.code_dim, commitment_weight=c.commitment_weight, decay=c.ema_decay,
         eps=c.laplace_eps, replace_c=c.replace_c if c.dead_code_replacement else None,
         rngs=rngs)
-    self.decoder = decoder if decoder is not None else ViTDecoder(
-        out_channels=c.out_channels, patch_size=c.input_patch, grid=c.grid,
-        width=c.dec_width, depth=c.dec_depth, num_heads=c.dec_heads, mlp_ratio=c.mlp_ratio,
-        code_dim=c.code_dim, post_mlp=c.post_mlp, rngs=rngs)
+    if decoder is not None:
+      self.decoder = decoder
+    elif c.is_diffusion:
+      self.decoder = DiffusionDecoder(channels=c.out_channels, code_dim=c.code_dim,
+                                      resolution=c.resolution, config=c.diffusion, rngs=rngs)
+    else:
+      self.decoder = ViTDecoder(
+          out_channels=c.out_channels, patch_size=c.input_patch, grid=c.grid,
+          width=c.dec_width, depth=c.dec_depth, num_heads=c.dec_heads,
+          mlp_ratio=c.mlp_ratio, code_dim=c.code_dim, post_mlp=c.post_mlp, rngs=rngs)
 
   def prepare_input(self, x: jax.Array) -> jax.Array:
     """Normalized input -> encoder input: semseg class ids [B, R, R] become embeddings."""
@@ -237,12 +250,33 @@ class VQVAE(nnx.Module):
   def encode(self, x: jax.Array) -> quantizer_lib.QuantizerOutput:
     return self.quantizer(self.encoder(self.prepare_input(x)))
 
-  def decode_quant(self, quantized: jax.Array) -> jax.Array:
+  def decode_quant(self, quantized: jax.Array, *, key: jax.Array | None = None,
+                   steps: int | None = None) -> jax.Array:
+    """Code-space vectors -> decoder output. A DiVAE samples by DDIM from `key` (default
+    key(0)) in `steps` (default its config's); a ViT decoder takes neither."""
+    if self.config.is_diffusion:
+      return self.decoder.sample(quantized, jax.random.key(0) if key is None else key, steps)
     return self.decoder(quantized)
 
-  def decode_tokens(self, codes: jax.Array) -> jax.Array:
+  def decode_tokens(self, codes: jax.Array, **sampling) -> jax.Array:
     """int32 codes [B, G, G] (in range: callers check) -> decoder output."""
-    return self.decode_quant(self.quantizer.lookup(codes))
+    return self.decode_quant(self.quantizer.lookup(codes), **sampling)
+
+  def reconstruction_loss(self, x: jax.Array, loss_fn, key: jax.Array | None = None
+                          ) -> tuple[jax.Array, jax.Array, quantizer_lib.QuantizerOutput]:
+    """(reconstruction loss, decoder output, quantizer output) of normalized inputs x.
+
+    ViT: loss_fn(decode(encode(x)), x). DiVAE: the DDPM loss at noise levels and noise
+    drawn from `key`, and the decoder output is the x0 estimate at those levels.
+    """
+    quantized = self.encode(x)
+    if self.config.is_diffusion:
+      if key is None:
+        raise ValueError("a DiVAE's training loss draws noise: give a key")
+      recon, out = self.decoder.loss(x, quantized.quantized, key, loss_fn)
+      return recon, out, quantized
+    out = self.decode_quant(quantized.quantized)
+    return loss_fn(out, x), out, quantized
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, quantizer_lib.QuantizerOutput]:
     quantized = self.encode(x)

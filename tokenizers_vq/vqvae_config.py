@@ -1,9 +1,14 @@
 """What fixes a VQ-VAE tokenizer's tokens: `VQVAEConfig`, and the named presets.
 
 The config holds everything that makes encode and decode agree (layout, channels,
-vocabulary, normalization); a checkpoint stores `config.to_dict()`. Presets
+vocabulary, normalization, the decoder); a checkpoint stores `config.to_dict()`. Presets
 (`preset("rgb_tiny")`) exist for every raw modality a VQ-VAE can tokenize, with the
 registry's vocabularies (tiny ones use 1/16 of them) and defaults by what the values mean.
+
+A DiVAE is the same config with `decoder="diffusion"` and a `DiffusionConfig` (the
+conditional UNet and its noise schedule, tokenizers_vq/unet.py and diffusion.py);
+`divae_preset("rgb_tiny")` gives one for rgb, depth or normals. A ViT config serializes
+without the two fields, exactly as before they existed.
 """
 
 from __future__ import annotations
@@ -15,6 +20,115 @@ from fourm import modalities
 from fourm.errors import UsageError
 from tokenizers_vq import modality_io
 from tokenizers_vq import quantizer as quantizer_lib
+
+
+DECODERS = ("vit", "diffusion")
+PREDICTIONS = ("x0", "epsilon", "v")
+BETA_SCHEDULES = ("linear",)
+# Diffusion decodes pixel values: colors, distances, directions (not class ids or features).
+DIFFUSABLE = (modality_io.Values.COLOR, modality_io.Values.DISTANCE,
+              modality_io.Values.DIRECTION)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+  """The DiVAE decoder: a UNet over P x P patches and its DDPM / DDIM schedule.
+
+  Defaults are the reference's `unet_patched` with `prediction_type: sample`
+  (apple/ml-4m cfgs/default/tokenization/divae/*_predx0.yaml): 4 px patches, 256 base
+  channels times (1, 2, 2, 2), 3 residual blocks per level, one-head self-attention at the
+  two smallest levels and in the middle, 1,000 training steps of linear betas rescaled to
+  zero terminal SNR, x0 prediction, DDIM on "trailing" timesteps.
+  """
+  patch_size: int = 4                  # pixels folded into channels: C x P x P
+  width: int = 256                     # base channels of the UNet
+  channel_mult: tuple[int, ...] = (1, 2, 2, 2)  # one per level; levels - 1 downsamplings
+  num_res_blocks: int = 3              # per level on the way down (one more on the way up)
+  attention_levels: int = 2            # self-attention at this many smallest levels
+  num_heads: int = 1
+  norm_groups: int = 32                # GroupNorm groups (must divide every level's width)
+  num_train_timesteps: int = 1000
+  beta_schedule: str = "linear"
+  beta_start: float = 1e-4
+  beta_end: float = 0.02
+  zero_terminal_snr: bool = True       # the last step is pure noise (Lin et al. 2023)
+  prediction: str = "x0"               # what the UNet predicts: x0, epsilon or v
+  sample_steps: int = 25               # DDIM steps of `decode` (1: the one-step preview)
+  eta: float = 0.0                     # DDIM noise: 0 is deterministic given the seed
+  clip_x0: bool | None = None          # clip predicted x0 to [-1, 1] while sampling
+                                       # (None: yes for colors and directions)
+
+  def __post_init__(self):
+    object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+
+  @property
+  def levels(self) -> int:
+    return len(self.channel_mult)
+
+  def problems(self, resolution: int, grid: int) -> list[str]:
+    """What does not add up for images of `resolution` px coded on a `grid` x `grid` map."""
+    found = []
+    p, levels = self.patch_size, self.levels
+    if p <= 0 or resolution % p:
+      return [f"diffusion.patch_size {p} must divide resolution {resolution}"]
+    patches = resolution // p
+    if levels < 1 or any(m < 1 for m in self.channel_mult):
+      found.append(f"diffusion.channel_mult {self.channel_mult} needs one positive entry per "
+                   "level")
+    elif patches % 2 ** (levels - 1):
+      found.append(f"{levels} UNet levels halve the {patches}x{patches} patch grid "
+                   f"{levels - 1} times: it must divide by {2 ** (levels - 1)}")
+    if patches % grid:
+      found.append(f"the {grid}x{grid} code map must upsample to the {patches}x{patches} "
+                   f"patch grid by an integer factor")
+    if self.width < 1 or self.norm_groups < 1 or self.num_heads < 1:
+      found.append(f"diffusion: width {self.width}, norm_groups {self.norm_groups} and "
+                   f"num_heads {self.num_heads} must be positive")
+      return found
+    for mult in self.channel_mult:
+      channels = self.width * mult
+      if channels % self.norm_groups or channels % self.num_heads:
+        found.append(f"diffusion: {channels} channels do not divide into norm_groups "
+                     f"{self.norm_groups} and num_heads {self.num_heads}")
+        break
+    if not 0 <= self.attention_levels <= levels:
+      found.append(f"diffusion.attention_levels {self.attention_levels} must be in "
+                   f"[0, {levels}]")
+    if self.num_res_blocks < 1:
+      found.append(f"diffusion.num_res_blocks must be >= 1, got {self.num_res_blocks}")
+    if self.beta_schedule not in BETA_SCHEDULES:
+      found.append(f"diffusion.beta_schedule {self.beta_schedule!r} is not one of "
+                   f"{list(BETA_SCHEDULES)}")
+    if not 0.0 < self.beta_start < self.beta_end < 1.0:
+      found.append(f"diffusion betas must satisfy 0 < beta_start {self.beta_start} < "
+                   f"beta_end {self.beta_end} < 1")
+    if self.prediction not in PREDICTIONS:
+      found.append(f"diffusion.prediction {self.prediction!r} is not one of "
+                   f"{list(PREDICTIONS)}")
+    if self.prediction == "epsilon" and self.zero_terminal_snr:
+      found.append("diffusion: epsilon prediction cannot recover x0 from pure noise at zero "
+                   "terminal SNR; predict x0 or v, or set zero_terminal_snr=False")
+    if not 1 <= self.sample_steps <= self.num_train_timesteps:
+      found.append(f"diffusion.sample_steps {self.sample_steps} must be in "
+                   f"[1, num_train_timesteps {self.num_train_timesteps}]")
+    if self.eta < 0:
+      found.append(f"diffusion.eta must be >= 0, got {self.eta}")
+    return found
+
+  def to_dict(self) -> dict[str, Any]:
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()}
+
+  # How `decode` samples by default: no part of what is trained, so a run may change them.
+  SAMPLING_FIELDS = ("sample_steps", "eta", "clip_x0")
+
+  @classmethod
+  def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+      raise UsageError(f"diffusion decoder config: unknown keys {unknown}")
+    return cls(**data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +164,8 @@ class VQVAEConfig:
   laplace_eps: float = 1e-5
   dead_code_replacement: bool = True
   replace_c: float = quantizer_lib.DEFAULT_REPLACE_C
+  decoder: str = "vit"               # "vit" (dec_* fields) or "diffusion" (a DiVAE)
+  diffusion: DiffusionConfig | None = None  # the diffusion decoder (decoder="diffusion")
 
   def __post_init__(self):
     defaults = modality_io.defaults_for(self.modality)
@@ -63,6 +179,15 @@ class VQVAEConfig:
           self.modality, fill.get("channels", self.channels))
     if self.loss is None:
       fill["loss"] = defaults.loss
+    diffusion = self.diffusion
+    if isinstance(diffusion, dict):
+      diffusion = DiffusionConfig.from_dict(diffusion)
+    if self.decoder == "diffusion":
+      diffusion = diffusion or DiffusionConfig()
+      if diffusion.clip_x0 is None:
+        diffusion = dataclasses.replace(
+            diffusion, clip_x0=modality_io.values_of(self.modality) != modality_io.Values.DISTANCE)
+    fill["diffusion"] = diffusion
     for key, value in fill.items():
       object.__setattr__(self, key, value)
     object.__setattr__(self, "depth_quantiles", tuple(self.depth_quantiles))
@@ -107,6 +232,18 @@ class VQVAEConfig:
       problems.append(f"ema_decay must be in (0, 1), got {self.ema_decay}")
     if self.replace_c <= 0:
       problems.append(f"replace_c must be positive, got {self.replace_c}")
+    if self.decoder not in DECODERS:
+      problems.append(f"decoder {self.decoder!r} is not one of {list(DECODERS)}")
+    elif self.decoder == "vit" and self.diffusion is not None:
+      problems.append("a diffusion config needs decoder='diffusion'")
+    elif self.decoder == "diffusion":
+      if self.values not in DIFFUSABLE or self.is_feature_map:
+        problems.append(f"a diffusion decoder makes pixel values ({', '.join(DIFFUSABLE)}); "
+                        f"{self.modality} is {self.values}")
+      else:
+        problems += self.diffusion.problems(self.resolution, self.grid)
+        if self.loss == "angular" and self.diffusion.prediction != "x0":
+          problems.append("the angular loss compares directions: it needs prediction x0")
     if problems:
       raise UsageError(f"VQ-VAE config {self.name or self.modality!r}: " + "; ".join(problems))
 
@@ -151,12 +288,32 @@ class VQVAEConfig:
   def out_channels(self) -> int:
     return self.num_classes if self.is_class_map else self.channels
 
+  @property
+  def is_diffusion(self) -> bool:
+    """A DiVAE: the decoder is a diffusion model sampled from noise."""
+    return self.decoder == "diffusion"
+
   # Serialization ---------------------------------------------------------------------
 
   def to_dict(self) -> dict[str, Any]:
-    """A JSON-able dict (tuples become lists)."""
-    return {key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(self).items()}
+    """A JSON-able dict (tuples become lists). A ViT config leaves out `decoder` and
+    `diffusion`, so it is the dict that checkpoints and token records stored before a
+    decoder could be chosen (and their resume checks still match)."""
+    data = {key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+            if key not in ("decoder", "diffusion")}
+    if self.is_diffusion:
+      data.update(decoder=self.decoder, diffusion=self.diffusion.to_dict())
+    return data
+
+  def trained_dict(self) -> dict[str, Any]:
+    """`to_dict()` without the diffusion decoder's sampling settings: what a checkpoint's
+    weights were trained for (a resumed run may decode differently by default)."""
+    data = self.to_dict()
+    if self.is_diffusion:
+      data["diffusion"] = {key: value for key, value in data["diffusion"].items()
+                           if key not in DiffusionConfig.SAMPLING_FIELDS}
+    return data
 
   @classmethod
   def from_dict(cls, data: dict[str, Any]) -> VQVAEConfig:
@@ -169,6 +326,8 @@ class VQVAEConfig:
     values = dict(data)
     if "depth_quantiles" in values:
       values["depth_quantiles"] = tuple(values["depth_quantiles"])
+    if values.get("diffusion") is not None:
+      values["diffusion"] = DiffusionConfig.from_dict(values["diffusion"])
     return cls(**values)
 
 
@@ -223,3 +382,32 @@ def preset(name: str, **overrides) -> VQVAEConfig:
   if name not in preset_names():
     raise UsageError(f"unknown VQ-VAE preset {name!r}; known: {sorted(preset_names())}")
   return VQVAEConfig(**dict(_preset(*name.rsplit("_", 1)), **overrides))
+
+
+# DiVAE presets --------------------------------------------------------------------------
+
+# 4M's diffusion-decoder tokenizers: rgb, depth and normals. Each is the ViT preset of the
+# same name (layout, encoder, quantizer, vocabulary) with a diffusion decoder in place of
+# the ViT one (whose dec_* fields it then ignores). base: the reference's unet_patched;
+# tiny: the same four levels of three blocks at width 32, for minutes on a CPU.
+DIVAE_MODALITIES = ("rgb", "depth", "normal")
+_DIFFUSION_SIZES = {"tiny": dict(width=32, norm_groups=8), "base": {}}
+DIVAE_PRESETS: dict[str, dict[str, Any]] = {
+    f"{modality}_{size}": dict(PRESETS[f"{modality}_{size}"], name=f"{modality}_divae_{size}",
+                               decoder="diffusion",
+                               diffusion=DiffusionConfig(**_DIFFUSION_SIZES[size]))
+    for size in ("tiny", "base") for modality in DIVAE_MODALITIES}
+
+
+def divae_preset(name: str, **overrides) -> VQVAEConfig:
+  """A DiVAE config (`rgb_tiny`, `normal_base`, ...), with fields overridden (`diffusion`
+  may be a DiffusionConfig or a dict of its fields to change)."""
+  if name not in DIVAE_PRESETS:
+    raise UsageError(f"unknown DiVAE preset {name!r}; known: {sorted(DIVAE_PRESETS)}")
+  values = dict(DIVAE_PRESETS[name])
+  diffusion = overrides.pop("diffusion", None)
+  if isinstance(diffusion, dict):
+    diffusion = dataclasses.replace(values["diffusion"], **diffusion)
+  if diffusion is not None:
+    values["diffusion"] = diffusion
+  return VQVAEConfig(**dict(values, **overrides))
