@@ -30,6 +30,13 @@ DIFFUSABLE = (modality_io.Values.COLOR, modality_io.Values.DISTANCE,
               modality_io.Values.DIRECTION)
 
 
+def _check_keys(cls, data: dict[str, Any], what: str) -> None:
+  """A saved or given config names only fields of the dataclass `cls`."""
+  unknown = sorted(set(data) - {field.name for field in dataclasses.fields(cls)})
+  if unknown:
+    raise UsageError(f"{what}: unknown keys {unknown}")
+
+
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
   """The DiVAE decoder: a UNet over P x P patches and its DDPM / DDIM schedule.
@@ -124,10 +131,7 @@ class DiffusionConfig:
 
   @classmethod
   def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-      raise UsageError(f"diffusion decoder config: unknown keys {unknown}")
+    _check_keys(cls, data, "diffusion decoder config")
     return cls(**data)
 
 
@@ -317,10 +321,7 @@ class VQVAEConfig:
 
   @classmethod
   def from_dict(cls, data: dict[str, Any]) -> VQVAEConfig:
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-      raise UsageError(f"VQ-VAE config: unknown keys {unknown}")
+    _check_keys(cls, data, "VQ-VAE config")
     if "modality" not in data:
       raise UsageError("VQ-VAE config: missing 'modality'")
     values = dict(data)
