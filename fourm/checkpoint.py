@@ -155,7 +155,16 @@ class Checkpoints:
     `params_like` is the saved state's `params` subtree as abstract arrays
     (`jax.ShapeDtypeStruct`s with shardings): each parameter is read straight into its
     sharding. The rest of the state (the optimizer's moments) is skipped, not read."""
-    item = {"params": params_like}
+    found = self.restore_latest_items({"params": params_like})
+    if found is None:
+      return None
+    state, step, meta = found
+    return state["params"], step, meta
+
+  def restore_latest_items(self, like: dict[str, Any]) -> tuple[dict, int, dict] | None:
+    """({name: subtree}, step, meta) of the newest checkpoint whose top-level items `like`
+    names read back (the others are not read); None and errors as `restore_latest_params`."""
+    item = dict(like)
     # A partial restore reads only the leaves `item` names; explicit restore args carry
     # each leaf's sharding (PyTreeRestore does not take them from the item).
     args = ocp.args.PyTreeRestore(
@@ -169,13 +178,9 @@ class Checkpoints:
     reader = ocp.CheckpointManager(self.directory, item_names=("state", "meta"),
                                    options=ocp.CheckpointManagerOptions(create=False))
     try:
-      found = self._restore_newest(reader, args, "into this model's parameters")
+      return self._restore_newest(reader, args, f"into this model's {', '.join(item)}")
     finally:
       reader.close()
-    if found is None:
-      return None
-    state, step, meta = found
-    return state["params"], step, meta
 
   def _restore_newest(self, manager: ocp.CheckpointManager, state_args, target: str
                       ) -> tuple[Any, int, dict] | None:

@@ -44,9 +44,50 @@ def _ingest(args: argparse.Namespace) -> None:
   print(_summary(args.out, info))
 
 
+def _convert_tokenizer(args: argparse.Namespace, resolved) -> None:
+  from fourm.interop import tokenizer_mlp, tokenizers
+  if tokenizer_mlp.is_mlp_config(resolved[1]):
+    summary = tokenizer_mlp.import_reference_mlp(args.source, args.out, resolved=resolved)
+    config = summary["config"]
+    print(f"converted the MLP tokenizer {summary['file']} ({'/'.join(summary['dtypes'])}): "
+          f"{summary['parameters']:,} parameters, [{config.in_channels}] vectors -> "
+          f"{config.num_codebooks} ids of {config.codebook_size} codes")
+    print(f"wrote {summary['workdir']} (load it with "
+          "fourm.interop.tokenizer_mlp.load_mlp_tokenizer)")
+    return
+  summary = tokenizers.import_reference_tokenizer(
+      args.source, args.out, modality=args.modality, resolution=args.resolution,
+      resolved=resolved)
+  config = summary["config"]
+  decoder = (f"diffusion decoder ({config.diffusion.prediction} prediction)"
+             if config.is_diffusion else "ViT decoder")
+  print(f"converted the {config.modality} tokenizer {summary['file']} "
+        f"({'/'.join(summary['dtypes'])}): {summary['parameters']:,} parameters, "
+        f"{config.vocab_size} codes, {config.grid}x{config.grid} tokens at "
+        f"{config.resolution} px, {decoder}")
+  print(f"wrote {summary['workdir']} (use it as fourm tokenize --tokenizers "
+        f"{_grid_name(config.modality)}={args.out})")
+
+
+def _grid_name(raw: str) -> str:
+  from fourm import modalities
+  try:
+    return modalities.grid_modality_of(raw)
+  except KeyError:
+    return f"tok_{raw}"
+
+
 def _convert(args: argparse.Namespace) -> None:
+  from fourm.errors import UsageError
   from fourm.interop import convert
   if args.from_format:
+    resolved = convert.resolve_source(args.source)
+    from fourm.interop.tokenizers import is_tokenizer_config
+    if is_tokenizer_config(resolved[1]):
+      return _convert_tokenizer(args, resolved)
+    if args.modality or args.resolution:
+      raise UsageError(f"{args.source}: --modality and --resolution are for tokenizers; "
+                       "this is a 4M model")
     summary = convert.import_reference(args.source, args.out)
     print(f"converted {summary['file']} ({'/'.join(summary['dtypes'])}"
           f"{', read as float32' if summary['dtypes'] != ['F32'] else ''}): "
@@ -435,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
       "export a fourm workdir as one",
       description="fourm convert --from reference SOURCE --out WORKDIR: SOURCE is a "
                   ".safetensors file, a folder with config.json + model.safetensors, or a "
-                  "Hugging Face hub id (e.g. EPFL-VILAB/4M-7_B_CC12M). fourm convert --to "
+                  "Hugging Face hub id (e.g. EPFL-VILAB/4M-7_B_CC12M), of a 4M model or of a "
+                  "tokenizer (e.g. EPFL-VILAB/4M_tokenizers_semseg_4k_224-448: the WORKDIR "
+                  "is then a tokenizer for fourm tokenize --tokenizers). fourm convert --to "
                   "reference WORKDIR --out FILE.safetensors writes the reference's layout.")
   direction = p.add_mutually_exclusive_group(required=True)
   direction.add_argument("--from", dest="from_format", choices=("reference",),
@@ -445,6 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("source", metavar="SOURCE")
   p.add_argument("--out", required=True, help="the new workdir (import) or .safetensors "
                  "file (export)")
+  p.add_argument("--modality", help="tokenizers: the raw modality it tokenizes (rgb, depth, "
+                 "semseg, clip, ...); known for the published hub ids")
+  p.add_argument("--resolution", type=int, help="tokenizers: the image size to tokenize at "
+                 "(default: the size it was built for; positions are resized as the "
+                 "reference resizes them)")
   p.set_defaults(run=_convert)
 
   p = sub.add_parser("info", help="summarize a dataset directory")

@@ -198,7 +198,10 @@ def test_ddim_timesteps_trail_from_the_last_step():
   np.testing.assert_array_equal(diffusion.ddim_timesteps(1000, 25)[:3], [999, 959, 919])
   assert diffusion.ddim_timesteps(1000, 25)[-1] == 39
   np.testing.assert_array_equal(diffusion.ddim_timesteps(1000, 1000), np.arange(999, -1, -1))
-  assert len(diffusion.ddim_timesteps(1000, 30)) == 30
+  # A stride (1000 // 30 = 33) that does not divide T visits one timestep more, as the
+  # reference's trailing spacing does (its timesteps, then, are np.arange(T, 0, -stride) - 1).
+  assert len(diffusion.ddim_timesteps(1000, 30)) == 31
+  np.testing.assert_array_equal(diffusion.ddim_timesteps(1000, 3), [999, 666, 333, 0])
 
 
 def test_the_training_loss_targets_the_prediction():

@@ -123,23 +123,27 @@ def training_loss(denoise: Denoise, schedule: Schedule, prediction: str, x0: jax
 
 
 def ddim_timesteps(num_train_steps: int, steps: int) -> np.ndarray:
-  """The `steps` timesteps DDIM visits, "trailing": from T - 1 down in strides of T/steps."""
+  """The timesteps DDIM visits for `steps`, "trailing": from T - 1 down in strides of
+  T // steps, as the reference's scheduler spaces them, so converted DiVAEs visit the
+  timesteps they visit there. When the stride does not divide T that is one timestep
+  more than `steps` (3 of 1,000: 999, 666, 333, 0)."""
   if not 1 <= steps <= num_train_steps:
     raise ValueError(f"DDIM steps must be in [1, {num_train_steps}], got {steps}")
-  return (np.round(num_train_steps - np.arange(steps) * num_train_steps / steps)
-          .astype(np.int32) - 1)
+  return (np.arange(num_train_steps, 0, -(num_train_steps // steps)) - 1).astype(np.int32)
 
 
 def ddim_sample(denoise: Denoise, schedule: Schedule, prediction: str,
                 shape: tuple[int, ...], key: jax.Array, steps: int, *, eta: float = 0.0,
-                clip: bool = False) -> jax.Array:
-  """x0 drawn by DDIM from x_T = N(0, I) (drawn from `key`), in `steps` network calls.
-
-  `clip` clips each x0 estimate to [-1, 1] (and takes the noise estimate consistent with
-  it). eta = 0: deterministic given `key`.
+                clip: bool = False, x_T: jax.Array | None = None) -> jax.Array:
+  """x0 drawn by DDIM from x_T = N(0, I) (drawn from `key`, or the given `x_T`), in `steps`
+  network calls. `clip` clips each x0 estimate to [-1, 1] (and takes the noise estimate
+  consistent with it). eta = 0: deterministic given `key` (or `x_T`).
   """
   timesteps = ddim_timesteps(schedule.num_steps, steps)
-  previous = np.append(timesteps[1:], -1).astype(np.int32)
+  # Each step lands one stride below (a_{-1} = 1 past the end), as in the reference: with a
+  # stride that does not divide T the last step ends at t = 0, not at the clean sample.
+  previous = (timesteps - schedule.num_steps // steps).astype(np.int32)
+  calls = len(timesteps)
   start_key, step_key = jax.random.split(key)
   alphas = schedule.alphas_cumprod
   batch = shape[0]
@@ -159,9 +163,12 @@ def ddim_sample(denoise: Denoise, schedule: Schedule, prediction: str,
       x = x + sigma * jax.random.normal(jax.random.fold_in(step_key, index), shape, x.dtype)
     return x, None
 
-  x_T = jax.random.normal(start_key, shape, jnp.float32)
+  if x_T is None:
+    x_T = jax.random.normal(start_key, shape, jnp.float32)
+  elif x_T.shape != tuple(shape):
+    raise ValueError(f"x_T is {x_T.shape}, the samples are {shape}")
   x0, _ = jax.lax.scan(step, x_T, (jnp.asarray(timesteps), jnp.asarray(previous),
-                                   jnp.arange(steps)))
+                                   jnp.arange(calls)))
   return x0
 
 

@@ -60,14 +60,15 @@ class DiffusionDecoder(nnx.Module):
     return diffusion.training_loss(lambda x, t: self.denoise(x, t, quantized), schedule,
                                    self.config.prediction, x0, key, loss_fn)
 
-  def sample(self, quantized: jax.Array, key: jax.Array, steps: int | None = None
-             ) -> jax.Array:
-    """DDIM with `steps` (default: the config's) network calls from noise drawn from `key`."""
+  def sample(self, quantized: jax.Array, key: jax.Array, steps: int | None = None, *,
+             x_T: jax.Array | None = None) -> jax.Array:
+    """DDIM with `steps` (default: the config's) network calls from noise drawn from `key`
+    (or from the given starting noise x_T [B, R, R, C])."""
     c = self.config
     return diffusion.ddim_sample(lambda x, t: self.denoise(x, t, quantized),
                                  diffusion.make_schedule(c), c.prediction,
                                  self._shape(quantized), key, steps or c.sample_steps,
-                                 eta=c.eta, clip=bool(c.clip_x0))
+                                 eta=c.eta, clip=bool(c.clip_x0), x_T=x_T)
 
   def preview(self, quantized: jax.Array, key: jax.Array) -> jax.Array:
     """One network call: the x0 estimate from pure noise (training-time pictures)."""

@@ -260,6 +260,12 @@ def load_tokenizer(workdir: str) -> step_lib.VQTokenizer:
     raise UsageError(f"{workdir}: none of its checkpoints can be read")
   if "tokenizer" not in meta:
     raise UsageError(f"{workdir}: holds a checkpoint that is not a VQ-VAE tokenizer's")
+  if "converted_from" in meta:  # `fourm convert --from reference`: no optimizer state
+    from fourm.interop.tokenizers import load_converted
+    try:
+      return load_converted(workdir, checkpoints, meta)
+    finally:
+      checkpoints.close()
   vq = VQVAEConfig.from_dict(meta["tokenizer"])
   # The saved state includes the optimizer's: rebuild it as the run did, to restore into.
   optimizer = make_optimizer(ml_collections.ConfigDict(meta["config"]))

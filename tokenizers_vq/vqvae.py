@@ -57,7 +57,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fourm.nn.dense import Dense
-from fourm.nn.positions import sincos_2d
+from fourm.nn.positions import sincos_2d_resized
 from tokenizers_vq import quantizer as quantizer_lib
 from tokenizers_vq.divae import DiffusionDecoder
 from tokenizers_vq.vqvae_config import (DIVAE_PRESETS, PRESETS, TINY_VOCAB_DIVISOR,
@@ -139,8 +139,10 @@ class _ViTStack(nnx.Module):
   """
 
   def _init_stack(self, grid: int, width: int, depth: int, num_heads: int,
-                  mlp_ratio: float, post_mlp: bool, rngs: nnx.Rngs) -> None:
+                  mlp_ratio: float, post_mlp: bool, pos_grid: int | None,
+                  rngs: nnx.Rngs) -> None:
     self.grid, self.width = grid, width
+    self.pos_grid = grid if pos_grid is None else pos_grid
     self.blocks = nnx.List([Block(width, num_heads, mlp_ratio, rngs=rngs)
                             for _ in range(depth)])
     if post_mlp:
@@ -150,7 +152,7 @@ class _ViTStack(nnx.Module):
       self.norm_mlp = self.post_mlp = None
 
   def _run_stack(self, tokens: jax.Array) -> jax.Array:
-    tokens = tokens + jnp.asarray(sincos_2d(self.grid, self.width))
+    tokens = tokens + jnp.asarray(sincos_2d_resized(self.pos_grid, self.grid, self.width))
     for block in self.blocks:
       tokens = block(tokens)
     if self.post_mlp is not None:
@@ -163,11 +165,11 @@ class ViTEncoder(_ViTStack):
 
   def __init__(self, *, in_channels: int, patch_size: int, grid: int, width: int, depth: int,
                num_heads: int, mlp_ratio: float, code_dim: int, post_mlp: bool,
-               rngs: nnx.Rngs):
+               pos_grid: int | None = None, rngs: nnx.Rngs):
     self.patch_size, self.in_channels = patch_size, in_channels
     self.proj = Dense((in_channels, patch_size, patch_size), (width,),
                       logical_axes=("patch", None, None, "embed"), use_bias=True, rngs=rngs)
-    self._init_stack(grid, width, depth, num_heads, mlp_ratio, post_mlp, rngs)
+    self._init_stack(grid, width, depth, num_heads, mlp_ratio, post_mlp, pos_grid, rngs)
     self.quant_proj = Dense((width,), (code_dim,), logical_axes=("embed", None),
                             use_bias=True, rngs=rngs)
 
@@ -193,11 +195,11 @@ class ViTDecoder(_ViTStack):
 
   def __init__(self, *, out_channels: int, patch_size: int, grid: int, width: int,
                depth: int, num_heads: int, mlp_ratio: float, code_dim: int, post_mlp: bool,
-               rngs: nnx.Rngs):
+               pos_grid: int | None = None, rngs: nnx.Rngs):
     self.patch_size, self.out_channels = patch_size, out_channels
     self.post_quant_proj = Dense((code_dim,), (width,), logical_axes=(None, "embed"),
                                  use_bias=True, rngs=rngs)
-    self._init_stack(grid, width, depth, num_heads, mlp_ratio, post_mlp, rngs)
+    self._init_stack(grid, width, depth, num_heads, mlp_ratio, post_mlp, pos_grid, rngs)
     self.out_proj = Dense((width,), (out_channels, patch_size, patch_size),
                           logical_axes=("embed", None, None, None), use_bias=True, rngs=rngs)
 
@@ -225,7 +227,7 @@ class VQVAE(nnx.Module):
     self.encoder = ViTEncoder(
         in_channels=c.in_channels, patch_size=c.input_patch, grid=c.grid, width=c.enc_width,
         depth=c.enc_depth, num_heads=c.enc_heads, mlp_ratio=c.mlp_ratio, code_dim=c.code_dim,
-        post_mlp=c.post_mlp, rngs=rngs)
+        post_mlp=c.post_mlp, pos_grid=c.pos_grid, rngs=rngs)
     self.quantizer = quantizer_lib.VectorQuantizer(
         c.vocab_size, c.code_dim, commitment_weight=c.commitment_weight, decay=c.ema_decay,
         eps=c.laplace_eps, replace_c=c.replace_c if c.dead_code_replacement else None,
@@ -239,7 +241,8 @@ class VQVAE(nnx.Module):
       self.decoder = ViTDecoder(
           out_channels=c.out_channels, patch_size=c.input_patch, grid=c.grid,
           width=c.dec_width, depth=c.dec_depth, num_heads=c.dec_heads,
-          mlp_ratio=c.mlp_ratio, code_dim=c.code_dim, post_mlp=c.post_mlp, rngs=rngs)
+          mlp_ratio=c.mlp_ratio, code_dim=c.code_dim, post_mlp=c.post_mlp,
+          pos_grid=c.pos_grid, rngs=rngs)
 
   def prepare_input(self, x: jax.Array) -> jax.Array:
     """Normalized input -> encoder input: semseg class ids [B, R, R] become embeddings."""

@@ -169,6 +169,9 @@ class VQVAEConfig:
   dead_code_replacement: bool = True
   replace_c: float = quantizer_lib.DEFAULT_REPLACE_C
   decoder: str = "vit"               # "vit" (dec_* fields) or "diffusion" (a DiVAE)
+  pos_grid: int | None = None        # grid the ViTs' sin-cos positions were built for, resized
+                                     # bicubically to `grid` (a converted reference tokenizer
+                                     # used away from its training size); None: the grid
   diffusion: DiffusionConfig | None = None  # the diffusion decoder (decoder="diffusion")
 
   def __post_init__(self):
@@ -236,6 +239,8 @@ class VQVAEConfig:
       problems.append(f"ema_decay must be in (0, 1), got {self.ema_decay}")
     if self.replace_c <= 0:
       problems.append(f"replace_c must be positive, got {self.replace_c}")
+    if self.pos_grid is not None and self.pos_grid < 1:
+      problems.append(f"pos_grid must be >= 1, got {self.pos_grid}")
     if self.decoder not in DECODERS:
       problems.append(f"decoder {self.decoder!r} is not one of {list(DECODERS)}")
     elif self.decoder == "vit" and self.diffusion is not None:
@@ -261,6 +266,11 @@ class VQVAEConfig:
   def grid(self) -> int:
     """Tokens per side."""
     return self.layout.grid
+
+  @property
+  def position_grid(self) -> int:
+    """The grid the sin-cos positions are built for (then resized to `grid`)."""
+    return self.grid if self.pos_grid is None else self.pos_grid
 
   @property
   def tokens_per_image(self) -> int:
@@ -301,11 +311,13 @@ class VQVAEConfig:
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-able dict (tuples become lists). A ViT config leaves out `decoder` and
-    `diffusion`, so it is the dict that checkpoints and token records stored before a
-    decoder could be chosen (and their resume checks still match)."""
+    `diffusion`, and `pos_grid` when unset, so it is the dict that checkpoints and token
+    records stored before those fields existed (and their resume checks still match)."""
     data = {key: list(value) if isinstance(value, tuple) else value
             for key, value in dataclasses.asdict(self).items()
-            if key not in ("decoder", "diffusion")}
+            if key not in ("decoder", "diffusion", "pos_grid")}
+    if self.pos_grid is not None:
+      data["pos_grid"] = self.pos_grid
     if self.is_diffusion:
       data.update(decoder=self.decoder, diffusion=self.diffusion.to_dict())
     return data

@@ -170,7 +170,7 @@ def import_reference(source: str, workdir: str, log: Callable[[str], None] = pri
           "converted_from": {"source": source, "kind": kind, "file": os.path.abspath(path),
                              "dtypes": dtypes, "reference_config": reference_config}}
   make_workdir(workdir)
-  _save_checkpoint(workdir, ConvertedState(step=jnp.zeros((), jnp.int32), params=params), meta)
+  save_converted(workdir, ConvertedState(step=jnp.zeros((), jnp.int32), params=params), meta)
   summary = dict(workdir=os.path.abspath(workdir), file=path, dtypes=dtypes,
                  tensors=len(entries), stored=len(entries) - len(derived),
                  derived=len(derived), tied_heads=tied, modalities=model.modality_names,
@@ -180,7 +180,7 @@ def import_reference(source: str, workdir: str, log: Callable[[str], None] = pri
   return summary
 
 
-def _save_checkpoint(workdir: str, state: ConvertedState, meta: dict[str, Any]) -> None:
+def save_converted(workdir: str, state: Any, meta: dict[str, Any]) -> None:
   """Step 0 of WORKDIR/checkpoints, laid out as `fourm.checkpoint.Checkpoints` writes it.
 
   Written with orbax's PyTree handler, uncompressed and at most 1 GB in flight: the
