@@ -48,6 +48,7 @@ def with_random_outputs(model: nnx.Module, seed: int = 1) -> nnx.Module:
 # The UNet ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores: `make test` runs it, `make test-fast` not
 def test_the_unet_maps_patched_inputs_to_the_output_channels():
   make = lambda: unet.UNet(in_channels=5, out_channels=3, width=8, channel_mult=(1, 2, 2),
                            num_res_blocks=2, attention_levels=2, num_heads=2, norm_groups=4,

@@ -230,6 +230,7 @@ def test_a_workdir_made_read_only_mid_run_is_one_line_and_loses_nothing(train_da
   resumes_from(train_data, workdir, 2, total_steps=6)
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores: `make test` runs it, `make test-fast` not
 def test_an_async_save_the_disk_refuses_names_its_step(train_data, tmp_path, monkeypatch,
                                                        capfd):
   """A simulated ENOSPC in orbax's background save of step 4 (of the metadata it writes

@@ -31,6 +31,7 @@ def images(batch: int = 2, resolution: int = 64, seed: int = 0) -> jax.Array:
   return jax.random.normal(jax.random.key(seed), (batch, resolution, resolution, 3))
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores: `make test` runs it, `make test-fast` not
 def test_the_encoder_is_the_fourm_encoder_unchanged():
   model = fourm()
   pixels = images()
@@ -70,6 +71,7 @@ def test_evenly_spaced_layers_are_dpts():
   assert evenly_spaced_layers(1) == (0, 0, 0, 0) and evenly_spaced_layers(2) == (0, 0, 0, 1)
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores: `make test` runs it, `make test-fast` not
 @pytest.mark.parametrize("task,shape", [
     ("classification", (2, 7)), ("segmentation", (2, 64, 64, 7)), ("depth", (2, 64, 64))])
 def test_dense_heads_give_full_resolution_outputs(task, shape):
@@ -80,6 +82,7 @@ def test_dense_heads_give_full_resolution_outputs(task, shape):
     assert bool((out > 0).all())
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores: `make test` runs it, `make test-fast` not
 def test_the_detection_head_predicts_boxes_per_query_and_per_block():
   model = build_task_model(fourm(), "detection", head=HeadOptions(
       num_classes=5, num_queries=10, decoder_depth=3, num_heads=2))

@@ -308,6 +308,7 @@ def test_reader_checks_offsets_against_the_header(tmp_path):
     SafetensorsReader(str(path))
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores: `make test` runs it, `make test-fast` not
 def test_the_notebook_generates_from_a_converted_checkpoint(converted, monkeypatch):
   """The notebook's code cells, in order, with FOURM_CHECKPOINT naming the converted
   workdir: the demo-world cells say they are skipped, the converted cell generates."""
@@ -411,6 +412,7 @@ def _replay_greedy_maskgit(model, caption, ref, layout):
                                     err_msg=f"{layout} step {step} row {row}")
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores: `make test` runs it, `make test-fast` not
 def test_greedy_generation_gives_the_reference_ids(converted):
   """caption -> tok_rgb (MaskGIT in one step, and the reference's 4-step cosine schedule
   replayed) and rgb -> caption (autoregressive), at temperature 0, against the
@@ -441,6 +443,7 @@ def test_greedy_generation_gives_the_reference_ids(converted):
                                     err_msg=f"{layout} row {row}")
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores: `make test` runs it, `make test-fast` not
 def test_roar_asks_only_for_the_tokens_of_its_step_as_the_reference(converted, monkeypatch):
   """ROAR at temperature 0 in the reference's 4-step cosine schedule: given the order the
   reference drew (its torch.rand), fourm's ROAR loop gives the reference's tokens,

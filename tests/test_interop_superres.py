@@ -50,6 +50,7 @@ def test_domains_map_to_resolution_variants_and_back():
   assert modalities.grid_modality_of("rgb") == "tok_rgb"
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores: `make test` runs it, `make test-fast` not
 def test_converted_sr_model_matches_the_reference_forward_pass(converted_sr):
   fixture, arrays, workdir, _ = converted_sr
   trained = load_model(workdir)
@@ -110,6 +111,7 @@ def test_sr_generates_from_the_command_line(converted_sr, tmp_path):
   assert grid.min() >= 0 and grid.max() < modalities.get("tok_rgb").vocab_size
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores: `make test` runs it, `make test-fast` not
 def test_a_model_reads_one_image_at_two_sizes_and_predicts_only_what_it_may():
   """Training side of a mixed-size model: the sample's one rgb image feeds rgb and the
   resized rgb@32 variant; input_only modalities are never targets, whatever the draw."""

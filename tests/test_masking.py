@@ -871,6 +871,7 @@ def _mean_tokens(transform, sample, draws: int) -> tuple[dict, dict]:
   return inputs, targets
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores: `make test` runs it, `make test-fast` not
 def test_reference_budget_rule_matches_the_references_own_masking():
   """The reference's UnifiedMasking on the 4M-7 recipe (tests/fixtures/reference/
   masking_stats.json, made by running it): its mean tokens per modality, which

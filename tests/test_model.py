@@ -387,6 +387,7 @@ def test_remat_gives_identical_outputs_and_gradients(model):
   np.testing.assert_array_equal(forward(remat, batch).hidden, forward(model, batch).hidden)
 
 
+@pytest.mark.slow  # over ~10 s on 2 cores: `make test` runs it, `make test-fast` not
 def test_4m21_kinds_train_from_masked_samples():
   """The 4M-21 layouts the registry adds: 14 px patch grids (tok_dinov2, 16x16 at
   224 px), global tokens with learned positions, t5_caption vectors. Masked samples
