@@ -57,7 +57,7 @@ def _convert_tokenizer(args: argparse.Namespace, resolved) -> None:
     return
   summary = tokenizers.import_reference_tokenizer(
       args.source, args.out, modality=args.modality, resolution=args.resolution,
-      resolved=resolved)
+      input_norm=args.input_norm, resolved=resolved)
   config = summary["config"]
   decoder = (f"diffusion decoder ({config.diffusion.prediction} prediction)"
              if config.is_diffusion else "ViT decoder")
@@ -65,6 +65,9 @@ def _convert_tokenizer(args: argparse.Namespace, resolved) -> None:
         f"({'/'.join(summary['dtypes'])}): {summary['parameters']:,} parameters, "
         f"{config.vocab_size} codes, {config.grid}x{config.grid} tokens at "
         f"{config.resolution} px, {decoder}")
+  from tokenizers_vq.modality_io import input_format
+  form = input_format(config)
+  print(f"it reads {form['raw']} ({form['values']}), normalized {form['normalization']}")
   print(f"wrote {summary['workdir']} (use it as fourm tokenize --tokenizers "
         f"{_grid_name(config.modality)}={args.out})")
 
@@ -85,9 +88,9 @@ def _convert(args: argparse.Namespace) -> None:
     from fourm.interop.tokenizers import is_tokenizer_config
     if is_tokenizer_config(resolved[1]):
       return _convert_tokenizer(args, resolved)
-    if args.modality or args.resolution:
-      raise UsageError(f"{args.source}: --modality and --resolution are for tokenizers; "
-                       "this is a 4M model")
+    if args.modality or args.resolution or args.input_norm:
+      raise UsageError(f"{args.source}: --modality, --resolution and --input-norm are for "
+                       "tokenizers; this is a 4M model")
     summary = convert.import_reference(args.source, args.out)
     print(f"converted {summary['file']} ({'/'.join(summary['dtypes'])}"
           f"{', read as float32' if summary['dtypes'] != ['F32'] else ''}): "
@@ -490,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "file (export)")
   p.add_argument("--modality", help="tokenizers: the raw modality it tokenizes (rgb, depth, "
                  "semseg, clip, ...); known for the published hub ids")
+  p.add_argument("--input-norm", help="tokenizers: how raw values become its input, if not "
+                 "the reference's for the modality (see docs/tokenizers.md)")
   p.add_argument("--resolution", type=int, help="tokenizers: the image size to tokenize at "
                  "(default: the size it was built for; positions are resized as the "
                  "reference resizes them)")

@@ -113,8 +113,16 @@ def test_a_converted_workdir_loads_as_a_tokenizer(tmp_path, monkeypatch):
                    "--out", workdir]) == 0
   tokenizer = load_tokenizer(workdir)
   assert tokenizer.config.num_classes == 7 and tokenizer.config.class_embed_dim == 16
-  np.testing.assert_array_equal(tokenizer.encode(io["input_32"]), io["tokens_32"])
-  assert tokenizer.decode(io["tokens_32"]).shape == (2, 32, 32)
+  # The reference's semseg tokenizers read class id + 1 (255, unlabeled, as 0): fourm
+  # hands them the records' ids and shifts them itself.
+  assert tokenizer.config.input_norm == "ids_plus_one"
+  raw = ((io["input_32"] - 1) % 256).astype(np.uint8)
+  assert (raw == 255).any()
+  np.testing.assert_array_equal(tokenizer.encode(raw), io["tokens_32"])
+  decoded = tokenizer.decode(io["tokens_32"])
+  assert decoded.shape == (2, 32, 32) and decoded.dtype == np.uint8
+  expected = (io["decoded_32"].argmax(axis=1) - 1) % 256
+  np.testing.assert_array_equal(decoded, expected)
   with pytest.raises(UsageError, match="holds checkpoints already"):
     cli_main_raising(["convert", "--from", "reference", folder, "--modality", "semseg",
                       "--out", workdir])

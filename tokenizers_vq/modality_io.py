@@ -69,6 +69,27 @@ DEFAULTS: dict[str, Defaults] = {
 }
 MIN_DEPTH_SCALE = 1e-3  # metres: a flat depth map must not divide by zero
 
+# How raw values become the encoder's input, by what they mean; the first is the default
+# (fourm's own tokenizers). The others are the input formats of the reference's published
+# tokenizers, which `fourm convert` sets so that converted ones see what they were
+# trained on (apple/ml-4m fourm/data/modality_transforms.py):
+#   distance "truncated_standard": per image, (d - mean) / sqrt(var + 1e-6) over the
+#            values between the 10th and 90th percentile (DepthTransform);
+#   classes  "ids_plus_one": class id + 1 in uint8, so 255 ("unlabeled") becomes 0
+#            (SemsegTransform(shift_idx_by_one=True)), decoded back the same way;
+#   classes  "binary": a 0 / 1 map (edges) as a one-channel image in [-1, 1], decoded by
+#            thresholding at 0 (the edge DiVAEs read edges as images).
+INPUT_NORMS: dict[str, tuple[str, ...]] = {
+    Values.COLOR: ("inception",),            # (v - 127.5) / 127.5: the Inception mean / std
+    Values.DISTANCE: ("quantile", "truncated_standard"),
+    Values.DIRECTION: ("unit",),
+    Values.CLASSES: ("ids", "ids_plus_one", "binary"),
+    Values.FEATURES: ("scaled",),            # f / norm_scale (sqrt(C) by default, 1: as is)
+}
+# A binary map is read as an image: its defaults are an image's, not a class map's.
+BINARY = Defaults(1, 0.5, 0.5, "mse", ("mse", "l1"))
+TRUNCATED_FRACTION = 0.1  # the reference's DepthTransform drops 10% at either end
+
 
 def _mean_error(out: jax.Array, target: jax.Array, loss: str) -> jax.Array:
   diff = out.astype(jnp.float32) - target.astype(jnp.float32)
@@ -208,8 +229,16 @@ class DistanceIO(ModalityIO):
                         f"{raw.min()}", path=where, field=self.name)
 
   def image_stats(self, depth: jax.Array) -> jax.Array:
-    """(median, half the low-high quantile spread) of each depth map [B, H, W] -> [B, 2]."""
+    """(shift, scale) of each depth map [B, H, W] -> [B, 2]: the median and half the
+    low-high quantile spread, or (input_norm "truncated_standard") the mean and standard
+    deviation of the middle 80% of its values, as the reference's tokenizers read depth."""
     flat = depth.reshape(depth.shape[0], -1).astype(jnp.float32)
+    if self.config.input_norm == "truncated_standard":
+      n = flat.shape[1]
+      kept = jnp.sort(flat, axis=1)[:, int(TRUNCATED_FRACTION * n):int((1 - TRUNCATED_FRACTION) * n)]
+      mean = jnp.mean(kept, axis=1)
+      var = jnp.var(kept, axis=1, ddof=1)  # torch's var is the unbiased one
+      return jnp.stack([mean, jnp.sqrt(var + 1e-6)], axis=1)
     low, high = self.config.depth_quantiles
     q = jnp.quantile(flat, jnp.array([low, 0.5, high], jnp.float32), axis=1)  # [3, B]
     scale = jnp.maximum((q[2] - q[0]) / 2.0, MIN_DEPTH_SCALE)
@@ -230,6 +259,21 @@ class DistanceIO(ModalityIO):
 
 
 class DirectionIO(ModalityIO):
+
+  def _check_values(self, raw, where):
+    super()._check_values(raw, where)
+    if not isinstance(raw, np.ndarray) or not raw.size:
+      return
+    norms = np.linalg.norm(raw.astype(np.float32), axis=-1)
+    # Zero vectors (no surface) pass; anything far from unit length is another encoding
+    # (an 8-bit normal map, [0, 1] colors), which would tokenize silently wrong.
+    stray = (norms > 1e-3) & (np.abs(norms - 1.0) > 0.1)
+    if stray.mean() > 0.01:
+      raise RecordError(f"{self.tokenizer_label()}: {self.name} must be unit vectors "
+                        f"(float32 x, y, z in [-1, 1]); {stray.mean():.0%} of these have "
+                        f"lengths like {float(norms[stray].flat[0]):.3g} (an image-encoded "
+                        "normal map? decode it to vectors first)", path=where,
+                        field=self.name)
 
   def denormalize(self, out, stats):
     values = super().denormalize(out, stats)
@@ -259,32 +303,51 @@ class ClassesIO(ModalityIO):
   def _dtype_ok(self, dtype):
     return np.issubdtype(dtype, np.integer)
 
+  @property
+  def _shift(self) -> int:
+    return 1 if self.config.input_norm == "ids_plus_one" else 0
+
   def _check_values(self, raw, where):
     if isinstance(raw, np.ndarray) and raw.size:
-      low, high = int(raw.min()), int(raw.max())
-      if low < 0 or high >= self.config.num_classes:
-        bad = low if low < 0 else high
-        raise RecordError(f"{self.tokenizer_label()}: class id {bad} is outside [0, "
-                          f"{self.config.num_classes})", path=where, field=self.name)
+      ids = raw.astype(np.int64)
+      if self._shift:  # 255 is "unlabeled", the model's class 0
+        ids = np.where(ids == 255, -1, ids)
+      low, high = int(ids.min()), int(ids.max())
+      top = self.config.num_classes - self._shift
+      if low < -self._shift or high >= top:
+        bad = low if low < -self._shift else high
+        allowed = f"[0, {top})" + (" or 255 (unlabeled)" if self._shift else "")
+        raise RecordError(f"{self.tokenizer_label()}: class id {bad} is outside {allowed}",
+                          path=where, field=self.name)
 
   def normalize(self, raw):
-    ids = jnp.clip(raw.astype(jnp.int32), 0, self.config.num_classes - 1)
+    ids = raw.astype(jnp.int32)
+    if self._shift:
+      ids = (ids + 1) % 256  # as uint8 arithmetic: 255 -> 0
+    ids = jnp.clip(ids, 0, self.config.num_classes - 1)
     return ids, self.default_stats(raw.shape[0])
 
   def denormalize(self, out, stats):
     del stats
-    return jnp.argmax(out, axis=-1).astype(jnp.int32)
+    ids = jnp.argmax(out, axis=-1).astype(jnp.int32)
+    return (ids - 1) % 256 if self._shift else ids
 
   def to_raw(self, values):
     return values.astype(jnp.uint8 if self.config.num_classes <= 256 else jnp.int32)
+
+  def metrics(self, out, raw, stats):
+    if self._shift:  # compare in the model's ids
+      raw = (raw.astype(jnp.int32) + 1) % 256
+      return self._class_metrics(jnp.argmax(out, axis=-1), raw)
+    return self._class_metrics(self.denormalize(out, stats), raw)
 
   def loss(self, out, x):
     logits = out.astype(jnp.float32)
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, x))
 
-  def metrics(self, out, raw, stats):
+  def _class_metrics(self, pred, raw):
     k = self.config.num_classes
-    pred = self.denormalize(out, stats).reshape(-1)
+    pred = pred.astype(jnp.int32).reshape(-1)
     target = jnp.clip(raw.astype(jnp.int32), 0, k - 1).reshape(-1)
     confusion = jnp.bincount(target * k + pred, length=k * k).reshape(k, k)
     inter = jnp.diag(confusion).astype(jnp.float32)
@@ -293,6 +356,42 @@ class ClassesIO(ModalityIO):
     miou = jnp.sum(jnp.where(present, inter / jnp.maximum(union, 1.0), 0.0)) / jnp.maximum(
         jnp.sum(present), 1)
     return {"pixel_acc": jnp.mean(pred == target), "miou": miou}
+
+
+class BinaryIO(ModalityIO):
+  """A 0 / 1 map (edges) read as a one-channel image in [-1, 1] (input_norm "binary")."""
+  expected_dtype = "uint8"
+
+  def sample_shape(self):
+    r = self.config.resolution
+    return (r, r)
+
+  def _dtype_ok(self, dtype):
+    return np.issubdtype(dtype, np.integer) or dtype == np.bool_
+
+  def _check_values(self, raw, where):
+    if isinstance(raw, np.ndarray) and raw.size and not np.isin(raw, (0, 1)).all():
+      raise RecordError(f"{self.tokenizer_label()}: a binary map holds only 0 and 1, found "
+                        f"{sorted(set(np.unique(raw).tolist()) - {0, 1})[:5]}", path=where,
+                        field=self.name)
+
+  def normalize(self, raw):
+    stats = self.default_stats(raw.shape[0])
+    return self._affine(raw.astype(jnp.float32), stats)[..., None], stats
+
+  def denormalize(self, out, stats):
+    return self._inverse(out[..., 0].astype(jnp.float32), stats)
+
+  def to_raw(self, values):
+    return (values >= 0.5).astype(jnp.uint8)
+
+  def metrics(self, out, raw, stats):
+    pred = self.denormalize(out, stats) >= 0.5
+    target = raw.astype(bool)
+    inter = jnp.sum(pred & target)
+    union = jnp.sum(pred | target)
+    return {"pixel_acc": jnp.mean(pred == target),
+            "iou": jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)}
 
 
 class FeaturesIO(ModalityIO):
@@ -336,15 +435,49 @@ def values_of(modality: str) -> str:
   return raw.values
 
 
-def defaults_for(modality: str) -> Defaults:
+def defaults_for(modality: str, input_norm: str | None = None) -> Defaults:
+  if input_norm == "binary":
+    return BINARY
   return DEFAULTS[values_of(modality)]
 
 
-def default_norm_scale(modality: str, channels: int | None) -> float:
-  scale = defaults_for(modality).norm_scale
+def default_norm_scale(modality: str, channels: int | None, input_norm: str | None = None
+                       ) -> float:
+  scale = defaults_for(modality, input_norm).norm_scale
   return 1.0 / math.sqrt(channels) if scale is None else scale
 
 
 def for_config(config: VQVAEConfig) -> ModalityIO:
-  """The input/output handling of `config.modality`."""
+  """The input/output handling of `config.modality` read as `config.input_norm` says."""
+  if config.input_norm == "binary":
+    return BinaryIO(config)
   return _CLASSES[values_of(config.modality)](config)
+
+
+def input_format(config: VQVAEConfig) -> dict[str, str]:
+  """What a tokenizer reads and how it normalizes it, in words (docs, `fourm convert`)."""
+  io = for_config(config)
+  norm = config.input_norm
+  shift, scale = config.norm_shift, config.norm_scale
+  how = {
+      "inception": f"(v - {shift:g}) / {scale:g}: [-1, 1] (Inception mean and std)",
+      "quantile": (f"per image, (d - median) / half the {config.depth_quantiles[0]:g}-"
+                   f"{config.depth_quantiles[1]:g} quantile spread"),
+      "truncated_standard": ("per image, (d - mean) / std of the values between the 10th "
+                             "and 90th percentile (the reference's)"),
+      "unit": "unit vectors as they are",
+      "ids": "class ids, embedded by the model",
+      "ids_plus_one": "class id + 1 (255, unlabeled, becomes 0; the reference's semseg)",
+      "binary": "0 / 1 as -1 / +1, one channel",
+      "scaled": f"f / {scale:g}",
+  }[norm]
+  if norm == "binary":
+    values = "0 / 1"
+  elif config.is_class_map:
+    shift = norm == "ids_plus_one"
+    values = f"class ids below {config.num_classes - shift}" + (" or 255" if shift else "")
+  else:
+    values = {Values.COLOR: "0..255", Values.DISTANCE: "metres, > 0",
+              Values.DIRECTION: "unit vectors", Values.FEATURES: "any finite"}[config.values]
+  return {"raw": io.describe(), "values": values, "input_norm": norm,
+          "normalization": how, "resolution": f"{config.resolution} px"}

@@ -169,13 +169,22 @@ class VQVAEConfig:
   dead_code_replacement: bool = True
   replace_c: float = quantizer_lib.DEFAULT_REPLACE_C
   decoder: str = "vit"               # "vit" (dec_* fields) or "diffusion" (a DiVAE)
+  input_norm: str | None = None      # how raw values become encoder input (modality_io.
+                                     # INPUT_NORMS; None: the first, fourm's own)
   pos_grid: int | None = None        # grid the ViTs' sin-cos positions were built for, resized
                                      # bicubically to `grid` (a converted reference tokenizer
                                      # used away from its training size); None: the grid
   diffusion: DiffusionConfig | None = None  # the diffusion decoder (decoder="diffusion")
 
   def __post_init__(self):
-    defaults = modality_io.defaults_for(self.modality)
+    norms = modality_io.INPUT_NORMS[modality_io.values_of(self.modality)]
+    if self.input_norm is None:
+      object.__setattr__(self, "input_norm", norms[0])
+    elif self.input_norm not in norms:
+      raise UsageError(f"VQ-VAE config {self.name or self.modality!r}: input_norm "
+                       f"{self.input_norm!r} does not fit {self.modality}; choose from "
+                       f"{list(norms)}")
+    defaults = modality_io.defaults_for(self.modality, self.input_norm)
     fill = {}
     if self.channels is None and defaults.channels is not None:
       fill["channels"] = defaults.channels
@@ -183,7 +192,7 @@ class VQVAEConfig:
       fill["norm_shift"] = defaults.norm_shift
     if self.norm_scale is None:
       fill["norm_scale"] = modality_io.default_norm_scale(
-          self.modality, fill.get("channels", self.channels))
+          self.modality, fill.get("channels", self.channels), self.input_norm)
     if self.loss is None:
       fill["loss"] = defaults.loss
     diffusion = self.diffusion
@@ -246,7 +255,8 @@ class VQVAEConfig:
     elif self.decoder == "vit" and self.diffusion is not None:
       problems.append("a diffusion config needs decoder='diffusion'")
     elif self.decoder == "diffusion":
-      if self.values not in DIFFUSABLE or self.is_feature_map:
+      if (self.values not in DIFFUSABLE and self.input_norm != "binary"
+          or self.is_feature_map):
         problems.append(f"a diffusion decoder makes pixel values ({', '.join(DIFFUSABLE)}); "
                         f"{self.modality} is {self.values}")
       else:
@@ -283,7 +293,8 @@ class VQVAEConfig:
 
   @property
   def is_class_map(self) -> bool:
-    return self.values == modality_io.Values.CLASSES
+    """Class ids the model embeds (a binary map is read as an image instead)."""
+    return self.values == modality_io.Values.CLASSES and self.input_norm != "binary"
 
   @property
   def is_feature_map(self) -> bool:
@@ -311,13 +322,16 @@ class VQVAEConfig:
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-able dict (tuples become lists). A ViT config leaves out `decoder` and
-    `diffusion`, and `pos_grid` when unset, so it is the dict that checkpoints and token
-    records stored before those fields existed (and their resume checks still match)."""
+    `diffusion`, and `pos_grid` / `input_norm` when unset / the default, so it is the dict
+    that checkpoints and token records stored before those fields existed (and their
+    resume checks still match)."""
     data = {key: list(value) if isinstance(value, tuple) else value
             for key, value in dataclasses.asdict(self).items()
-            if key not in ("decoder", "diffusion", "pos_grid")}
+            if key not in ("decoder", "diffusion", "pos_grid", "input_norm")}
     if self.pos_grid is not None:
       data["pos_grid"] = self.pos_grid
+    if self.input_norm != modality_io.INPUT_NORMS[self.values][0]:
+      data["input_norm"] = self.input_norm
     if self.is_diffusion:
       data.update(decoder=self.decoder, diffusion=self.diffusion.to_dict())
     return data

@@ -129,14 +129,28 @@ def attention_levels(size: UNetSize, source: str) -> int:
   return count
 
 
+# What the reference's tokenizers were trained to read, by fourm raw modality (its
+# MODALITY_TRANSFORMS_DIVAE and feature extractors): see modality_io.INPUT_NORMS.
+REFERENCE_INPUTS = {
+    "depth": dict(input_norm="truncated_standard"),
+    "semseg": dict(input_norm="ids_plus_one"),     # SemsegTransform(shift_idx_by_one=True)
+    "canny_edge": dict(input_norm="binary"),       # edges read as a [-1, 1] image
+    "sam_edge": dict(input_norm="binary"),
+    "clip": dict(norm_scale=1.0),                  # features as the extractor gives them
+    "dinov2": dict(norm_scale=1.0),
+    "imagebind": dict(norm_scale=1.0),
+}
+
+
 def read_config(reference: Mapping[str, Any], source: str, *, modality: str | None = None,
-                resolution: int | None = None,
+                resolution: int | None = None, input_norm: str | None = None,
                 architectures: Mapping[str, Any] | None = None):
   """The `VQVAEConfig` of a reference VQVAE / DiVAE config (its constructor kwargs).
 
   `resolution` (default: the config's image_size) is the image size fourm will tokenize
   at; away from the size the model was built for, its positions are resized as the
-  reference resizes them.
+  reference resizes them. The input format is the reference's for the modality
+  (`REFERENCE_INPUTS`) unless `input_norm` says otherwise.
   """
   from tokenizers_vq.vqvae_config import DiffusionConfig, VQVAEConfig
   tables = {**REFERENCE_VITS, **REFERENCE_UNETS, **(architectures or {})}
@@ -171,6 +185,9 @@ def read_config(reference: Mapping[str, Any], source: str, *, modality: str | No
       code_dim=int(get("latent_dim", 32)), enc_width=enc.width, enc_depth=enc.depth,
       enc_heads=enc.heads, mlp_ratio=enc.mlp_ratio, post_mlp=bool(get("post_mlp", False)),
       pos_grid=None if build_size == resolution else build_size // patch)
+  values.update(REFERENCE_INPUTS.get(modality, {}))
+  if input_norm is not None:
+    values["input_norm"] = input_norm
   if get("n_labels") is not None:
     values.update(num_classes=int(get("n_labels")), class_embed_dim=int(get("n_channels")))
   else:
@@ -469,7 +486,7 @@ def convert_parameters(reader: SafetensorsReader, config, path: str):
 
 
 def import_reference_tokenizer(source: str, workdir: str, *, modality: str | None = None,
-                               resolution: int | None = None,
+                               resolution: int | None = None, input_norm: str | None = None,
                                architectures: Mapping[str, Any] | None = None,
                                resolved: tuple[str, dict[str, Any], str] | None = None
                                ) -> dict[str, Any]:
@@ -479,7 +496,8 @@ def import_reference_tokenizer(source: str, workdir: str, *, modality: str | Non
   from fourm.workdir import make_workdir
   path, reference_config, kind = resolved or resolve_source(source)
   config = read_config(reference_config, source, modality=modality_for(source, modality),
-                       resolution=resolution, architectures=architectures)
+                       resolution=resolution, input_norm=input_norm,
+                       architectures=architectures)
   with SafetensorsReader(path) as reader:
     dtypes = sorted(reader.dtypes())
     _, params, codebook = convert_parameters(reader, config, path)
