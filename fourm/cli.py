@@ -45,15 +45,30 @@ def _ingest(args: argparse.Namespace) -> None:
 
 
 def _convert_tokenizer(args: argparse.Namespace, resolved) -> None:
+  from fourm.errors import UsageError
   from fourm.interop import tokenizer_mlp, tokenizers
   if tokenizer_mlp.is_mlp_config(resolved[1]):
-    summary = tokenizer_mlp.import_reference_mlp(args.source, args.out, resolved=resolved)
+    if args.resolution or args.input_norm:
+      raise UsageError(f"{args.source}: an MLP tokenizer reads feature vectors; --resolution "
+                       "and --input-norm are for image tokenizers")
+    summary = tokenizer_mlp.import_reference_mlp(args.source, args.out,
+                                                 modality=args.modality, resolved=resolved)
     config = summary["config"]
     print(f"converted the MLP tokenizer {summary['file']} ({'/'.join(summary['dtypes'])}): "
           f"{summary['parameters']:,} parameters, [{config.in_channels}] vectors -> "
           f"{config.num_codebooks} ids of {config.codebook_size} codes")
-    print(f"wrote {summary['workdir']} (load it with "
-          "fourm.interop.tokenizer_mlp.load_mlp_tokenizer)")
+    from tokenizers_vq.global_tokens import global_modalities, global_modality_of
+    modality = summary["modality"]
+    if modality is None:
+      use = ("use it as fourm tokenize --tokenizers " + " or ".join(
+          f"{name}={args.out}" for name in global_modalities()) + ", the global tokens "
+          "it makes")
+    else:
+      try:
+        use = f"use it as fourm tokenize --tokenizers {global_modality_of(modality)}={args.out}"
+      except KeyError:  # a vector no global tokens are made from (human poses)
+        use = "load it with fourm.interop.tokenizer_mlp.load_mlp_tokenizer"
+    print(f"wrote {summary['workdir']} ({use})")
     return
   summary = tokenizers.import_reference_tokenizer(
       args.source, args.out, modality=args.modality, resolution=args.resolution,
@@ -68,16 +83,16 @@ def _convert_tokenizer(args: argparse.Namespace, resolved) -> None:
   from tokenizers_vq.modality_io import input_format
   form = input_format(config)
   print(f"it reads {form['raw']} ({form['values']}), normalized {form['normalization']}")
-  print(f"wrote {summary['workdir']} (use it as fourm tokenize --tokenizers "
-        f"{_grid_name(config.modality)}={args.out})")
+  print(f"wrote {summary['workdir']} ({_how_to_use(config.modality, args.out)})")
 
 
-def _grid_name(raw: str) -> str:
+def _how_to_use(raw: str, workdir: str) -> str:
   from fourm import modalities
   try:
-    return modalities.grid_modality_of(raw)
-  except KeyError:
-    return f"tok_{raw}"
+    return f"use it as fourm tokenize --tokenizers {modalities.grid_modality_of(raw)}={workdir}"
+  except KeyError:  # sam_mask: no model modality is a grid of its tokens
+    return ("it fills sam_instance records: tokenizers_vq.sam_instance.tokenize_records("
+            f"records, {workdir!r})")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -318,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--data", required=True, help="the dataset directory to tokenize")
   p.add_argument("--out", required=True, help="the token dataset directory (read beside --data)")
   p.add_argument("--tokenizers", nargs="+", default=[], metavar="WORKDIR",
-                 help="trained VQ-VAE workdirs (fourm tokenizer train), each optionally "
-                      "as tok_<modality>=WORKDIR")
+                 help="VQ-VAE workdirs (fourm tokenizer train, or converted with fourm "
+                      "convert --from reference: grids, and the MLP tokenizers of global "
+                      "tokens), each optionally as tok_<modality>=WORKDIR")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--method", default="",
                  help="'patches': ground-truth patch quantizers of the exact labels (no "
@@ -492,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="the new workdir (import) or .safetensors "
                  "file (export)")
   p.add_argument("--modality", help="tokenizers: the raw modality it tokenizes (rgb, depth, "
-                 "semseg, clip, ...); known for the published hub ids")
+                 "semseg, clip, ..., dinov2_global for an MLP tokenizer); known for the "
+                 "published hub ids")
   p.add_argument("--input-norm", help="tokenizers: how raw values become its input, if not "
                  "the reference's for the modality (see docs/tokenizers.md)")
   p.add_argument("--resolution", type=int, help="tokenizers: the image size to tokenize at "

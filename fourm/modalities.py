@@ -360,12 +360,13 @@ MODALITY_SET_4M21 = (
     "tok_imagebind", "tok_imagebind_global", "tok_sam_edge", "tok_canny_edge",
     "color_palette", "sam_instance")
 
-# What the 4M-21 labelers write where a model modality's record cannot be made yet. Each
-# waits for a network fourm lacks; the labels are the inputs that network would read.
+# What the 4M-21 labelers write where a model modality's record needs a second network:
+# the labels are the inputs that network reads.
 # * sam_instance_masks, int32 [R, 22 + 64*64] (pseudolabel/sam.py): a sam_instance record
 #   whose 16 token columns are -1, each row followed by its instance's 64 x 64 mask in its
-#   box. The gap: a SAM-instance tokenizer (the reference's 64 x 64 mask VQ-VAE) to turn
-#   the masks into the ids, then `sam.with_tokens` makes the sam_instance record.
+#   box. A SAM-instance tokenizer (the reference's 64 x 64 mask VQ-VAE, converted by
+#   `fourm convert --from reference`; raw modality sam_mask below) turns the masks into
+#   the ids: `tokenizers_vq.sam_instance.tokenize_records` makes the sam_instance records.
 # * human_keypoints, float32 [N, 56] (pseudolabel/human_poses.py): per person a box (as
 #   human_poses' columns 0:4), the detector's score and 17 COCO keypoints (x, y, score).
 #   The gap: a body model (HMR2.0's SMPL regressor) and the pose tokenizer, for the SMPL
@@ -374,9 +375,14 @@ SAM_INSTANCE_MASKS = RawSpec("sam_instance_masks", Form.VECTOR, "int32", "sam_in
                              labeler="sam_instance")
 HUMAN_KEYPOINTS = RawSpec("human_keypoints", Form.VECTOR, "float32", "human_keypoints",
                           labeler="human_keypoints")
+# One SAM instance's mask inside its box, uint8 [64, 64] of 0 / 1: what the reference's
+# SAM-instance tokenizer (EPFL-VILAB/4M_tokenizers_sam-instance_1k_64, its "sam_mask")
+# reads and writes, 4 x 4 = 16 ids per mask. The ids go into sam_instance rows; no model
+# modality reads masks (pseudolabel/sam.py's `tokenize_records` fills them in).
+SAM_MASK = RawSpec("sam_mask", Form.IMAGE, "uint8", Values.CLASSES, resample=Resample.NEAREST)
 
 # Raw modalities stored in records without a model modality of their own (yet).
-_RAW_ONLY = (INSTANCE, KEY, LABEL, SAM_INSTANCE_MASKS, HUMAN_KEYPOINTS)
+_RAW_ONLY = (INSTANCE, KEY, LABEL, SAM_INSTANCE_MASKS, HUMAN_KEYPOINTS, SAM_MASK)
 
 # Keys a batch carries beside its modalities; no modality may take these names.
 RESERVED_NAMES = frozenset({"meta"})

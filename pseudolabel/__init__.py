@@ -26,11 +26,12 @@ The last three need no network (their `tiny()` is the labeler itself). metadata 
 the record's other modalities too, and t5_caption reads its caption instead of the image
 (`reads`, `label_records`; see `job.py`). sam_edge and sam_instance share one SAM run,
 dinov2 and dinov2_global one DINOv2 pass (`shared`, `from_shared`), normals the depth
-maps. Two outputs are raw only, waiting for a network fourm lacks:
+maps. Two outputs are raw only, waiting for a second network:
 sam_instance_masks holds the sam_instance rows with their token columns -1 and each
-instance's 64 x 64 mask (no SAM-instance tokenizer yet), human_keypoints people's boxes
-and COCO keypoints (4M-21's human_poses needs HMR2.0's SMPL parameters). No ImageBind
-labeler (`imagebind.py` says why).
+instance's 64 x 64 mask (`tokenizers_vq.sam_instance.tokenize_records` fills the columns with a
+converted SAM-instance tokenizer; the layout is `fourm.data.sam_instances`), human_keypoints people's boxes and COCO keypoints (4M-21's
+human_poses needs HMR2.0's SMPL parameters, which fourm lacks). No ImageBind labeler
+(`imagebind.py` says why).
 
 torch and transformers (the optional `[pseudolabel]` extra) are imported only when a
 labeler is built, so importing this package, or running `fourm --help`, does not need

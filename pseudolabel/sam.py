@@ -30,9 +30,10 @@ generator once per batch and hands its masks to `from_shared`):
   instance's mask inside its box at 64 x 64 (0/1, row-major; all 0 on a point's "none"
   row): exactly what the reference's SAM-instance VQ-VAE
   (EPFL-VILAB/4M_tokenizers_sam-instance_1k_64: 64 x 64 masks, 16 px patches -> 16 ids
-  of a 1024 codebook) reads. fourm has no SAM-instance tokenizer, so no labeler can
-  write the 16 ids; `with_tokens(record, ids)` makes the sam_instance record once a
-  tokenizer has turned `instance_masks(record)` into ids. The sam_instance codec refuses
+  of a 1024 codebook) reads. SAM's run and that tokenizer's are separate steps:
+  `tokenize_records(records, WORKDIR)` takes the tokenizer converted by `fourm convert
+  --from reference` (raw modality sam_mask) and makes the sam_instance records
+  (`with_tokens(record, ids)` for ids from elsewhere). The sam_instance codec refuses
   rows whose tokens are -1, so an untokenized record cannot be tokenized by mistake.
 
   As the reference's SAMInstanceTokTransform: 7 random query points (here distinct,
@@ -47,11 +48,15 @@ generator once per batch and hands its masks to `from_shared`):
 from __future__ import annotations
 
 import dataclasses
+import os
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
+from fourm.data.sam_instances import (INSTANCE_VOCAB, MASK_SIZE, ROW_WIDTH,  # noqa: F401
+                                      TOKENS_PER_INSTANCE, UNTOKENIZED, has_instance,
+                                      instance_masks, instance_rows, with_tokens)
 from pseudolabel import DEFAULT_MODELS, tiny_4m21
 from pseudolabel import torch_model
 from pseudolabel.torch_model import TorchLabeler
@@ -61,10 +66,6 @@ MASK_THRESHOLD = 0.0                      # SAM's: a pixel is in a mask where it
 
 # The sam_instance layout (tokenizers_vq/sam_instance.py) and the reference tokenizer's input.
 FRAME = 224
-TOKENS_PER_INSTANCE = 16
-ROW_WIDTH = 6 + TOKENS_PER_INSTANCE
-MASK_SIZE = 64
-UNTOKENIZED = -1
 QUERY_POINTS = 7
 MIN_BOX_AREA = 0.0005                     # of the frame, as the reference's bbox_area_threshold
 
@@ -358,34 +359,6 @@ def instance_record(masks: np.ndarray, points: np.ndarray,
       crop = box_crop_mask(masks[i], boxes[i]).ravel()
       rows.append(np.r_[[x, y], boxes[i], [UNTOKENIZED] * TOKENS_PER_INSTANCE, crop])
   return np.asarray(rows, np.int32).reshape(-1, ROW_WIDTH + MASK_SIZE ** 2)
-
-
-def instance_rows(record: np.ndarray) -> np.ndarray:
-  """The record's sam_instance columns int32 [R, 22] (token columns as written)."""
-  return np.asarray(record)[:, :ROW_WIDTH]
-
-
-def instance_masks(record: np.ndarray) -> np.ndarray:
-  """uint8 [R, 64, 64]: each row's instance mask in its box (the tokenizer's input)."""
-  return np.asarray(record)[:, ROW_WIDTH:].astype(np.uint8).reshape(-1, MASK_SIZE, MASK_SIZE)
-
-
-def has_instance(record: np.ndarray) -> np.ndarray:
-  """bool [R]: rows that hold an instance (False: a point's "none" row)."""
-  return (np.asarray(record)[:, 2:6] != UNTOKENIZED).any(1)
-
-
-def with_tokens(record: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-  """The sam_instance record int32 [R, 22]: `tokens` int [K, 16] are the SAM-instance
-  tokenizer's ids of `instance_masks(record)[has_instance(record)]`, in that order."""
-  rows = instance_rows(record).copy()
-  hit = has_instance(record)
-  tokens = np.asarray(tokens)
-  if tokens.shape != (int(hit.sum()), TOKENS_PER_INSTANCE):
-    raise ValueError(f"expected tokens [{int(hit.sum())}, {TOKENS_PER_INSTANCE}] for the rows "
-                     f"with an instance, got {list(tokens.shape)}")
-  rows[hit, 6:] = tokens
-  return rows
 
 
 class SamInstanceLabeler(_FromSamMasks):

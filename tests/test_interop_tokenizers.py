@@ -5,9 +5,10 @@ Fixtures (tests/fixtures/reference/tokenizers/, made by make_tokenizer_fixtures.
 apple/ml-4m's own VQVAE and DiVAE classes at a tiny width) hold, per architecture, a hub
 folder (config.json + model.safetensors) and what the reference made of fixed inputs:
 semantic segmentation (class embedding, ViT decoder), a feature map (no patch
-projection), an rgb ViT tokenizer without the tanh post-MLP, and an rgb DiVAE (patched
-UNet). ViT tokenizers are also run at twice their build size, where the reference resizes
-its sin-cos positions bicubically.
+projection), an rgb ViT tokenizer without the tanh post-MLP, an rgb DiVAE (patched
+UNet) and the SAM-instance mask tokenizer (0 / 1 masks, ConvNeXt blocks after the ViT
+decoder). ViT tokenizers are also run at twice their build size, where the reference
+resizes its sin-cos positions bicubically.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ import pytest
 from flax import nnx
 
 from fourm import cli
-from fourm.errors import UsageError
+from fourm.errors import RecordError, UsageError
 from fourm.interop import tokenizers as tk
 from fourm.interop.safetensors_file import ReferenceFileError, SafetensorsReader
+from tokenizers_vq.sam_instance import tokenize_records
 from tokenizers_vq.train import load_tokenizer
 
 ROOT = os.path.join(os.path.dirname(__file__), "fixtures", "reference", "tokenizers")
-MODALITY = {"semseg": "semseg", "clip": "clip", "rgb_vit": "rgb", "rgb_divae": "rgb"}
+MODALITY = {"semseg": "semseg", "clip": "clip", "rgb_vit": "rgb", "rgb_divae": "rgb",
+            "sam_mask": "sam_mask"}
 VIT_TOKENIZERS = ("semseg", "clip", "rgb_vit")
 
 
@@ -153,7 +156,6 @@ def test_the_reference_unet_sizes_map_to_fourms_attention_levels():
     (dict(enc_type="vit_h_enc"), "enc_type 'vit_h_enc' is not one fourm knows"),
     (dict(norm_codes=False), "norm_codes=False"),
     (dict(num_codebooks=2), "num_codebooks 2"),
-    (dict(out_conv=True), "out_conv=True"),
     (dict(quant_type="memcodes"), "tokenizer_mlp"),
     (dict(patch_proj=False), "patch_proj=False does not fit 'rgb'"),
     (dict(some_new_option=1), "keys fourm does not know how to read: \\['some_new_option'\\]"),
@@ -233,7 +235,8 @@ def test_an_mlp_tokenizer_converts_from_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("name, modality", [("rgb_16k_divae", "rgb"), ("semseg_4k", "semseg"),
-                                            ("dinov2_8k", "dinov2")])
+                                            ("dinov2_8k", "dinov2"),
+                                            ("sam_instance_1k", "sam_mask")])
 def test_the_published_architectures_map_tensor_for_tensor(name, modality):
   """At full size (ViT-B, the 196M-parameter patched UNet), from the reference's own
   state-dict names and shapes: fourm's size tables and name map cover every tensor."""
@@ -269,3 +272,118 @@ def test_multi_head_unet_attention_reorders_qkv_channels():
   reference = (weight[:, :, 0] @ x + bias).reshape(heads, 3, per_head).transpose(1, 0, 2)
   np.testing.assert_allclose((x @ kernel + moved).reshape(3, heads, per_head), reference,
                              rtol=1e-12)
+
+
+# The SAM-instance tokenizer (EPFL-VILAB/4M_tokenizers_sam-instance_1k_64) --------------
+
+SAM_HUB_NAME = "4M_tokenizers_sam-instance_1k_64"
+
+
+def test_the_sam_instance_tokenizer_gives_the_references_tokens_and_decodings():
+  """0 / 1 masks at 64 px, 16 px patches: 16 ids each; the decoder's logits after its two
+  ConvNeXt blocks as the reference's."""
+  _, _, io = load("sam_mask")
+  model = converted_model("sam_mask")
+  config = model.config
+  assert (config.input_norm, config.out_conv, config.grid, config.channels) == (
+      "binary_sigmoid", True, 4, 1)
+  assert set(np.unique(io["input_64"])) == {0.0, 1.0}  # the masks as they are, not [-1, 1]
+  codes = np.asarray(model.encode(jnp.asarray(channels_last(io["input_64"]))).codes)
+  np.testing.assert_array_equal(codes, io["tokens_64"])
+  decoded = np.asarray(model.decode_tokens(jnp.asarray(io["tokens_64"])))
+  np.testing.assert_allclose(decoded, channels_last(io["decoded_64"]), atol=1e-4)
+
+
+def test_convnext_blocks_map_to_the_references():
+  """Over a mask's one channel the block's LayerNorm hides its depthwise conv (it returns
+  its bias whatever the input): one block over three channels checks that too."""
+  from tokenizers_vq.vqvae import ConvNeXtBlock
+  _, _, io = load("sam_mask")
+  block = nnx.eval_shape(lambda: ConvNeXtBlock(3, rngs=nnx.Rngs(0)))
+  flat = dict(nnx.to_flat_state(nnx.state(block, nnx.Param)))
+  entries = list(tk.convnext_entries("block", "convnext"))
+  assert len(entries) == len(flat) == 9
+  for entry in entries:
+    key = tuple(entry.path.split(".")[1:])
+    shape = flat[key].get_value().shape
+    flat[key].set_value(jnp.asarray(tk.to_fourm(entry, io[entry.reference], shape)))
+  out = block(jnp.asarray(channels_last(io["convnext_input"])))
+  np.testing.assert_allclose(np.asarray(out), channels_last(io["convnext_output"]), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sam_workdir(tmp_path_factory):
+  """The fixture converted by `fourm convert` from a folder named like the hub's (so no
+  --modality), as a user's download."""
+  root = tmp_path_factory.mktemp("sam")
+  folder = str(root / SAM_HUB_NAME)
+  shutil.copytree(os.path.join(ROOT, "sam_mask"), folder)
+  workdir = str(root / "tok_sam")
+  with pytest.MonkeyPatch.context() as patch:
+    for name, size in fixture_architectures().items():
+      if isinstance(size, tk.ViTSize):
+        patch.setitem(tk.REFERENCE_VITS, name, size)
+    assert cli.main(["convert", "--from", "reference", folder, "--out", workdir]) == 0
+  return workdir
+
+
+def test_a_converted_sam_instance_tokenizer_reads_uint8_masks(sam_workdir):
+  """`load_tokenizer` of the workdir: records' uint8 0 / 1 masks in, the reference's ids;
+  ids in, the masks where the reference's sigmoid is >= 0.5."""
+  _, _, io = load("sam_mask")
+  tokenizer = load_tokenizer(sam_workdir)
+  assert tokenizer.config.modality == "sam_mask" and tokenizer.config.out_conv
+  masks = io["input_64"][:, 0].astype(np.uint8)
+  np.testing.assert_array_equal(tokenizer.encode(masks), io["tokens_64"])
+  logits = io["decoded_64"][:, 0]
+  decoded = tokenizer.decode(io["tokens_64"])
+  assert decoded.dtype == np.uint8 and decoded.shape == (2, 64, 64)
+  clear = np.abs(logits) > 1e-4  # pixels off the fence (within the tolerance of 0)
+  assert clear.mean() > 0.99
+  np.testing.assert_array_equal(decoded[clear], (logits[clear] > 0).astype(np.uint8))
+  with pytest.raises(RecordError, match="only 0 and 1"):
+    tokenizer.encode(masks * 255)
+
+
+def test_a_converted_sam_instance_tokenizer_fills_the_pseudolabelers_records(sam_workdir):
+  """The sam_instance labeler's untokenized records (16 ids -1 per instance, its 64 x 64
+  mask beside) become sam_instance records that the codec writes."""
+  from pseudolabel import sam
+  from tokenizers_vq import sequences
+  _, _, io = load("sam_mask")
+  frame = np.zeros((2, 224, 224), bool)
+  frame[0, 40:104, 60:124] = io["input_64"][0, 0] > 0   # two instances, each filling
+  frame[1, 10:74, 100:164] = io["input_64"][1, 0] > 0   # its box at 64 x 64
+  points = np.array([[92, 72], [130, 40], [5, 200]])    # in the first, the second, none
+  records = [sam.instance_record(frame, points), sam.instance_record(frame[:1], points[:1])]
+  np.testing.assert_array_equal(sam.instance_masks(records[0])[:2], io["input_64"][:, 0])
+  made = tokenize_records(records, sam_workdir, batch_size=2)
+  assert [m.shape for m in made] == [(3, 22), (1, 22)]
+  np.testing.assert_array_equal(made[0][:, 6:], np.stack(
+      [io["tokens_64"][0].ravel(), io["tokens_64"][1].ravel(), np.full(16, -1)]))
+  np.testing.assert_array_equal(made[1][0, 6:], io["tokens_64"][0].ravel())
+  np.testing.assert_array_equal(made[0][:, :6], records[0][:, :6])
+  codec = sequences.codecs_for(["sam_instance"])["sam_instance"]
+  np.testing.assert_array_equal(codec.decode(codec(made[0])), made[0])
+  with pytest.raises(UsageError, match="no SAM-instance tokenizer"):
+    tokenize_records(records, an_edge_tokenizer())
+
+
+def an_edge_tokenizer():
+  """What tokenize_records checks of a tokenizer: its config (an edge tokenizer's here)."""
+  from types import SimpleNamespace
+
+  from tokenizers_vq.vqvae_config import VQVAEConfig
+  return SimpleNamespace(config=VQVAEConfig(modality="canny_edge", input_norm="binary",
+                                            resolution=64, patch_size=16))
+
+
+def test_out_conv_without_its_tensors_is_named():
+  """A ViT config that says out_conv needs the blocks' tensors."""
+  folder, reference, _ = load("rgb_vit")
+  config = tk.read_config(dict(reference, out_conv=True), folder, modality="rgb",
+                          architectures=fixture_architectures())
+  assert config.out_conv
+  with SafetensorsReader(os.path.join(folder, "model.safetensors")) as reader:
+    with pytest.raises(ReferenceFileError, match="missing: \\['decoder.out_conv.0.dwconv"):
+      tk.convert_parameters(reader, config, folder)

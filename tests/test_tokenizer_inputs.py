@@ -74,6 +74,27 @@ def test_edges_read_as_a_binary_image_and_a_divae_decodes_them_to_0_1():
     tok.encode(edges * 255)
 
 
+def test_sam_masks_read_as_0_1_and_decode_from_logits():
+  """The reference's SAM-instance tokenizer reads masks as 0 / 1 floats (SAMInstanceTransform)
+  and is trained with binary cross-entropy on logits: its decoder's output is a logit."""
+  config = VQVAEConfig(**dict(TINY, modality="sam_mask", input_norm="binary_sigmoid"))
+  assert (config.channels, config.is_class_map, config.loss) == (1, False,
+                                                                 "binary_cross_entropy")
+  assert modality_io.input_format(config)["values"] == "0 / 1"
+  io = modality_io.for_config(config)
+  masks = (np.random.default_rng(0).random((2, 32, 32)) < 0.5).astype(np.uint8)
+  x, stats = io.normalize(jnp.asarray(masks))
+  np.testing.assert_array_equal(np.asarray(x)[..., 0], masks)  # as they are, not [-1, 1]
+  logits = jnp.asarray(3.0 * (2.0 * masks - 1.0))[..., None]
+  off = 1.0 / (1.0 + np.exp(3.0))  # sigmoid(-3)
+  np.testing.assert_allclose(np.asarray(io.denormalize(logits, stats)),
+                             np.where(masks == 1, 1.0 - off, off), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(io.to_raw(io.denormalize(logits, stats))), masks)
+  np.testing.assert_allclose(float(io.loss(logits, x)), np.log1p(np.exp(-3.0)), rtol=1e-6)
+  with pytest.raises(RecordError, match=r"only 0 and 1, found \[255\]"):
+    io.check(masks * 255)
+
+
 @pytest.mark.parametrize("config, batch, message", [
     (dict(modality="rgb"), np.zeros((1, 32, 32, 3), np.float32), "expects batches .*uint8"),
     (dict(modality="rgb"), np.zeros((1, 3, 32, 32), np.uint8), "wrong modality or layout"),

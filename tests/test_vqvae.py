@@ -122,6 +122,27 @@ def test_parameter_names_follow_the_reference():
   assert model.decoder.out_proj.kernel.shape == (32, 7, 8, 8)  # [D, C, P, P]
 
 
+def test_out_conv_adds_two_convnext_blocks_and_old_configs_read_unchanged():
+  """The reference's SAM-instance tokenizer smooths its decoder's patches with two
+  ConvNeXt blocks; configs without them store no `out_conv` key."""
+  assert "out_conv" not in small_config("rgb").to_dict()
+  config = small_config("rgb", out_conv=True)
+  data = json.loads(json.dumps(config.to_dict()))
+  assert data["out_conv"] is True and vqvae.VQVAEConfig.from_dict(data) == config
+  model = vqvae.VQVAE(config, rngs=rngs(0))
+  names = {"/".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(model))}
+  for name in ("decoder/out_conv/0/dwconv/kernel", "decoder/out_conv/1/norm/scale",
+               "decoder/out_conv/1/pwconv1/kernel", "decoder/out_conv/0/pwconv2/bias",
+               "decoder/out_conv/1/gamma"):
+    assert name in names, name
+  assert model.decoder.out_conv[0].dwconv.kernel.shape == (7, 7, 1, 3)  # depthwise
+  out, _ = model(jnp.zeros((1, 64, 64, 3)))
+  assert out.shape == (1, 64, 64, 3)
+  # Layer scale 1e-6: an untrained block is (nearly) the identity.
+  x = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
+  np.testing.assert_allclose(np.asarray(model.decoder.out_conv[0](x)), np.asarray(x), atol=1e-4)
+
+
 def test_the_decoder_is_swappable():
   class MeanDecoder(nnx.Module):
     """Repeats each code vector over its patch: the simplest thing with the contract."""
@@ -295,6 +316,7 @@ def test_every_preset_round_trips_through_json():
     (dict(modality="semseg"), "num_classes"),
     (dict(modality="depth", channels=3), "depth has 1 channel"),
     (dict(modality="rgb", enc_width=30), "enc_width 30"),
+    (dict(modality="rgb", decoder="diffusion", out_conv=True), "out_conv follows a ViT"),
 ])
 def test_configs_that_do_not_add_up_are_refused(overrides, message):
   with pytest.raises(UsageError, match=message):

@@ -78,16 +78,25 @@ MIN_DEPTH_SCALE = 1e-3  # metres: a flat depth map must not divide by zero
 #   classes  "ids_plus_one": class id + 1 in uint8, so 255 ("unlabeled") becomes 0
 #            (SemsegTransform(shift_idx_by_one=True)), decoded back the same way;
 #   classes  "binary": a 0 / 1 map (edges) as a one-channel image in [-1, 1], decoded by
-#            thresholding at 0 (the edge DiVAEs read edges as images).
+#            thresholding at 0 (the edge DiVAEs read edges as images);
+#   classes  "binary_sigmoid": a 0 / 1 map (a SAM instance mask) as a one-channel image
+#            of 0 and 1, the decoder giving a logit per pixel, decoded as sigmoid >= 0.5
+#            (SAMInstanceTransform's masks and the SAM-instance tokenizer's binary
+#            cross-entropy).
 INPUT_NORMS: dict[str, tuple[str, ...]] = {
     Values.COLOR: ("inception",),            # (v - 127.5) / 127.5: the Inception mean / std
     Values.DISTANCE: ("quantile", "truncated_standard"),
     Values.DIRECTION: ("unit",),
-    Values.CLASSES: ("ids", "ids_plus_one", "binary"),
+    Values.CLASSES: ("ids", "ids_plus_one", "binary", "binary_sigmoid"),
     Values.FEATURES: ("scaled",),            # f / norm_scale (sqrt(C) by default, 1: as is)
 }
 # A binary map is read as an image: its defaults are an image's, not a class map's.
-BINARY = Defaults(1, 0.5, 0.5, "mse", ("mse", "l1"))
+BINARY_DEFAULTS = {
+    "binary": Defaults(1, 0.5, 0.5, "mse", ("mse", "l1")),
+    "binary_sigmoid": Defaults(1, 0.0, 1.0, "binary_cross_entropy",
+                               ("binary_cross_entropy",)),
+}
+BINARY_NORMS = tuple(BINARY_DEFAULTS)        # class maps read as one-channel images
 TRUNCATED_FRACTION = 0.1  # the reference's DepthTransform drops 10% at either end
 
 
@@ -394,6 +403,22 @@ class BinaryIO(ModalityIO):
             "iou": jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)}
 
 
+class BinarySigmoidIO(BinaryIO):
+  """A 0 / 1 mask read as it is (input_norm "binary_sigmoid"): the decoder's output is a
+  logit per pixel, so decoding is its sigmoid (the probability of a 1), thresholded at 0.5
+  for records, as the reference reads its SAM-instance tokenizer's output."""
+
+  def denormalize(self, out, stats):
+    del stats  # (0, 1): they normalize the input; the output is a logit whatever they are
+    return jax.nn.sigmoid(out[..., 0].astype(jnp.float32))
+
+  def loss(self, out, x):
+    # The usual binary cross-entropy on logits. (The reference trains with cross-entropy
+    # over the two "logits" (sigmoid(out), 1 - sigmoid(out)): a bounded variant of it.)
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(out.astype(jnp.float32),
+                                                       x.astype(jnp.float32)))
+
+
 class FeaturesIO(ModalityIO):
 
   def sample_shape(self):
@@ -436,8 +461,8 @@ def values_of(modality: str) -> str:
 
 
 def defaults_for(modality: str, input_norm: str | None = None) -> Defaults:
-  if input_norm == "binary":
-    return BINARY
+  if input_norm in BINARY_DEFAULTS:
+    return BINARY_DEFAULTS[input_norm]
   return DEFAULTS[values_of(modality)]
 
 
@@ -451,6 +476,8 @@ def for_config(config: VQVAEConfig) -> ModalityIO:
   """The input/output handling of `config.modality` read as `config.input_norm` says."""
   if config.input_norm == "binary":
     return BinaryIO(config)
+  if config.input_norm == "binary_sigmoid":
+    return BinarySigmoidIO(config)
   return _CLASSES[values_of(config.modality)](config)
 
 
@@ -469,9 +496,10 @@ def input_format(config: VQVAEConfig) -> dict[str, str]:
       "ids": "class ids, embedded by the model",
       "ids_plus_one": "class id + 1 (255, unlabeled, becomes 0; the reference's semseg)",
       "binary": "0 / 1 as -1 / +1, one channel",
+      "binary_sigmoid": "0 / 1 as they are, one channel; decoded 1 where sigmoid(logit) >= 0.5",
       "scaled": f"f / {scale:g}",
   }[norm]
-  if norm == "binary":
+  if norm in BINARY_NORMS:
     values = "0 / 1"
   elif config.is_class_map:
     shift = norm == "ids_plus_one"

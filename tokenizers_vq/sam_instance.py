@@ -24,13 +24,17 @@ labeller's job).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 import numpy as np
 
-from fourm.errors import RecordError
+from fourm.data.sam_instances import (INSTANCE_VOCAB, MASK_SIZE, TOKENS_PER_INSTANCE,
+                                      has_instance, instance_masks, with_tokens)
+from fourm.errors import RecordError, UsageError
 from tokenizers_vq.value_words import (MAX_VALUE, Malformed, WordCodec, WordReader,
                                        parse_pieces, token_value, value_word)
 
-TOKENS_PER_INSTANCE = 16
 WIDTH = 6 + TOKENS_PER_INSTANCE
 
 
@@ -105,3 +109,45 @@ class SamInstanceCodec(WordCodec):
         tokens.append(value + 512 * axis)
       rows.append([x, y, *box, *tokens])
     return rows
+
+
+# Filling untokenized records with a SAM-instance tokenizer ---------------------------------
+
+def _check_mask_tokenizer(tokenizer) -> None:
+  """A SAM-instance tokenizer reads sam_mask at 64 px and writes 16 ids below 1024."""
+  config = tokenizer.config
+  made = (config.modality, config.resolution, config.tokens_per_image)
+  if made != ("sam_mask", MASK_SIZE, TOKENS_PER_INSTANCE) or config.vocab_size > INSTANCE_VOCAB:
+    raise UsageError(
+        f"tokenizer {config.name or config.modality!r} is no SAM-instance tokenizer: one "
+        f"reads sam_mask at {MASK_SIZE} px into {TOKENS_PER_INSTANCE} ids below "
+        f"{INSTANCE_VOCAB}; this one reads {config.modality} at {config.resolution} px into "
+        f"{config.tokens_per_image} ids of {config.vocab_size} (convert "
+        "EPFL-VILAB/4M_tokenizers_sam-instance_1k_64 with fourm convert --from reference)")
+
+
+def tokenize_records(records: Sequence[np.ndarray], tokenizer, *, batch_size: int = 64
+                     ) -> list[np.ndarray]:
+  """Untokenized records (sam_instance_masks) -> sam_instance records int32 [R, 22].
+
+  `tokenizer`: a SAM-instance tokenizer's workdir (`fourm convert --from reference
+  EPFL-VILAB/4M_tokenizers_sam-instance_1k_64`) or its loaded `VQTokenizer`. The masks of
+  all records go through it in batches of `batch_size`, the last one padded, so it
+  compiles once whatever the number of instances.
+  """
+  if isinstance(tokenizer, (str, os.PathLike)):
+    from tokenizers_vq.train import load_tokenizer
+    tokenizer = load_tokenizer(os.fspath(tokenizer))
+  _check_mask_tokenizer(tokenizer)
+  records = [np.asarray(record) for record in records]
+  masks = [instance_masks(record)[has_instance(record)] for record in records]
+  flat = np.concatenate(masks) if masks else np.zeros((0, MASK_SIZE, MASK_SIZE), np.uint8)
+  ids = np.zeros((len(flat), TOKENS_PER_INSTANCE), np.int32)
+  for start in range(0, len(flat), batch_size):
+    batch = flat[start:start + batch_size]
+    count = len(batch)
+    padding = np.zeros((batch_size - count, MASK_SIZE, MASK_SIZE), batch.dtype)
+    tokens = tokenizer.encode(np.concatenate([batch, padding]))
+    ids[start:start + count] = tokens[:count].reshape(count, -1)
+  bounds = np.cumsum([0] + [len(m) for m in masks])
+  return [with_tokens(record, ids[a:b]) for record, a, b in zip(records, bounds, bounds[1:])]

@@ -38,6 +38,7 @@ from fourm.errors import UsageError
 from fourm import metrics as metrics_lib
 from fourm import workdir as workdir_lib
 from fourm.checkpoint import Checkpoints
+from tokenizers_vq import quantizer as quantizer_lib
 from tokenizers_vq import train_step as step_lib
 from tokenizers_vq.vqvae import (DIVAE_PRESETS, VQVAE, DiffusionConfig, VQVAEConfig,
                                  divae_preset, preset)
@@ -261,9 +262,8 @@ def load_tokenizer(workdir: str) -> step_lib.VQTokenizer:
   if "tokenizer" not in meta:
     raise UsageError(f"{workdir}: holds a checkpoint that is not a VQ-VAE tokenizer's")
   if "converted_from" in meta:  # `fourm convert --from reference`: no optimizer state
-    from fourm.interop.tokenizers import load_converted
     try:
-      return load_converted(workdir, checkpoints, meta)
+      return _load_converted(workdir, checkpoints, meta)
     finally:
       checkpoints.close()
   vq = VQVAEConfig.from_dict(meta["tokenizer"])
@@ -275,3 +275,18 @@ def load_tokenizer(workdir: str) -> step_lib.VQTokenizer:
   if restored is None:
     raise UsageError(f"{workdir}: no checkpoint could be read")
   return step_lib.VQTokenizer.from_state(graphdef, restored[0])
+
+
+def _load_converted(workdir: str, checkpoints: Checkpoints, meta: dict[str, Any]
+                    ) -> step_lib.VQTokenizer:
+  """A converted tokenizer's checkpoint holds its parameters and codebook only."""
+  config = VQVAEConfig.from_dict(meta["tokenizer"])
+  abstract = nnx.eval_shape(lambda: VQVAE(config, rngs=nnx.Rngs(0)))
+  graphdef, params, codebook = nnx.split(abstract, nnx.Param, quantizer_lib.CodebookState)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                      {"params": params, "codebook": codebook})
+  found = checkpoints.restore_latest_items(like)
+  if found is None:
+    raise UsageError(f"{workdir}: no checkpoint could be read")
+  return step_lib.VQTokenizer(graphdef, found[0]["params"], found[0]["codebook"])

@@ -40,11 +40,15 @@ weights convert by renaming, transposing and reshaping only (torch Linear [out, 
   post_quant_proj.weight [D, d, 1, 1] decoder.post_quant_proj.kernel [d, D]
   decoder.blocks.i...., decoder.norm_mlp, decoder.post_mlp: as in the encoder
   decoder.out_proj.weight [C*P*P, D] decoder.out_proj.kernel [D, C, P, P]  ('(c ph pw)' order)
+  decoder.out_conv.i (ConvNeXt)      decoder.out_conv.i.dwconv .kernel [7, 7, 1, C], .norm,
+                                     .pwconv1 / pwconv2 .kernel [in, out], .gamma [C]
 
 `quant_proj` and `post_quant_proj` sit at the top of the reference model; here they
 belong to the encoder and decoder, which makes the decoder's interface the code space
 itself. Blocks are the reference's pre-norm ViT blocks: biased LayerNorm (eps 1e-6),
 biased fused qkv, exact GELU MLP, no final norm before `quant_proj` / `out_proj`.
+With `out_conv` the decoder's pixels go through two ConvNeXt blocks (`ConvNeXtBlock`),
+as in the reference's SAM-instance tokenizer.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fourm.nn.dense import Dense
+from fourm.nn.dense import Dense, uniform_init
 from fourm.nn.positions import sincos_2d_resized
 from tokenizers_vq import quantizer as quantizer_lib
 from tokenizers_vq.divae import DiffusionDecoder
@@ -65,8 +69,8 @@ from tokenizers_vq.vqvae_config import (DIVAE_PRESETS, PRESETS, TINY_VOCAB_DIVIS
                                         preset_names)
 
 # The config lives in its own module; it is re-exported here, where callers look for it.
-__all__ = ["DIVAE_PRESETS", "Decoder", "DiffusionConfig", "DiffusionDecoder", "PRESETS",
-           "VQVAE", "VQVAEConfig", "ViTDecoder", "ViTEncoder", "TINY_VOCAB_DIVISOR",
+__all__ = ["ConvNeXtBlock", "DIVAE_PRESETS", "Decoder", "DiffusionConfig", "DiffusionDecoder",
+           "PRESETS", "VQVAE", "VQVAEConfig", "ViTDecoder", "ViTEncoder", "TINY_VOCAB_DIVISOR",
            "divae_preset", "num_params", "patchify", "preset", "preset_names", "unpatchify"]
 
 
@@ -129,6 +133,36 @@ class Block(nnx.Module):
   def __call__(self, x):
     x = x + self.attn(self.norm1(x))
     return x + self.mlp(self.norm2(x))
+
+
+class ConvNeXtBlock(nnx.Module):
+  """x + gamma * pwconv2(gelu(pwconv1(norm(dwconv(x))))) on [B, H, W, C] pixels.
+
+  The reference's `ConvNeXtBlock` (Liu et al. 2022), which its ViT decoder may run twice
+  on its output to smooth the seams between patches (`out_conv`): a depthwise 7x7 conv,
+  LayerNorm over channels (eps 1e-6), a 4x MLP with exact GELU, a per-channel scale
+  `gamma` started at 1e-6 so the block starts as the identity. Inits are the reference's
+  (its decoder's xavier Linears; torch's default for the conv). Over one channel (a
+  mask's logits) the LayerNorm gives its bias whatever the input, so each block adds a
+  constant: the reference's, kept as it is.
+  """
+
+  def __init__(self, channels: int, *, rngs: nnx.Rngs):
+    torch_default = uniform_init(1.0 / math.sqrt(7 * 7))  # Conv2d's, fan_in 1 * 7 * 7
+    self.dwconv = nnx.Conv(channels, channels, (7, 7), padding=((3, 3), (3, 3)),
+                           feature_group_count=channels, kernel_init=torch_default,
+                           bias_init=torch_default, rngs=rngs)
+    self.norm = nnx.LayerNorm(channels, epsilon=1e-6, rngs=rngs)
+    self.pwconv1 = Dense((channels,), (4 * channels,), logical_axes=(None, None),
+                         use_bias=True, rngs=rngs)
+    self.pwconv2 = Dense((4 * channels,), (channels,), logical_axes=(None, None),
+                         use_bias=True, rngs=rngs)
+    self.gamma = nnx.Param(jnp.full((channels,), 1e-6, jnp.float32))
+
+  def __call__(self, x):
+    y = self.norm(self.dwconv(x))
+    y = self.pwconv2(jax.nn.gelu(self.pwconv1(y), approximate=False))
+    return x + self.gamma[...] * y
 
 
 class _ViTStack(nnx.Module):
@@ -195,19 +229,25 @@ class ViTDecoder(_ViTStack):
 
   def __init__(self, *, out_channels: int, patch_size: int, grid: int, width: int,
                depth: int, num_heads: int, mlp_ratio: float, code_dim: int, post_mlp: bool,
-               pos_grid: int | None = None, rngs: nnx.Rngs):
+               pos_grid: int | None = None, out_conv: bool = False, rngs: nnx.Rngs):
     self.patch_size, self.out_channels = patch_size, out_channels
     self.post_quant_proj = Dense((code_dim,), (width,), logical_axes=(None, "embed"),
                                  use_bias=True, rngs=rngs)
     self._init_stack(grid, width, depth, num_heads, mlp_ratio, post_mlp, pos_grid, rngs)
     self.out_proj = Dense((width,), (out_channels, patch_size, patch_size),
                           logical_axes=("embed", None, None, None), use_bias=True, rngs=rngs)
+    self.out_conv = (nnx.List([ConvNeXtBlock(out_channels, rngs=rngs) for _ in range(2)])
+                     if out_conv else None)
 
   def __call__(self, quantized):
     b = quantized.shape[0]
     tokens = self.post_quant_proj(quantized.reshape(b, self.grid * self.grid, -1))
     patches = self.out_proj(self._run_stack(tokens))  # [B, G*G, C, p, p]
-    return unpatchify(patches.reshape((b, self.grid, self.grid) + patches.shape[2:]))
+    out = unpatchify(patches.reshape((b, self.grid, self.grid) + patches.shape[2:]))
+    if self.out_conv is not None:
+      for block in self.out_conv:
+        out = block(out)
+    return out
 
 
 class VQVAE(nnx.Module):
@@ -242,7 +282,7 @@ class VQVAE(nnx.Module):
           out_channels=c.out_channels, patch_size=c.input_patch, grid=c.grid,
           width=c.dec_width, depth=c.dec_depth, num_heads=c.dec_heads,
           mlp_ratio=c.mlp_ratio, code_dim=c.code_dim, post_mlp=c.post_mlp,
-          pos_grid=c.pos_grid, rngs=rngs)
+          pos_grid=c.pos_grid, out_conv=c.out_conv, rngs=rngs)
 
   def prepare_input(self, x: jax.Array) -> jax.Array:
     """Normalized input -> encoder input: semseg class ids [B, R, R] become embeddings."""

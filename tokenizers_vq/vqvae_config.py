@@ -174,6 +174,9 @@ class VQVAEConfig:
   pos_grid: int | None = None        # grid the ViTs' sin-cos positions were built for, resized
                                      # bicubically to `grid` (a converted reference tokenizer
                                      # used away from its training size); None: the grid
+  out_conv: bool = False             # two ConvNeXt blocks after the ViT decoder's patches
+                                     # (against patch seams; the reference's SAM-instance
+                                     # tokenizer has them)
   diffusion: DiffusionConfig | None = None  # the diffusion decoder (decoder="diffusion")
 
   def __post_init__(self):
@@ -250,6 +253,8 @@ class VQVAEConfig:
       problems.append(f"replace_c must be positive, got {self.replace_c}")
     if self.pos_grid is not None and self.pos_grid < 1:
       problems.append(f"pos_grid must be >= 1, got {self.pos_grid}")
+    if self.out_conv and self.decoder != "vit":
+      problems.append("out_conv follows a ViT decoder's patches; a diffusion decoder has none")
     if self.decoder not in DECODERS:
       problems.append(f"decoder {self.decoder!r} is not one of {list(DECODERS)}")
     elif self.decoder == "vit" and self.diffusion is not None:
@@ -294,7 +299,8 @@ class VQVAEConfig:
   @property
   def is_class_map(self) -> bool:
     """Class ids the model embeds (a binary map is read as an image instead)."""
-    return self.values == modality_io.Values.CLASSES and self.input_norm != "binary"
+    return (self.values == modality_io.Values.CLASSES
+            and self.input_norm not in modality_io.BINARY_NORMS)
 
   @property
   def is_feature_map(self) -> bool:
@@ -322,14 +328,16 @@ class VQVAEConfig:
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-able dict (tuples become lists). A ViT config leaves out `decoder` and
-    `diffusion`, and `pos_grid` / `input_norm` when unset / the default, so it is the dict
-    that checkpoints and token records stored before those fields existed (and their
-    resume checks still match)."""
+    `diffusion`, and `pos_grid` / `input_norm` / `out_conv` when unset / the default /
+    False, so it is the dict that checkpoints and token records stored before those fields
+    existed (and their resume checks still match)."""
     data = {key: list(value) if isinstance(value, tuple) else value
             for key, value in dataclasses.asdict(self).items()
-            if key not in ("decoder", "diffusion", "pos_grid", "input_norm")}
+            if key not in ("decoder", "diffusion", "pos_grid", "input_norm", "out_conv")}
     if self.pos_grid is not None:
       data["pos_grid"] = self.pos_grid
+    if self.out_conv:
+      data["out_conv"] = True
     if self.input_norm != modality_io.INPUT_NORMS[self.values][0]:
       data["input_norm"] = self.input_norm
     if self.is_diffusion:

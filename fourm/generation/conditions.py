@@ -10,6 +10,8 @@
                  .npy file; the model reads pixels when it takes that raw as pixels,
                  else the token grid made from it, through its tokenizer
   a token grid   (tok_rgb, ...) a raw value as above, or token ids [G, G] directly
+  global tokens  (tok_dinov2_global, ...) its raw vector (dinov2_global: float [768], or a
+                 .npy file), made into ids by its MLP tokenizer, or token ids [K] directly
 
 Values become model inputs as training samples do (`fourm/data/masking/entries.py`).
 Images are center-cropped and resized to the model's resolution as the data pipeline

@@ -165,7 +165,8 @@ class Generation:
     return np.asarray(entry["tokens"] if "tokens" in entry else entry["input_tokens"])
 
   def decode(self, name: str, index: int) -> Any:
-    """Sample `index`'s modality `name` as a raw value: an image array, a str, boxes."""
+    """Sample `index`'s modality `name` as a raw value: an image array, a str, boxes, a
+    global feature vector (token ids where no tokenizer decodes them)."""
     spec = modalities.get(name)
     if spec.kind == Kind.PIXELS:
       mean, std = (np.asarray(v, np.float32) for v in modalities.PIXEL_STATS[
@@ -176,7 +177,9 @@ class Generation:
       entry = self.entries[name]
       ids = np.asarray(entry["input_tokens"][index])[np.asarray(entry["input_mask"][index])]
       return self.generator.detokenizer.decode(name, ids)
-    if spec.kind == Kind.IMAGE_TOKENS:
+    if spec.kind == Kind.IMAGE_TOKENS or (spec.kind == Kind.GLOBAL
+                                          and name in self.generator.tokenizers):
+      # A global modality decodes to its feature vector (an MLP tokenizer's decoder).
       return self.generator.detokenizer.decode(name, self.tokens(name)[index])
     return self.tokens(name)[index]
 
@@ -190,7 +193,8 @@ class Generation:
       texts = []
       for name in self.entries:
         spec = modalities.get(name)
-        if spec.kind == Kind.IMAGE_TOKENS and name not in self.generator.tokenizers:
+        if (spec.kind in (Kind.IMAGE_TOKENS, Kind.GLOBAL)
+            and name not in self.generator.tokenizers):
           continue  # no decoder for it: its tokens are in tokens.npz
         value = self.decode(name, index)
         raw = spec.source.name

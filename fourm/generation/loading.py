@@ -6,8 +6,8 @@ rebuilt from that config and only its parameters are restored (the optimizer's s
 neither read nor rebuilt): onto one device, or, given a mesh, sharded by the run's
 logical-axis table straight onto the mesh's devices. Which tokenizer made which modality
 is recorded by `fourm tokenize` in the token datasets the run read (`config.data.paths`):
-a VQ-VAE workdir per modality, or the ground-truth patch quantizers. `--tokenizers
-tok_x=WORKDIR` overrides or completes that.
+a VQ-VAE workdir per modality (for global tokens, an MLP tokenizer's), or the
+ground-truth patch quantizers. `--tokenizers tok_x=WORKDIR` overrides or completes that.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from jax.sharding import NamedSharding
 from fourm import modalities
 from fourm.data import patch_tokens, records
 from fourm.errors import UsageError
+from tokenizers_vq import global_tokens
+from tokenizers_vq.global_tokens import GlobalTokenizer
 from tokenizers_vq.grid import GridTokenizer
 from fourm.checkpoint import Checkpoints
 from fourm.nn import sharding
@@ -144,8 +146,9 @@ def recorded_tokenizers(config: ml_collections.ConfigDict, workdir: str) -> dict
 
 def load_tokenizers(config: ml_collections.ConfigDict, workdir: str,
                     overrides: Sequence[str] = ()) -> dict[str, Any]:
-  """{tok_x: tokenizer} for the model's token-grid modalities: a `VQTokenizer` or a
-  `PatchQuantizer`, checked against the model's layout and vocabularies."""
+  """{tok_x: tokenizer} for the model's token-grid modalities (a `VQTokenizer` or a
+  `PatchQuantizer`) and global-token modalities (a `GlobalTokenizer`), checked against
+  the model's layout and vocabularies."""
   from tokenizers_vq.tokenize import load_tokenizers as load_vq
   sources = recorded_tokenizers(config, workdir)
   for name, (path, tokenizer) in (load_vq(overrides).items() if overrides else ()):
@@ -161,9 +164,17 @@ def load_tokenizers(config: ml_collections.ConfigDict, workdir: str,
   return loaded
 
 
-def check_tokenizer(name: str, tokenizer: GridTokenizer, layout: modalities.Layout) -> None:
-  """A tokenizer must make the model's grid and fit its vocabulary."""
+def check_tokenizer(name: str, tokenizer: GridTokenizer | GlobalTokenizer,
+                    layout: modalities.Layout) -> None:
+  """A tokenizer must make the model's grid (or its global tokens) and fit its
+  vocabulary."""
   spec = modalities.get(name)
+  if spec.kind == modalities.Kind.GLOBAL:
+    if not isinstance(tokenizer, GlobalTokenizer):
+      raise UsageError(f"the {name} tokenizer {type(tokenizer).__name__} is not a "
+                       "global-token tokenizer (tokenizers_vq/global_tokens.py)")
+    global_tokens.check(name, tokenizer.config, f"the {name} tokenizer")
+    return
   if not isinstance(tokenizer, GridTokenizer):
     raise UsageError(f"the {name} tokenizer {type(tokenizer).__name__} is not a grid "
                      "tokenizer (tokenizers_vq/grid.py)")

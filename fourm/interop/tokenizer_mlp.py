@@ -212,48 +212,70 @@ def is_mlp_config(hub_config: Mapping[str, Any]) -> bool:
           or hub_config.get("quant_type") == "memcodes")
 
 
-def import_reference_mlp(source: str, workdir: str, *, resolved=None) -> dict[str, Any]:
-  """Converts a reference MLP tokenizer into a fourm workdir (parameters only, step 0)
-  that `load_mlp_tokenizer` reads; returns a summary."""
-  from fourm.interop.convert import resolve_source, save_converted
+def check_modality(modality: str, config: MLPVQConfig, where: str) -> None:
+  """The raw modality an MLP tokenizer is said to read must be a registered vector of
+  its input size."""
+  from fourm import modalities
+  raw = modalities.RAW_MODALITIES.get(modality)
+  if raw is None or raw.form != modalities.Form.VECTOR:
+    vectors = sorted(name for name, spec in modalities.RAW_MODALITIES.items()
+                     if spec.form == modalities.Form.VECTOR)
+    raise UsageError(f"{where}: modality {modality!r} is not a raw vector modality of the "
+                     f"registry (an MLP tokenizer reads one of {vectors})")
+  if raw.channels is not None and raw.channels != config.in_channels:
+    raise UsageError(f"{where}: the tokenizer reads {config.in_channels}-channel vectors; "
+                     f"{modality} has {raw.channels} channels")
+
+
+def save_mlp_tokenizer(model: MLPVQ, workdir: str, *, modality: str | None = None,
+                       converted_from: Mapping[str, Any] | None = None) -> None:
+  """Writes `model` as a workdir `load_mlp_tokenizer` (and `fourm tokenize`) reads: its
+  parameters at step 0, its config under "mlp_tokenizer" in the checkpoint's metadata,
+  and, when known, the raw modality it reads under "modality"."""
+  from fourm.interop.convert import save_converted
   from fourm.workdir import make_workdir
+  config = model.config
+  if modality is not None:
+    check_modality(modality, config, workdir)
+  meta: dict[str, Any] = {"step": 0, "mlp_tokenizer": config.to_dict()}
+  if modality is not None:
+    meta["modality"] = modality
+  if converted_from is not None:
+    meta["converted_from"] = dict(converted_from)
+  make_workdir(workdir)
+  save_converted(workdir, {"params": nnx.state(model, nnx.Param)}, meta)
+
+
+def import_reference_mlp(source: str, workdir: str, *, modality: str | None = None,
+                         resolved=None) -> dict[str, Any]:
+  """Converts a reference MLP tokenizer into a fourm workdir (parameters only, step 0)
+  that `load_mlp_tokenizer` reads; returns a summary. `modality`: the raw modality it
+  reads (dinov2_global, ...), recorded for `fourm tokenize`; the published hub ids (and
+  folders named like them) say it themselves."""
+  from fourm.interop.convert import resolve_source
+  from fourm.interop.tokenizers import modality_for
   path, hub_config, kind = resolved or resolve_source(source)
   config = config_from_reference(hub_config, os.path.join(os.path.dirname(path),
                                                            "config.json"))
+  modality = modality_for(source, modality)
+  if modality is not None:
+    check_modality(modality, config, source)
   with SafetensorsReader(path) as reader:
     dtypes = sorted(reader.dtypes())
     tensors = {name: reader.read(name) for name in reader.names()}
   model = params_from_reference(tensors, config, path)
   params = nnx.state(model, nnx.Param)
-  meta = {"step": 0, "mlp_tokenizer": config.to_dict(),
-          "converted_from": {"source": source, "kind": kind, "file": os.path.abspath(path),
-                             "dtypes": dtypes, "reference_config": dict(hub_config)}}
-  make_workdir(workdir)
-  save_converted(workdir, {"params": params}, meta)
+  save_mlp_tokenizer(model, workdir, modality=modality, converted_from={
+      "source": source, "kind": kind, "file": os.path.abspath(path), "dtypes": dtypes,
+      "reference_config": dict(hub_config)})
   return dict(workdir=os.path.abspath(workdir), file=path, dtypes=dtypes, config=config,
+              modality=modality,
               parameters=sum(v.get_value().size for _, v in nnx.to_flat_state(params)))
 
 
-def load_mlp_tokenizer(workdir: str):
-  """The `MLPTokenizer` of a workdir `import_reference_mlp` wrote."""
-  import jax
-  from fourm.checkpoint import Checkpoints
-  from tokenizers_vq.mlp_vq import MLPTokenizer
-  checkpoints = Checkpoints(workdir, every=1, keep=1, async_save=False, owner=False)
-  try:
-    meta = checkpoints.latest_meta()
-    if meta is None or "mlp_tokenizer" not in meta:
-      raise UsageError(f"{workdir}: holds no converted MLP tokenizer (fourm convert --from "
-                       "reference writes one)")
-    config = MLPVQConfig.from_dict(meta["mlp_tokenizer"])
-    abstract = nnx.eval_shape(lambda: MLPVQ(config, rngs=nnx.Rngs(0)))
-    graphdef, params = nnx.split(abstract, nnx.Param)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        {"params": params})
-    found = checkpoints.restore_latest_items(like)
-  finally:
-    checkpoints.close()
-  if found is None:
-    raise UsageError(f"{workdir}: no checkpoint could be read")
-  return MLPTokenizer(nnx.merge(graphdef, found[0]["params"]))
+def load_mlp_tokenizer(workdir: str, *, name: str = "features"):
+  """The `MLPTokenizer` of a workdir `import_reference_mlp` (or `save_mlp_tokenizer`)
+  wrote; `name` is the field its input errors name (the raw modality it reads).
+  `tokenizers_vq.global_tokens.load_mlp_tokenizer`, which `fourm tokenize` uses."""
+  from tokenizers_vq.global_tokens import load_mlp_tokenizer as load
+  return load(workdir, name=name)

@@ -13,12 +13,13 @@ reference's), and writes a tokenizer workdir that `fourm tokenize --tokenizers` 
     quant_type lucid, norm_codes            VectorQuantizer (cosine lookup)
     n_labels (semseg)                       num_classes, n_channels -> class_embed_dim
     patch_proj False (feature maps)         the modality's feature-map form (1x1 patches)
+    out_conv (SAM instance masks)           out_conv: two ConvNeXt blocks after the decoder
     encoder.pos_emb (a buffer)              recomputed; checked, and its grid -> pos_grid
 
 Tensor layouts: torch Linear weights are [out, in], fourm kernels [in, out] (reshaped to
-the Dense layer's in / out shapes); Conv2d [out, in, kh, kw] -> [kh, kw, in, out]; the
-UNet's attention qkv is a Conv1d whose output channels run [head][q|k|v][channel]
-(`QKVAttentionLegacy`), fourm's [q|k|v][head][channel].
+the Dense layer's in / out shapes); Conv2d [out, in, kh, kw] -> [kh, kw, in, out] (a
+depthwise one's in is 1 in both); the UNet's attention qkv is a Conv1d whose output
+channels run [head][q|k|v][channel] (`QKVAttentionLegacy`), fourm's [q|k|v][head][channel].
 
 Which modality a tokenizer is for is not in its config: the published hub ids are known
 (`PUBLISHED`), anything else needs `--modality`. The global-feature and human-pose
@@ -136,6 +137,7 @@ REFERENCE_INPUTS = {
     "semseg": dict(input_norm="ids_plus_one"),     # SemsegTransform(shift_idx_by_one=True)
     "canny_edge": dict(input_norm="binary"),       # edges read as a [-1, 1] image
     "sam_edge": dict(input_norm="binary"),
+    "sam_mask": dict(input_norm="binary_sigmoid"), # SAMInstanceTransform: 0 / 1, logits out
     "clip": dict(norm_scale=1.0),                  # features as the extractor gives them
     "dinov2": dict(norm_scale=1.0),
     "imagebind": dict(norm_scale=1.0),
@@ -172,9 +174,6 @@ def read_config(reference: Mapping[str, Any], source: str, *, modality: str | No
   if get("num_codebooks", 1) != 1:
     raise UsageError(f"{source}: num_codebooks {get('num_codebooks')}: fourm's ViT "
                      "tokenizers have one codebook")
-  if get("out_conv", False):
-    raise UsageError(f"{source}: out_conv=True (ConvNeXt blocks after the ViT decoder, the "
-                     "SAM-instance tokenizer's) is not built in fourm yet")
   build_size = int(get("image_size", 224))
   patch = int(get("patch_size", 16))
   resolution = build_size if resolution is None else int(resolution)
@@ -197,7 +196,8 @@ def read_config(reference: Mapping[str, Any], source: str, *, modality: str | No
   if isinstance(dec, ViTSize):
     if dec.mlp_ratio != enc.mlp_ratio:
       raise UsageError(f"{source}: encoder and decoder MLP ratios differ")
-    values.update(dec_width=dec.width, dec_depth=dec.depth, dec_heads=dec.heads)
+    values.update(dec_width=dec.width, dec_depth=dec.depth, dec_heads=dec.heads,
+                  out_conv=bool(get("out_conv", False)))
   else:
     prediction = get("prediction_type", "v_prediction")
     if prediction not in PREDICTIONS:
@@ -320,6 +320,16 @@ def _unet_entries(unet) -> Iterator[Entry]:
   yield from _pair(f"{root}.conv_out", f"{ref}.out.2", "conv")
 
 
+def convnext_entries(path: str, reference: str) -> Iterator[Entry]:
+  """A ConvNeXt block's (tokenizers_vq.vqvae.ConvNeXtBlock, the reference's ConvNeXtBlock):
+  depthwise conv, LayerNorm, two Linears and the layer scale."""
+  yield from _pair(f"{path}.dwconv", f"{reference}.dwconv", "conv")
+  yield from _norm(f"{path}.norm", f"{reference}.norm")
+  yield from _pair(f"{path}.pwconv1", f"{reference}.pwconv1", "linear")
+  yield from _pair(f"{path}.pwconv2", f"{reference}.pwconv2", "linear")
+  yield Entry(f"{path}.gamma", f"{reference}.gamma", "vector")
+
+
 def tensor_map(model) -> list[Entry]:
   """Every fourm parameter of `model` (a VQVAE) with the reference tensor it comes from."""
   c = model.config
@@ -339,6 +349,9 @@ def tensor_map(model) -> list[Entry]:
     if c.post_mlp:
       entries += _post_mlp_entries("decoder")
     entries += list(_pair("decoder.out_proj", "decoder.out_proj", "linear"))
+    if c.out_conv:
+      for i in range(len(model.decoder.out_conv)):
+        entries += convnext_entries(f"decoder.out_conv.{i}", f"decoder.out_conv.{i}")
   return entries
 
 
@@ -509,22 +522,3 @@ def import_reference_tokenizer(source: str, workdir: str, *, modality: str | Non
   count = sum(v.get_value().size for _, v in nnx.to_flat_state(params))
   return dict(workdir=os.path.abspath(workdir), file=path, dtypes=dtypes, config=config,
               parameters=count)
-
-
-def load_converted(workdir: str, checkpoints, meta: dict[str, Any]):
-  """The `VQTokenizer` of a converted tokenizer workdir (parameters and codebook only)."""
-  from tokenizers_vq.quantizer import CodebookState
-  from tokenizers_vq.train_step import VQTokenizer
-  from tokenizers_vq.vqvae import VQVAE
-  from tokenizers_vq.vqvae_config import VQVAEConfig
-  config = VQVAEConfig.from_dict(meta["tokenizer"])
-  abstract = nnx.eval_shape(lambda: VQVAE(config, rngs=nnx.Rngs(0)))
-  graphdef, params, codebook = nnx.split(abstract, nnx.Param, CodebookState)
-  like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding
-                                                     .SingleDeviceSharding(jax.devices()[0])),
-                      {"params": params, "codebook": codebook})
-  found = checkpoints.restore_latest_items(like)
-  if found is None:
-    raise UsageError(f"{workdir}: no checkpoint could be read")
-  restored, _, _ = found
-  return VQTokenizer(graphdef, restored["params"], restored["codebook"])
