@@ -15,6 +15,12 @@ call), tokens/s (encoder + decoder slots) and achieved GFLOP/s of model FLOPs
 the grouped output heads (the default) and the dense ones. "fourm.train step" is the
 step `fourm train` runs: sharded over a mesh of every device, AdamW with clipping and
 masked weight decay, the non-finite guard, donated state.
+
+Two bars printed below the table, both measured in the same run on the same machine:
+the machine's fp32 matmul ceiling (the best GFLOP/s of jitted matmuls of the model's
+shapes; the step's GFLOP/s as a share of it), and, with `--reference ML4M_CHECKOUT
+--reference-python VENV/bin/python`, the reference implementation on this workload
+(benchmarks/reference_model_step.py, run in that venv between fourm's measurements).
 """
 
 from __future__ import annotations
@@ -130,6 +136,33 @@ def build_real(config, heads: str):
   return state, step, mesh
 
 
+def matmul_ceiling(repeats: int) -> tuple[float, str]:
+  """(best GFLOP/s, its shape) of jitted fp32 matmuls the size of the model's largest:
+  tokens x dim @ dim x 4 dim, and a slot chunk against a vocabulary."""
+  best = (0.0, "")
+  for m, k, n in ((2048, 384, 1536), (2048, 1536, 384), (1024, 384, 16384), (2048, 2048, 2048)):
+    a = jnp.ones((m, k), jnp.float32)
+    b = jnp.ones((k, n), jnp.float32)
+    seconds = _time(jax.jit(jnp.matmul), a, b, repeats=repeats)
+    best = max(best, (2 * m * k * n / seconds / 1e9, f"{m}x{k} @ {k}x{n}"))
+  return best
+
+
+def reference_times(ml4m: str, python: str, batch: int, repeats: int) -> dict:
+  """The reference's seconds per forward and train step (reference_model_step.py)."""
+  import json
+  import os
+  import subprocess
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_model_step.py")
+  done = subprocess.run([python, script, "--ml4m", ml4m, "--batch", str(batch),
+                         "--repeats", str(repeats)], capture_output=True, text=True,
+                        check=False)
+  lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+  if done.returncode or not lines:
+    raise SystemExit(f"the reference run failed:\n{done.stderr[-2000:]}")
+  return json.loads(lines[-1])
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--size", choices=sorted(fourm_model.PRESETS), default="tiny")
@@ -137,7 +170,13 @@ def main() -> None:
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--heads", choices=("grouped", "dense", "both"), default="both")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--reference", metavar="ML4M_CHECKOUT",
+                      help="also time the reference implementation (apple/ml-4m at cda590f)")
+  parser.add_argument("--reference-python", metavar="PYTHON", default="python",
+                      help="a python that can import the reference (its own venv)")
   args = parser.parse_args()
+  if args.reference and args.size != "tiny":
+    parser.error("--reference times the reference's 4M tiny only")
 
   config = fourm_model.PRESETS[args.size](dtype=jnp.dtype(args.dtype))
   batch = fixed_split_batch(args.batch, modalities.REFERENCE_LAYOUT)
@@ -175,12 +214,29 @@ def main() -> None:
                  3 * forward / real_s / 1e9))
     del real_state
 
+    if args.reference and heads == "grouped":  # between fourm's runs, same machine state
+      ref = reference_times(args.reference, args.reference_python, args.batch, args.repeats)
+      rows.append(("reference forward + loss", ref["forward_s"],
+                   step_tokens / ref["forward_s"], forward / ref["forward_s"] / 1e9))
+      rows.append(("reference train step (fwd + bwd + AdamW)", ref["train_step_s"],
+                   step_tokens / ref["train_step_s"], 3 * forward / ref["train_step_s"] / 1e9))
+  ceiling, shape = (matmul_ceiling(args.repeats) if jax.devices()[0].platform == "cpu"
+                    else (None, ""))
+
   print(f"4M {args.size}, {args.dtype}, batch {args.batch}, 128 input + 128 target tokens, "
         f"on {jax.devices()[0].device_kind} x{jax.device_count()}")
   print(f"model GFLOP per forward: {forward / 1e9:.1f}")
   print(f"{'what':<46} {'s/call':>8} {'tokens/s':>10} {'GFLOP/s':>9}")
   for what, seconds, tokens, gflops in rows:
     print(f"{what:<46} {seconds:>8.3f} {tokens:>10,.0f} {gflops:>9,.0f}")
+  named = {what: (seconds, gflops) for what, seconds, _, gflops in rows}
+  real = named.get("fourm.train step, grouped heads")
+  if ceiling:
+    print(f"fp32 matmul ceiling: {ceiling:,.0f} GFLOP/s ({shape})"
+          + (f"; the fourm.train step reaches {real[1] / ceiling:.0%} of it" if real else ""))
+  reference = named.get("reference train step (fwd + bwd + AdamW)")
+  if reference and real:
+    print(f"fourm.train step against the reference's: {reference[0] / real[0]:.2f}x faster")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,33 @@ def test_grouped_losses_and_gradients_equal_dense_heads(chunk_size):
   assert not np.any(got_grads[1][3])  # the unused group's table gets no gradient
 
 
+@pytest.mark.parametrize("chunk_size", [1, 5, 128])
+def test_the_fused_weighted_loss_and_its_gradient_equal_dense_heads(chunk_size):
+  """The training path: the weighted sum and its gradient from one sweep (no logits
+  recomputed in the backward), the per-slot losses beside it gradient-free."""
+  hidden, group, labels, tables, weights = _ragged_problem(seed=2)
+
+  def fused(hidden, tables):
+    return grouped_heads.grouped_weighted_loss(hidden, group, labels, tables, weights,
+                                               chunk_size=chunk_size)
+
+  def dense(hidden, tables):
+    return jnp.sum(weights * _dense_losses(hidden, group, labels, tables))
+
+  (total, losses), grads = jax.jit(jax.value_and_grad(fused, argnums=(0, 1), has_aux=True))(
+      hidden, tables)
+  want_total, want_grads = jax.value_and_grad(dense, argnums=(0, 1))(hidden, tables)
+  np.testing.assert_allclose(total, want_total, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(losses, _dense_losses(hidden, group, labels, tables),
+                             rtol=1e-5, atol=1e-5)
+  for got_leaf, want_leaf in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads),
+                                 strict=True):
+    np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-4, atol=1e-5)
+  # Differentiated through the per-slot losses, nothing flows: they are for metrics.
+  through_losses = jax.grad(lambda h: jnp.sum(fused(h, tables)[1]))(hidden)
+  assert not np.any(through_losses)
+
+
 def test_grouped_losses_in_bfloat16_stay_close():
   hidden, group, labels, tables, _ = _ragged_problem(seed=1)
   got = grouped_heads.grouped_token_losses(hidden.astype(jnp.bfloat16), group, labels, tables)

@@ -31,20 +31,28 @@ LOSS_TYPES = ("mod", "token")
 HEAD_IMPLS = ("grouped", "dense")
 
 
+def _head_groups(model, output) -> tuple[list[jax.Array], jax.Array]:
+  """(the predicted modalities' head tables, each slot's index among them [B, T]; -1 for
+  invalid slots and modalities without a head)."""
+  predicted = [i for i, name in enumerate(model.modality_names) if model.can_predict(name)]
+  tables = [model.head_table(model.modality_names[i]) for i in predicted]
+  to_group = np.full(len(model.modality_names), -1, np.int32)
+  to_group[predicted] = np.arange(len(predicted))
+  group = jnp.where(output.valid, jnp.asarray(to_group)[output.modality_index], -1)
+  return tables, group
+
+
 def token_losses(model, output, heads: str = "grouped",
                  chunk_size: int = grouped_heads.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """[B, T] float32 cross-entropy of each decoder slot, 0 on invalid slots."""
   if heads not in HEAD_IMPLS:
     raise ValueError(f"heads must be one of {HEAD_IMPLS}, got {heads!r}")
-  predicted = [i for i, name in enumerate(model.modality_names) if model.can_predict(name)]
-  tables = [model.head_table(model.modality_names[i]) for i in predicted]
   if heads == "grouped":
-    # Modality index -> position among the predicted modalities (-1: no head).
-    to_group = np.full(len(model.modality_names), -1, np.int32)
-    to_group[predicted] = np.arange(len(predicted))
-    group = jnp.where(output.valid, jnp.asarray(to_group)[output.modality_index], -1)
+    tables, group = _head_groups(model, output)
     return grouped_heads.grouped_token_losses(output.hidden, group, output.labels, tables,
                                               chunk_size=chunk_size)
+  predicted = [i for i, name in enumerate(model.modality_names) if model.can_predict(name)]
+  tables = [model.head_table(model.modality_names[i]) for i in predicted]
   losses = jnp.zeros(output.labels.shape, jnp.float32)
   for index, table in zip(predicted, tables, strict=True):
     logits = jnp.einsum("btd,vd->btv", output.hidden, table.astype(output.hidden.dtype),
@@ -69,11 +77,46 @@ def per_modality_losses(model, output, heads: str = "grouped"
   return sums
 
 
+def slot_weights(model, output, loss_type: str = "mod") -> jax.Array:
+  """[B, T] float32: each decoder slot's weight in the scalar loss, from the masks only.
+  "mod": 1 / (its modality's target count x the number of modalities with targets);
+  "token": 1 / the number of target tokens; 0 on invalid slots."""
+  mine = [(output.valid & (output.modality_index == index))
+          for index, name in enumerate(model.modality_names) if model.can_predict(name)]
+  counts = jnp.stack([jnp.sum(m) for m in mine]).astype(jnp.float32)
+  if loss_type == "token":
+    per_modality = jnp.full(counts.shape, 1.0) / jnp.maximum(jnp.sum(counts), 1.0)
+  else:
+    present = jnp.sum(counts > 0)
+    per_modality = 1.0 / (jnp.maximum(counts, 1.0) * jnp.maximum(present, 1))
+  weights = jnp.zeros(output.labels.shape, jnp.float32)
+  for m, weight in zip(mine, per_modality):
+    weights = jnp.where(m, weight, weights)
+  return weights
+
+
 def fourm_loss(model, output, loss_type: str = "mod", heads: str = "grouped"
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Scalar loss and metrics {"loss", "loss/<modality>", "tokens/<modality>"}."""
+  """Scalar loss and metrics {"loss", "loss/<modality>", "tokens/<modality>"}.
+
+  With grouped heads the loss is the slots' losses weighted by `slot_weights` in one fused
+  sweep whose gradient costs a quarter less (`grouped_heads.grouped_weighted_loss`); the
+  value equals the per-modality means' mean up to float reassociation."""
   if loss_type not in LOSS_TYPES:
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+  if heads == "grouped":
+    tables, group = _head_groups(model, output)
+    loss, losses = grouped_heads.grouped_weighted_loss(
+        output.hidden, group, output.labels, tables, slot_weights(model, output, loss_type))
+    metrics = {}
+    for index, name in enumerate(model.modality_names):
+      if model.can_predict(name):
+        mine = output.valid & (output.modality_index == index)
+        count = jnp.sum(mine)
+        metrics[f"loss/{name}"] = jnp.sum(jnp.where(mine, losses, 0.0)) / jnp.maximum(count, 1)
+        metrics[f"tokens/{name}"] = count
+    metrics["loss"] = loss
+    return loss, metrics
   sums = per_modality_losses(model, output, heads)
   metrics = {}
   for name, (total, count) in sums.items():
