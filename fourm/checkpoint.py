@@ -46,6 +46,13 @@ def abstract(state):
                       state)
 
 
+def on_one_device(tree: Any) -> Any:
+  """`tree`'s arrays (abstract ones too) as abstract arrays placed on the first device:
+  the `like` a small model (a tokenizer) restores into with `restore_latest_items`."""
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+
+
 class Checkpoints:
   """The checkpoints of one run directory (`WORKDIR/checkpoints`), for any train state
   that is a pytree of arrays with a `step` (the 4M model's, a tokenizer's)."""

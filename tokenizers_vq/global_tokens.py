@@ -23,12 +23,11 @@ from collections.abc import Sequence
 
 import os
 
-import jax
 import numpy as np
 from flax import nnx
 
 from fourm import modalities
-from fourm.checkpoint import Checkpoints
+from fourm.checkpoint import Checkpoints, on_one_device
 from fourm.errors import RecordError, UsageError
 from tokenizers_vq.mlp_vq import MLPVQ, MLPTokenizer, MLPVQConfig
 
@@ -176,10 +175,7 @@ def load_mlp_tokenizer(workdir: str, *, name: str = "features") -> MLPTokenizer:
       raise UsageError(f"{workdir}: {error}") from None
     abstract = nnx.eval_shape(lambda: MLPVQ(config, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(abstract, nnx.Param)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        {"params": params})
-    found = checkpoints.restore_latest_items(like)
+    found = checkpoints.restore_latest_items(on_one_device({"params": params}))
   finally:
     checkpoints.close()
   if found is None:

@@ -37,7 +37,7 @@ from fourm.data.pipeline import Pipeline, PipelineConfig
 from fourm.errors import UsageError
 from fourm import metrics as metrics_lib
 from fourm import workdir as workdir_lib
-from fourm.checkpoint import Checkpoints
+from fourm.checkpoint import Checkpoints, on_one_device
 from tokenizers_vq import quantizer as quantizer_lib
 from tokenizers_vq import train_step as step_lib
 from tokenizers_vq.vqvae import (DIVAE_PRESETS, VQVAE, DiffusionConfig, VQVAEConfig,
@@ -283,10 +283,8 @@ def _load_converted(workdir: str, checkpoints: Checkpoints, meta: dict[str, Any]
   config = VQVAEConfig.from_dict(meta["tokenizer"])
   abstract = nnx.eval_shape(lambda: VQVAE(config, rngs=nnx.Rngs(0)))
   graphdef, params, codebook = nnx.split(abstract, nnx.Param, quantizer_lib.CodebookState)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                      {"params": params, "codebook": codebook})
-  found = checkpoints.restore_latest_items(like)
+  found = checkpoints.restore_latest_items(on_one_device({"params": params,
+                                                          "codebook": codebook}))
   if found is None:
     raise UsageError(f"{workdir}: no checkpoint could be read")
   return step_lib.VQTokenizer(graphdef, found[0]["params"], found[0]["codebook"])

@@ -214,8 +214,8 @@ def read_config(reference: Mapping[str, Any], source: str, *, modality: str | No
                       beta_schedule=get("beta_schedule", "squaredcos_cap_v2"),
                       zero_terminal_snr=bool(get("zero_terminal_snr", True)),
                       prediction=PREDICTIONS[prediction]))
-  if (values["channels"] if "channels" in values else None) is not None and (
-      modalities.get_raw(modality).form == modalities.Form.FEATURE_MAP) == get("patch_proj", True):
+  if "channels" in values and get("patch_proj", True) == (
+      modalities.get_raw(modality).form == modalities.Form.FEATURE_MAP):
     raise UsageError(f"{source}: patch_proj={get('patch_proj', True)} does not fit "
                      f"{modality!r} (feature maps are tokenized without patch projection, "
                      "images with it)")
