@@ -19,9 +19,8 @@ converter knew it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from flax import nnx
