@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO := demo_out
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo quality test test-fast bench clean
 
 install: $(STAMP)
 
@@ -45,6 +45,8 @@ demo: $(STAMP)
 	$(BIN)/fourm finetune --config configs/finetune/segmentation_synthetic.py:demo --init $(DEMO)/train \
 	    --workdir $(DEMO)/finetune_segmentation
 	$(BIN)/fourm evaluate --workdir $(DEMO)/finetune_segmentation
+	@echo "quality of the demo model's generations on 16 held-out scenes (make quality: 100):"
+	$(BIN)/python benchmarks/generation_quality.py --checkpoint $(DEMO)/train --count 16
 	@echo "demo outputs are in $(DEMO)/: world/ (records), world_grid.png, augmented_grid.png,"
 	@echo "  tok_rgb/ (VQ-VAE: checkpoints/, reconstructions.png), tokens_vq/ + tokens/ (token records),"
 	@echo "  train/ (checkpoints/, tensorboard/: tensorboard --logdir $(DEMO)),"
@@ -58,6 +60,9 @@ test: $(STAMP)
 # the notebook, those that train or compile for more than ~7 s). Under 3 minutes on 2 cores.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
+
+quality: $(STAMP)
+	$(BIN)/python benchmarks/generation_quality.py --checkpoint $(DEMO)/train --count 100
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_throughput.py

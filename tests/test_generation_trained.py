@@ -72,6 +72,12 @@ def test_rgb_to_depth_and_segmentation_beat_the_baselines(trained, generator):
   print(json.dumps(scores, indent=1))
   assert scores["depth_abs_rel"] < 0.8 * scores["depth_abs_rel_mean_baseline"]
   assert scores["semseg_pixel_acc"] > scores["semseg_pixel_acc_majority_baseline"] + 0.1
+  # The true patch tokens, decoded, bound every model from above: far better than the
+  # baselines, short of perfect (a patch holds one depth and one class).
+  assert (scores["depth_abs_rel_tokenizer_ceiling"]
+          < 0.5 * scores["depth_abs_rel_mean_map_baseline"])
+  assert 0.3 < scores["semseg_object_miou_tokenizer_ceiling"] < 0.9
+  assert scores["semseg_pixel_acc"] <= scores["semseg_pixel_acc_tokenizer_ceiling"] < 1.0
 
 
 def test_rgb_to_caption_scores_the_colors_its_captions_name(trained, generator):

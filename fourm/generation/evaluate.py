@@ -19,18 +19,21 @@ first two on a small model it trains.
 from __future__ import annotations
 
 import colorsys
+import json
+import os
 import re
 from collections.abc import Sequence
 
 import numpy as np
 
 from fourm import modalities
-from fourm.data import records, synthetic
+from fourm.data import records, synthetic, world
+from fourm.errors import UsageError
 from fourm.generation.sampler import Decoding
 
 # The synthetic world's modalities these checks read, by their registry entries.
-RGB, DEPTH, SEMSEG, CAPTION = (raw.name for raw in (modalities.RGB, modalities.DEPTH,
-                                                    modalities.SEMSEG, modalities.CAPTION))
+RGB, DEPTH, SEMSEG, CAPTION, DET = (raw.name for raw in (
+    modalities.RGB, modalities.DEPTH, modalities.SEMSEG, modalities.CAPTION, modalities.DET))
 TOK_RGB, TOK_DEPTH, TOK_SEMSEG = map(modalities.grid_modality_of, (RGB, DEPTH, SEMSEG))
 
 # The chromatic colors of the synthetic world (white and gray look like the floor).
@@ -73,12 +76,19 @@ def abs_rel(prediction: np.ndarray, truth: np.ndarray) -> float:
   return float(np.mean(np.abs(prediction - truth) / truth))
 
 
-def miou(prediction: np.ndarray, truth: np.ndarray) -> float:
+def miou(prediction: np.ndarray, truth: np.ndarray, classes: Sequence[int] | None = None
+         ) -> float:
+  """Mean IoU over `classes` (default: those in `truth`); a class in neither map is skipped."""
   scores = []
-  for c in np.unique(truth):
+  for c in np.unique(truth) if classes is None else classes:
     union = np.sum((prediction == c) | (truth == c))
-    scores.append(np.sum((prediction == c) & (truth == c)) / union)
-  return float(np.mean(scores))
+    if union:
+      scores.append(np.sum((prediction == c) & (truth == c)) / union)
+  return float(np.mean(scores)) if scores else float("nan")
+
+
+# Issue 20's segmentation measure: the objects, not the floor and wall that fill most pixels.
+OBJECT_CLASS_IDS = tuple(synthetic.CLASSES.index(name) for name in synthetic.OBJECT_CLASSES)
 
 
 def rgb_to_maps(generator, data: Sequence[str], *, count: int = 64, batch_size: int = 16,
@@ -102,6 +112,7 @@ def rgb_to_maps(generator, data: Sequence[str], *, count: int = 64, batch_size: 
   depth_pred = at_resolution(np.stack(depth_pred), size)
   semseg_pred = at_resolution(np.stack(semseg_pred), size).astype(np.int64)
   return {
+      **_tokenizer_ceilings(generator, held_out, depth, semseg),
       "depth_abs_rel": abs_rel(depth_pred, depth),
       "depth_abs_rel_mean_baseline": abs_rel(np.full_like(depth, baselines["mean_depth"]),
                                              depth),
@@ -113,10 +124,31 @@ def rgb_to_maps(generator, data: Sequence[str], *, count: int = 64, batch_size: 
       "semseg_pixel_acc_majority_map_baseline": float(
           np.mean(semseg == baselines["majority_map"][None])),
       "semseg_miou": miou(semseg_pred, semseg),
+      "semseg_object_miou": miou(semseg_pred, semseg, OBJECT_CLASS_IDS),
+      "semseg_object_miou_majority_map_baseline": miou(
+          np.broadcast_to(baselines["majority_map"], semseg.shape), semseg, OBJECT_CLASS_IDS),
       "semseg_miou_majority_map_baseline": miou(
           np.broadcast_to(baselines["majority_map"], semseg.shape), semseg),
       "num_images": len(held_out),
   }
+
+
+def _tokenizer_ceilings(generator, held_out: list[dict], depth: np.ndarray,
+                        semseg: np.ndarray) -> dict[str, float]:
+  """The best any model can score through these tokenizers: the records' own tokens,
+  decoded (nan where the records do not hold them)."""
+  if not all(TOK_DEPTH in r and TOK_SEMSEG in r for r in held_out):
+    return dict.fromkeys(("depth_abs_rel_tokenizer_ceiling",
+                          "semseg_object_miou_tokenizer_ceiling",
+                          "semseg_pixel_acc_tokenizer_ceiling"), float("nan"))
+  decode, size = generator.detokenizer.decode, depth.shape[1]
+  depth_best = at_resolution(np.stack([decode(TOK_DEPTH, r[TOK_DEPTH]) for r in held_out]),
+                             size)
+  semseg_best = at_resolution(np.stack([decode(TOK_SEMSEG, r[TOK_SEMSEG])
+                                        for r in held_out]), size).astype(np.int64)
+  return {"depth_abs_rel_tokenizer_ceiling": abs_rel(depth_best, depth),
+          "semseg_object_miou_tokenizer_ceiling": miou(semseg_best, semseg, OBJECT_CLASS_IDS),
+          "semseg_pixel_acc_tokenizer_ceiling": float(np.mean(semseg_best == semseg))}
 
 
 # Colors -------------------------------------------------------------------------------------
@@ -240,8 +272,83 @@ def rgb_to_caption(generator, data: Sequence[str], *, count: int = 32, batch_siz
   agreement = color_agreement([named_colors(r[CAPTION]) for r in held_out],
                                [named_colors(text) for text in generated],
                                permutations=permutations)
+  largest = [largest_object(data, r) for r in held_out]
+  judged = [(obj, text) for obj, text in zip(largest, generated) if obj is not None]
   return {"named_color_rate": agreement["named"], "unnamed_color_rate": agreement["unnamed"],
           "named_color_count": agreement["named_count"],
           "color_p_value": agreement["p_value"],
+          # Issue 20's caption measure: the biggest object's color and shape, named together.
+          "largest_object_rate": (float(np.mean([names_object(text, *obj)
+                                                 for obj, text in judged]))
+                                  if judged else float("nan")),
+          "largest_object_count": len(judged),
           "examples": list(zip([r[CAPTION] for r in held_out[:3]], generated[:3])),
           "captions": generated, "num_images": len(held_out)}
+
+
+# Objects and boxes -----------------------------------------------------------------------
+
+
+def _world_args(data: Sequence[str]) -> dict:
+  """The `fourm synth` arguments of the synthetic world among `data` (its seed and size)."""
+  for path in data:
+    job = os.path.join(path, world.JOB_FILE)
+    if os.path.exists(job):
+      with open(job) as f:
+        return json.load(f)
+  raise UsageError(f"none of {list(data)} is a synthetic world (no {world.JOB_FILE}): the "
+                   "object checks re-draw its scenes")
+
+
+def largest_object(data: Sequence[str], record: dict) -> tuple[str, str] | None:
+  """(color, category) of the object covering most of the record's pixels, or None for a
+  scene with no object in view. Colors are not in the records, so the scene is drawn again
+  from the world's seed and the record's key (`fourm synth` is deterministic per key)."""
+  counts = np.bincount(np.asarray(record["instance"]).ravel())
+  if len(counts) < 2 or not counts[1:].any():
+    return None
+  args = _world_args(data)
+  split, index = record["key"].split("/")
+  scene = synthetic.sample_scene(synthetic.scene_rng(args["seed"], split, int(index)))
+  maps = synthetic.render(scene, args["resolution"])
+  _, _, visible = synthetic.instances_and_boxes(maps["object_index"], scene)
+  biggest = scene.objects[visible[int(np.argmax(counts[1:]))]]
+  return biggest.color, biggest.category
+
+
+def names_object(text: str, color: str, category: str) -> bool:
+  """Does the text name this object by its color and class ("... red cube ...")?"""
+  return re.search(rf"\b{color} {category}\b", text.lower()) is not None
+
+
+def rgb_to_boxes(generator, data: Sequence[str], *, count: int = 64, batch_size: int = 16,
+                 split: str = "val") -> dict:
+  """Boxes generated (greedily) from held-out images, scored by COCO AP against the
+  exact boxes. Generated boxes carry no scores: earlier ones rank higher, as the sampler
+  emits them. A box whose class is not an object class is counted and left out."""
+  from fourm.finetune.coco_metrics import CocoDetectionMetric  # pycocotools, only here
+
+  held_out = held_out_records(data, split, count)
+  classes = list(synthetic.OBJECT_CLASSES)
+  metric = CocoDetectionMetric(len(classes))
+  chain = [Decoding(DET, temperature=0.0, conditions=(RGB,))]
+  unknown = generated = 0
+  for batch in _batches(held_out, batch_size):
+    result = generator.generate({RGB: [r[RGB] for r in batch]}, chain,
+                                num_samples=len(batch))
+    for i, record in enumerate(batch):
+      boxes = result.decode(DET, i)
+      known = [k for k, name in enumerate(boxes["classes"]) if name in classes]
+      generated += len(boxes["classes"])
+      unknown += len(boxes["classes"]) - len(known)
+      size = np.asarray(record[RGB]).shape[:2]
+      scale = np.array([size[1], size[0], size[1], size[0]], np.float64)
+      truth = record[DET]
+      metric.add_image(np.asarray(truth["boxes"], np.float64).reshape(-1, 4) * scale,
+                       [classes.index(name) for name in truth["classes"]], size,
+                       np.asarray(boxes["boxes"], np.float64).reshape(-1, 4)[known] * scale,
+                       1.0 - np.arange(len(known)) / (len(known) + 1),
+                       [classes.index(boxes["classes"][k]) for k in known])
+  scores = metric.result()
+  return {"box_ap": scores["AP"], "box_ap50": scores["AP50"], "boxes_generated": generated,
+          "boxes_unknown_class": unknown, "num_images": len(held_out)}
