@@ -10,7 +10,9 @@ the largest object by its color and shape, and that the colors it names are the 
 rgb -> boxes scores the generated boxes by COCO AP50. caption -> rgb generates images
 from held-out captions and checks, with a hue detector calibrated on the real images,
 whether the colors the caption names are in the image more often than the colors it
-does not name (chance). "ceiling" is what the true tokens score, decoded: no model can
+does not name (chance). "image gain" is how much lower the tok_semseg cross-entropy is
+with the right image than with another scene's: 0 for a model that ignores its image.
+"ceiling" is what the true tokens score, decoded: no model can
 do better through these tokenizers. The goals are issue 20's for the demo's model.
 """
 
@@ -63,6 +65,9 @@ def main() -> None:
   row("rgb -> segmentation", "pixel accuracy", maps["semseg_pixel_acc"],
       f"{majority:.3f} majority map", f"> {majority:.3f}", maps["semseg_pixel_acc"] > majority,
       maps["semseg_pixel_acc_tokenizer_ceiling"])
+  use = evaluate.image_use(generator, args.data, count=args.count)
+  row("rgb -> segmentation", "image gain (nats)", use["gain"],
+      f"{use['cross_entropy_other_image']:.3f} other image", "", None)
   if generator.model.can_predict("caption"):
     words = evaluate.rgb_to_caption(generator, args.data, count=args.count // 2)
     row("rgb -> caption", "largest obj. named", words["largest_object_rate"], "-", ">= 0.6",

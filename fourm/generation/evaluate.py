@@ -133,6 +133,37 @@ def rgb_to_maps(generator, data: Sequence[str], *, count: int = 64, batch_size: 
   }
 
 
+def image_use(generator, data: Sequence[str], target: str = TOK_SEMSEG, *,
+              count: int = 64, split: str = "val") -> dict[str, float]:
+  """Does the model read the image? The cross-entropy (nats per token) of `target`'s true
+  tokens predicted from held-out images in one pass (every position masked), beside the
+  same with each image swapped for the next scene's. A model that ignores its rgb input
+  scores both alike, whatever its loss; `gain` is what the right image is worth."""
+  import jax.numpy as jnp  # only here: the other checks work on decoded numpy values
+  import optax
+
+  held_out = held_out_records(data, split, count)
+  truth = np.stack([np.asarray(r[target]) for r in held_out]).reshape(len(held_out), -1)
+  size, length = truth.shape
+  query = {"tokens": np.zeros((size, length), np.int32),
+           "input_mask": np.zeros((size, length), bool),
+           "target_mask": np.ones((size, length), bool)}
+  model = generator.model
+
+  def cross_entropy(images: list) -> float:
+    _, rgb = generator.encoder.encode(RGB, images)
+    context, valid = model.encode({RGB: rgb, target: query}, rgb["input_mask"].shape[1])
+    hidden = model.decode({target: query}, context, valid, length).hidden
+    logits = model.logits(target, hidden)
+    return float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.asarray(truth, jnp.int32))))
+
+  images = [r[RGB] for r in held_out]
+  right, swapped = cross_entropy(images), cross_entropy(images[1:] + images[:1])
+  return {"cross_entropy": right, "cross_entropy_other_image": swapped,
+          "gain": swapped - right, "num_images": size}
+
+
 def _tokenizer_ceilings(generator, held_out: list[dict], depth: np.ndarray,
                         semseg: np.ndarray) -> dict[str, float]:
   """The best any model can score through these tokenizers: the records' own tokens,
