@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from fourm.finetune.coco_metrics import CocoDetectionMetric
 from fourm.generation import evaluate
 from fourm.generation.generator import Generator
 from fourm.generation.sampler import Decoding
@@ -75,7 +76,8 @@ def main() -> None:
     row("rgb -> caption", "named color in", words["named_color_rate"],
         f"{words['unnamed_color_rate']:.3f} unnamed", "", None)
   if generator.model.can_predict("det"):
-    boxes = evaluate.rgb_to_boxes(generator, args.data, count=args.count)
+    metric = CocoDetectionMetric(len(evaluate.synthetic.OBJECT_CLASSES))
+    boxes = evaluate.rgb_to_boxes(generator, args.data, metric, count=args.count)
     row("rgb -> boxes", "AP50", boxes["box_ap50"], "-", ">= 0.3", boxes["box_ap50"] >= 0.3)
   if generator.model.can_predict("tok_rgb") and "tok_rgb" in generator.tokenizers:
     chain = [Decoding("tok_rgb", num_steps=args.rgb_steps, guidance=Guidance(scale=args.cfg_scale))]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fourm.data import world
+from fourm.data import synthetic, world
+from fourm.finetune.coco_metrics import CocoDetectionMetric
 from fourm.generation import evaluate
 
 
@@ -39,10 +40,21 @@ def test_names_object_wants_color_and_shape_together():
   assert not evaluate.names_object("a red cubes", "red", "cube")
 
 
+def test_boxes_want_an_empty_metric_over_the_object_classes(scenes):
+  data, held_out = scenes
+  with pytest.raises(Exception, match="empty metric over the 5 object classes"):
+    evaluate.rgb_to_boxes(_Boxes(held_out, lambda r: r["det"]), data,
+                          CocoDetectionMetric(80), count=4)
+
+
 def test_a_world_is_needed_to_redraw_scenes(tmp_path, scenes):
   _, held_out = scenes
   with pytest.raises(Exception, match="synthetic world"):
     evaluate.largest_object([str(tmp_path)], held_out[0])
+
+
+def _metric():
+  return CocoDetectionMetric(len(synthetic.OBJECT_CLASSES))
 
 
 class _Boxes:
@@ -58,17 +70,17 @@ class _Boxes:
 
 def test_boxes_ap50_is_one_for_the_truth_and_low_for_other_scenes(scenes):
   data, held_out = scenes
-  truth = evaluate.rgb_to_boxes(_Boxes(held_out, lambda r: r["det"]), data, count=20,
-                                batch_size=8)
+  truth = evaluate.rgb_to_boxes(_Boxes(held_out, lambda r: r["det"]), data, _metric(),
+                                count=20, batch_size=8)
   assert truth["box_ap50"] == pytest.approx(1.0) and truth["boxes_unknown_class"] == 0
   following = {id(r): held_out[(i + 1) % len(held_out)]["det"] for i, r in enumerate(held_out)}
   other = evaluate.rgb_to_boxes(_Boxes(held_out, lambda r: following[id(r)]), data,
-                                count=20, batch_size=8)
+                                _metric(), count=20, batch_size=8)
   assert other["box_ap50"] < 0.3
   # Boxes of a class the world does not have are counted, not scored.
-  odd = evaluate.rgb_to_boxes(
-      _Boxes(held_out, lambda r: {"boxes": r["det"]["boxes"], "classes": ["tree"] *
-                                  len(r["det"]["classes"])}), data, count=20, batch_size=8)
+  trees = _Boxes(held_out, lambda r: {"boxes": r["det"]["boxes"],
+                                      "classes": ["tree"] * len(r["det"]["classes"])})
+  odd = evaluate.rgb_to_boxes(trees, data, _metric(), count=20, batch_size=8)
   assert odd["boxes_unknown_class"] == odd["boxes_generated"] > 0 and odd["box_ap50"] == 0
 
 

@@ -352,16 +352,18 @@ def names_object(text: str, color: str, category: str) -> bool:
   return re.search(rf"\b{color} {category}\b", text.lower()) is not None
 
 
-def rgb_to_boxes(generator, data: Sequence[str], *, count: int = 64, batch_size: int = 16,
-                 split: str = "val") -> dict:
+def rgb_to_boxes(generator, data: Sequence[str], metric, *, count: int = 64,
+                 batch_size: int = 16, split: str = "val") -> dict:
   """Boxes generated (greedily) from held-out images, scored by COCO AP against the
-  exact boxes. Generated boxes carry no scores: earlier ones rank higher, as the sampler
-  emits them. A box whose class is not an object class is counted and left out."""
-  from fourm.finetune.coco_metrics import CocoDetectionMetric  # pycocotools, only here
-
+  exact boxes with `metric`, a fresh `fourm.finetune.coco_metrics.CocoDetectionMetric`
+  over `synthetic.OBJECT_CLASSES` (the caller's: generation sits below finetune in the
+  import layers). Generated boxes carry no scores: earlier ones rank higher, as the
+  sampler emits them. A box whose class is not an object class is counted and left out."""
   held_out = held_out_records(data, split, count)
   classes = list(synthetic.OBJECT_CLASSES)
-  metric = CocoDetectionMetric(len(classes))
+  if metric.num_classes != len(classes) or len(metric):
+    raise UsageError(f"rgb_to_boxes needs an empty metric over the {len(classes)} object "
+                     f"classes, got {metric.num_classes} classes and {len(metric)} images")
   chain = [Decoding(DET, temperature=0.0, conditions=(RGB,))]
   unknown = generated = 0
   for batch in _batches(held_out, batch_size):
