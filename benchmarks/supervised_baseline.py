@@ -22,7 +22,8 @@ import optax
 from flax import nnx
 
 from fourm.data import records
-from fourm.data.synthetic import CLASSES, OBJECT_CLASSES
+from fourm.data.synthetic import CLASSES
+from fourm.generation import evaluate
 
 
 class ConvNet(nnx.Module):
@@ -59,13 +60,8 @@ def load(data: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-  objects = [CLASSES.index(name) for name in OBJECT_CLASSES]
-  ious = []
-  for k in objects:
-    union = np.sum((pred == k) | (target == k))
-    if union:
-      ious.append(np.sum((pred == k) & (target == k)) / union)
-  return {"object mIoU": float(np.mean(ious)), "pixel accuracy": float(np.mean(pred == target))}
+  return {"object mIoU": evaluate.miou(pred, target, evaluate.OBJECT_CLASS_IDS),
+          "pixel accuracy": float(np.mean(pred == target))}
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ first two on a small model it trains.
 from __future__ import annotations
 
 import colorsys
+import functools
 import json
 import os
 import re
@@ -320,7 +321,8 @@ def rgb_to_caption(generator, data: Sequence[str], *, count: int = 32, batch_siz
 # Objects and boxes -----------------------------------------------------------------------
 
 
-def _world_args(data: Sequence[str]) -> dict:
+@functools.lru_cache(maxsize=8)
+def _world_args(data: tuple[str, ...]) -> dict:
   """The `fourm synth` arguments of the synthetic world among `data` (its seed and size)."""
   for path in data:
     job = os.path.join(path, world.JOB_FILE)
@@ -338,7 +340,7 @@ def largest_object(data: Sequence[str], record: dict) -> tuple[str, str] | None:
   counts = np.bincount(np.asarray(record["instance"]).ravel())
   if len(counts) < 2 or not counts[1:].any():
     return None
-  args = _world_args(data)
+  args = _world_args(tuple(data))  # read once per data set, not once per record
   split, index = record["key"].split("/")
   scene = synthetic.sample_scene(synthetic.scene_rng(args["seed"], split, int(index)))
   maps = synthetic.render(scene, args["resolution"])
