@@ -76,7 +76,7 @@ def main() -> None:
     row("rgb -> caption", "named color in", words["named_color_rate"],
         f"{words['unnamed_color_rate']:.3f} unnamed", "", None)
   if generator.model.can_predict("det"):
-    metric = CocoDetectionMetric(len(evaluate.synthetic.OBJECT_CLASSES))
+    metric = CocoDetectionMetric(len(evaluate.OBJECT_CLASS_IDS))
     boxes = evaluate.rgb_to_boxes(generator, args.data, metric, count=args.count)
     row("rgb -> boxes", "AP50", boxes["box_ap50"], "-", ">= 0.3", boxes["box_ap50"] >= 0.3)
   if generator.model.can_predict("tok_rgb") and "tok_rgb" in generator.tokenizers:
