@@ -425,6 +425,21 @@ for _raw in _RAW_ONLY:
   register_raw(_raw)
 
 
+def with_vocab_size(spec: ModalitySpec, vocab_sizes: Mapping[str, int]) -> ModalitySpec:
+  """`spec` with the vocabulary a run gives it (`vocab_sizes[spec.name]`), if any: a
+  model whose tokenizer has fewer codes than the registry's default (a 128-bin depth
+  quantizer, a 1,024-code VQ-VAE, a small text vocabulary) needs no table rows, and no
+  logits, for the rest."""
+  size = vocab_sizes.get(spec.name)
+  if size is None:
+    return spec
+  if spec.vocab_size is None:
+    raise ValueError(f"modality {spec.name!r} is continuous: it has no vocabulary to resize")
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    raise ValueError(f"modality {spec.name!r}: vocabulary size {size!r}, expected an int >= 1")
+  return dataclasses.replace(spec, vocab_size=size)
+
+
 def get(name: str) -> ModalitySpec:
   """The spec of `name`; "NAME@RES" derives (and registers) a grid's resolution variant."""
   spec = MODALITIES.get(name)

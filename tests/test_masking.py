@@ -372,6 +372,27 @@ def test_sources_to_all_gives_each_source_alone_as_whole_input_a_third_of_the_ti
     AlphasMixture.sources_to_all_plus_all_to_all(names, ("det",))
 
 
+def test_sources_to_all_weights_set_how_often_each_component_is_drawn():
+  names = ("rgb", "tok_rgb", "tok_depth", "caption")
+  mixture = AlphasMixture.sources_to_all_plus_all_to_all(names, ("rgb", "caption"),
+                                                         weights=(2, 1, 0))
+  np.testing.assert_allclose(mixture.probabilities, [2 / 3, 1 / 3, 0])
+  rng = np.random.default_rng(0)
+  drawn = np.bincount([mixture.sample_index(rng) for _ in range(600)], minlength=3)
+  assert drawn[2] == 0 and 340 <= drawn[0] <= 460  # ~400 rgb2all, never all2all
+  with pytest.raises(UsageError, match="3 components"):
+    AlphasMixture.sources_to_all_plus_all_to_all(names, ("rgb", "caption"), weights=(1, 1))
+
+
+def test_train_config_alphas_weights_reach_the_mixture():
+  from fourm import config as config_lib
+  from fourm.train import loop
+  config = config_lib.load_config("configs/tiny_synthetic.py", ["alphas.weights=3,1,0"])
+  np.testing.assert_allclose(loop._alphas(config).probabilities, [0.75, 0.25, 0])
+  config = config_lib.load_config("configs/tiny_synthetic.py", [])
+  np.testing.assert_allclose(loop._alphas(config).probabilities, [1 / 3] * 3)
+
+
 # MaskSample: budgets -------------------------------------------------------------------------
 
 

@@ -159,16 +159,17 @@ def load_tokenizers(config: ml_collections.ConfigDict, workdir: str,
     if name not in config.modalities:
       continue
     tokenizer = load_vq([f"{name}={source}"])[name][1] if isinstance(source, str) else source
-    check_tokenizer(name, tokenizer, layout)
+    check_tokenizer(name, tokenizer, layout, dict(config.model.get("vocab_sizes", {})))
     loaded[name] = tokenizer
   return loaded
 
 
 def check_tokenizer(name: str, tokenizer: GridTokenizer | GlobalTokenizer,
-                    layout: modalities.Layout) -> None:
+                    layout: modalities.Layout, vocab_sizes: Mapping[str, int] | None = None
+                    ) -> None:
   """A tokenizer must make the model's grid (or its global tokens) and fit its
-  vocabulary."""
-  spec = modalities.get(name)
+  vocabulary (the registry's, or the model's `vocab_sizes`)."""
+  spec = modalities.with_vocab_size(modalities.get(name), dict(vocab_sizes or {}))
   if spec.kind == modalities.Kind.GLOBAL:
     if not isinstance(tokenizer, GlobalTokenizer):
       raise UsageError(f"the {name} tokenizer {type(tokenizer).__name__} is not a "

@@ -36,6 +36,9 @@ class FourMConfig:
   param_dtype: Any = jnp.float32    # storage dtype of the parameters
   remat: bool = False               # recompute each block's activations in the backward pass
   attention_impl: str | None = None  # passed to jax.nn.dot_product_attention ("cudnn", "xla")
+  # (modality, size) pairs: vocabularies other than the registry's, for tokenizers with
+  # fewer codes (see modalities.with_vocab_size). Pairs, not a dict, to stay hashable.
+  vocab_sizes: tuple[tuple[str, int], ...] = ()
 
   def __post_init__(self):
     # UsageErrors (ValueErrors too): these come from config.model, a one-line error.

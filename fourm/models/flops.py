@@ -22,7 +22,7 @@ def forward_flops(config: FourMConfig, input_tokens: int, target_tokens: int,
   """FLOPs of one sample's forward pass with the given encoder and decoder lengths.
 
   `target_tokens_by_modality` says how many decoder slots each head scores (the
-  vocabularies come from the registry).
+  vocabularies are the registry's unless `config.vocab_sizes` says otherwise).
   """
   dim, hidden = config.dim, swiglu_hidden_dim(config.dim, config.mlp_ratio)
   enc, dec = input_tokens, target_tokens
@@ -32,7 +32,9 @@ def forward_flops(config: FourMConfig, input_tokens: int, target_tokens: int,
                        + enc * 2 * dim * dim                        # cross k, v
                        + 2 * dec * dec * dim + 2 * dec * enc * dim)  # self and cross scores
   context = 2 * enc * dim * dim
-  heads = sum(2 * count * dim * modalities.get(name).vocab_size
+  vocab_sizes = dict(config.vocab_sizes)
+  heads = sum(2 * count * dim
+              * modalities.with_vocab_size(modalities.get(name), vocab_sizes).vocab_size
               for name, count in target_tokens_by_modality.items())
   return float(config.encoder_depth * encoder_block + config.decoder_depth * decoder_block
                + context + heads)

@@ -66,7 +66,10 @@ class FourM(nnx.Module):
     self.modality_names = tuple(modality_names)
     self.layout = layout
     self.input_budget, self.target_budget = input_budget, target_budget
-    specs = [modalities.get(name) for name in self.modality_names]
+    unknown = set(dict(config.vocab_sizes)) - set(self.modality_names)
+    if unknown:
+      raise ValueError(f"vocab_sizes name {sorted(unknown)}, not among {self.modality_names}")
+    specs = [self.spec(name) for name in self.modality_names]
     if len(set(self.modality_names)) != len(specs):
       raise ValueError(f"modality names repeat: {self.modality_names}")
     # `input_only`: modalities this model reads but does not predict, though their
@@ -115,6 +118,10 @@ class FourM(nnx.Module):
   def __call__(self, batch: Mapping[str, Mapping[str, jax.Array]]) -> DecoderOutput:
     context, context_valid = self.encode(batch)
     return self.decode(batch, context, context_valid)
+
+  def spec(self, name: str) -> modalities.ModalitySpec:
+    """The registry's spec of `name` with this model's vocabulary (config.vocab_sizes)."""
+    return modalities.with_vocab_size(modalities.get(name), dict(self.config.vocab_sizes))
 
   def can_predict(self, name: str) -> bool:
     return name in self.target_names

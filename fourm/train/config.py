@@ -19,10 +19,13 @@ def default_config() -> ml_collections.ConfigDict:
       grids, and predicts only the 448 px ones)
     input_budget, target_budget: tokens per sample for the encoder / the decoder
     alphas: kind "all2all" | "rgb2all_and_all2all" (alpha) | "sources2all_and_all2all"
-      (alpha, sources: e.g. ("rgb", "caption")) | "reference_yaml" (path)
+      (alpha, sources: e.g. ("rgb", "caption"), weights: how often each source's
+      component and then all2all's is drawn, () = equally) | "reference_yaml" (path)
     model: size (tiny/base/large/xlarge) and optional dim/depth/heads overrides,
       dtype (compute), param_dtype, remat, tie_output_heads (False: each output head
-      its own table, as converted reference models may have), share_modality_embeddings
+      its own table, as converted reference models may have), share_modality_embeddings,
+      vocab_sizes (modality -> size: the tokenizer's number of codes where it is smaller
+      than the registry's vocabulary, so the model keeps no rows or logits for the rest)
     data: paths (directories read side by side), splits, augment, worker_count
     optimizer: AdamW, lr = base_lr * batch_size / lr_batch_base, warmup then cosine
     mesh: data / fsdp / tensor sizes, one may be -1 (the devices left)
@@ -49,11 +52,11 @@ def default_config() -> ml_collections.ConfigDict:
   # recipes (configs/4m_mod7.py) use (fourm/data/masking/transform.py, docs/interop.md).
   c.masking_budgets = "fourm"
   c.alphas = ml_collections.ConfigDict(dict(kind="all2all", alpha=1.0, path="",
-                                                  sources=("rgb",)))
+                                                  sources=("rgb",), weights=()))
   c.model = ml_collections.ConfigDict(dict(
       size="tiny", dim=0, encoder_depth=0, decoder_depth=0, num_heads=0,
       dtype="float32", param_dtype="float32", remat=False, tie_output_heads=True,
-      share_modality_embeddings=True))
+      share_modality_embeddings=True, vocab_sizes=ml_collections.ConfigDict()))
   c.data = ml_collections.ConfigDict(dict(
       paths=("/path/to/records", "/path/to/tokens"), train_split="train", eval_split="val",
       augment=False, worker_count=0))

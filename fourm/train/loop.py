@@ -62,7 +62,8 @@ def _alphas(config: ml_collections.ConfigDict) -> AlphasMixture:
     return AlphasMixture.rgb_to_all_plus_all_to_all(names, alphas.alpha)
   if alphas.kind == "sources2all_and_all2all":
     return AlphasMixture.sources_to_all_plus_all_to_all(names, tuple(alphas.sources),
-                                                        alphas.alpha)
+                                                        alphas.alpha,
+                                                        weights=tuple(alphas.weights))
   if alphas.kind == "reference_yaml":
     import yaml  # the reference's alphas files are YAML
     with open(alphas.path) as f:
@@ -85,7 +86,8 @@ def make_pipeline(config: ml_collections.ConfigDict, *, split: str, train: bool,
                       sequence_encoders=_sequence_encoders(config),
                       pixel_normalization=config.pixel_normalization,
                       budget_rule=config.get("masking_budgets", "fourm"),
-                      input_only=tuple(config.get("input_only", ())))
+                      input_only=tuple(config.get("input_only", ())),
+                      vocab_sizes=dict(config.model.get("vocab_sizes", {})))
   pipeline_config = PipelineConfig(
       data=tuple(config.data.paths), split=split, batch_size=batch_size,
       resolution=grid_layout.resolution,

@@ -56,8 +56,22 @@ def model_config(config: ml_collections.ConfigDict) -> fourm_model.FourMConfig:
                        f"{sorted(DTYPES)}")
   overrides = {key: model[key] for key in ("dim", "encoder_depth", "decoder_depth",
                                            "num_heads") if model.get(key)}
-  # Older workdirs' configs predate these two fields: their models tie and share.
+  # Older workdirs' configs predate these three fields: their models tie and share and
+  # have the registry's vocabularies.
+  # Entries for modalities the run leaves out are ignored (a run may drop modalities by
+  # an override of config.modalities alone); unknown names are errors (typos).
+  vocab_sizes = dict(model.get("vocab_sizes", {}))
+  for name, size in vocab_sizes.items():
+    if not modalities.is_known(name):
+      raise UsageError(f"config.model.vocab_sizes names {name!r}, not a known modality")
+    try:
+      modalities.with_vocab_size(modalities.get(name), {name: size})
+    except ValueError as error:
+      raise UsageError(f"config.model.vocab_sizes: {error}") from None
+  vocab_sizes = tuple(sorted((name, size) for name, size in vocab_sizes.items()
+                             if name in config.modalities))
   return fourm_model.PRESETS[model.size](
+      vocab_sizes=vocab_sizes,
       dtype=DTYPES[model.dtype], param_dtype=DTYPES[model.param_dtype], remat=model.remat,
       tie_output_heads=model.get("tie_output_heads", True),
       share_modality_embeddings=model.get("share_modality_embeddings", True), **overrides)

@@ -151,12 +151,14 @@ class AlphasMixture:
   @classmethod
   def sources_to_all_plus_all_to_all(cls, names: Iterable[str], sources: Sequence[str],
                                      alpha: float = 0.5,
-                                     source_alpha: float = 1000.0) -> AlphasMixture:
+                                     source_alpha: float = 1000.0,
+                                     weights: Sequence[float] | None = None) -> AlphasMixture:
     """One component per source modality that alone gives the inputs (the whole of it:
     a source caption is kept entire) and every other modality the targets, plus one
     all2all component, drawn equally often. ("rgb", "caption") is 4M-21's
     all2all + rgb2all + caption-to-image mixture, which teaches text-to-image sooner
-    than all2all alone, where a caption is rarely a whole input."""
+    than all2all alone, where a caption is rarely a whole input. `weights` (one per
+    source, then all2all's) say how often each component is drawn; equally when None."""
     names = tuple(names)
     sources = tuple(sources)
     if not sources:
@@ -174,7 +176,7 @@ class AlphasMixture:
       keep = {source: "all"} if spec.kind == Kind.SEQUENCE else {}
       components.append(DirichletComponent(only_source, others, keep))
     components.append(DirichletComponent(everything, everything))
-    return cls(tuple(components))
+    return cls(tuple(components), tuple(weights) if weights else None)
 
   @classmethod
   def from_reference_config(cls, config: Mapping, weights: Sequence[float] | None = None,

@@ -45,21 +45,25 @@ class MaskSample:
                text_ids: TextSpecialIds = TextSpecialIds(),
                sequence_encoders: Mapping[str, Callable[[Any], np.ndarray]] | None = None,
                pixel_normalization: str = "imagenet", budget_rule: str = "fourm",
-               input_only: Iterable[str] = ()):
+               input_only: Iterable[str] = (), vocab_sizes: Mapping[str, int] | None = None):
     """`budget_rule`: "fourm" gives what a cap or a short text leaves over to the
     modalities with room, and counts a sequence's decoder predictions; "reference"
     splits as apple/ml-4m's UnifiedMasking does: a sequence's caps are its max_length
     whatever the text's length, what they cut is lost, and its target budget counts
     its decoder tokens including the last, which is only ever a label
     (docs/interop.md measures both against the reference). `input_only`: modalities
-    that are never targets here, though their specs allow it (the model's own roles)."""
+    that are never targets here, though their specs allow it (the model's own roles).
+    `vocab_sizes`: the model's vocabularies where they differ from the registry's
+    (config.model.vocab_sizes); token ids are checked against them."""
     if budget_rule not in BUDGET_RULES:
       raise UsageError(f"budget_rule is {budget_rule!r}, expected one of {BUDGET_RULES}")
     self.reference_budgets = budget_rule == "reference"
     self.names = tuple(names)
     if not self.names or len(set(self.names)) != len(self.names):
       raise UsageError(f"masking needs distinct modality names, got {list(self.names)}")
-    self.specs = tuple(spec_or_error(name, "masking") for name in self.names)
+    self.specs = tuple(modalities.with_vocab_size(spec_or_error(name, "masking"),
+                                                  dict(vocab_sizes or {}))
+                       for name in self.names)
     for budget, what in ((input_budget, "input"), (target_budget, "target")):
       if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
         raise UsageError(f"{what} budget must be an int >= 0, got {budget!r}")
