@@ -37,14 +37,19 @@ def test_each_quantizer_decodes_to_within_its_bin():
   depth = rng.uniform(0.2, 60, (GRID, GRID)).astype(np.float32)
   back = patch_tokens.quantizer_for("tok_depth").decode(
       patch_tokens.quantizer_for("tok_depth").encode(_constant_patches(depth), GRID))
-  assert np.abs(back / depth - 1).max() < 0.004  # log bins of 0.67 %: half of one
+  low, high = patch_tokens.DEPTH_RANGE
+  half_bin = (high / low) ** (0.5 / patch_tokens.DEPTH_BINS) - 1  # log-spaced bins
+  assert np.abs(back / depth - 1).max() <= half_bin * 1.001
 
   normal = rng.normal(size=(GRID, GRID, 3))
   normal = (normal / np.linalg.norm(normal, axis=-1, keepdims=True)).astype(np.float32)
   back = patch_tokens.quantizer_for("tok_normal").decode(
       patch_tokens.quantizer_for("tok_normal").encode(_constant_patches(normal), GRID))
   angles = np.degrees(np.arccos(np.clip((back * normal).sum(-1), -1, 1)))
-  assert angles.max() < 3.0
+  # A cell's center is within ~2.1 cell sides (in radians) of its farthest direction, at
+  # the folded corners of the octahedral map (measured over 400k directions).
+  cell_side_degrees = np.degrees(2 / patch_tokens.NORMAL_GRID)
+  assert angles.max() < 2.2 * cell_side_degrees
 
   semseg = rng.integers(0, 7, (GRID, GRID)).astype(np.uint8)
   image = _constant_patches(semseg)

@@ -8,8 +8,8 @@ which one a token-grid modality gets follows from what its raw values mean (the
 registry's `RawSpec.values`), so a new modality of a known meaning has one for free:
 
   color      mean color, 16 levels per channel            ids [0, 4096)    (tok_rgb)
-  distance   median depth, log-spaced bins 0.1 m .. 100 m  ids [0, 1024)    (tok_depth)
-  direction  mean normal, octahedral map on a 64 x 64 grid ids [0, 4096)    (tok_normal)
+  distance   median depth, log-spaced bins 0.1 m .. 100 m  ids [0, 128)     (tok_depth)
+  direction  mean normal, octahedral map on a 16 x 16 grid ids [0, 256)     (tok_normal)
   classes    majority class of the patch                   ids [0, classes) (tok_semseg)
 
 `decode` maps ids back to the patch value (bin centers), for looking at predictions.
@@ -30,8 +30,8 @@ from fourm.data import augment, derived, records
 from fourm.errors import RecordError, UsageError
 
 RGB_LEVELS = 16
-DEPTH_BINS, DEPTH_RANGE = 1024, (0.1, 100.0)
-NORMAL_GRID = 64
+DEPTH_BINS, DEPTH_RANGE = 128, (0.1, 100.0)
+NORMAL_GRID = 16
 
 
 def patches(image: np.ndarray, grid: int) -> np.ndarray:
@@ -233,8 +233,10 @@ def write_patch_tokens(data: str, out: str, layout: modalities.Layout,
   def derive(samples):
     return [tokenize_sample(sample, quantizers, layout.grid) for sample in samples]
 
+  # The code counts name the quantizers' version: tokens of coarser or finer bins in an
+  # existing output are another job's, not work to resume.
   job = {"method": "ground-truth patches", "modalities": list(names),
-         "grid": layout.grid}
+         "grid": layout.grid, "codes": {q.modality: q.num_ids for q in quantizers}}
   return derived.write_derived(
       data, out, derive, job=job, name="patch_tokens",
       modalities=sorted({q.raw_name for q in quantizers}), progress=progress, log=log,
