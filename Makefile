@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 
 # The main job on the embedded default dataset: render the synthetic world and draw its
 # samples, train an rgb VQ-VAE tokenizer on it, tokenize the world (rgb with the VQ-VAE,
-# depth / normals / segmentation with ground-truth patch quantizers), train the tiny 4M
+# depth / normals / segmentation with ground-truth patch quantizers, captions with a
+# WordPiece vocabulary of the world's own words), train the tiny 4M
 # model on it, and generate with it: rgb -> everything, caption -> everything (chained);
 # then fine-tune its encoder for semantic segmentation and evaluate that.
 # Every step but the last two resumes or finds its work done when run again.
@@ -36,6 +37,8 @@ demo: $(STAMP)
 	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens_vq --tokenizers tok_rgb=$(DEMO)/tok_rgb
 	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens --method patches \
 	    --modalities tok_depth,tok_normal,tok_semseg
+	$(BIN)/fourm tokenizer train-text --data $(DEMO)/world --out $(DEMO)/text_tokenizer.json \
+	    --vocab-size 4500 --quiet
 	$(BIN)/fourm train --config configs/tiny_synthetic.py --workdir $(DEMO)/train
 	$(BIN)/fourm generate --checkpoint $(DEMO)/train --schedule configs/generation/rgb_to_all.py \
 	    --data $(DEMO)/world --use rgb --indices 0,1,2,3 --out $(DEMO)/generate_rgb
