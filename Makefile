@@ -40,21 +40,24 @@ demo: $(STAMP)
 	$(BIN)/fourm tokenizer train-text --data $(DEMO)/world --out $(DEMO)/text_tokenizer.json \
 	    --vocab-size 4500 --quiet
 	$(BIN)/fourm train --config configs/tiny_synthetic.py --workdir $(DEMO)/train
-	$(BIN)/fourm generate --checkpoint $(DEMO)/train --schedule configs/generation/rgb_to_all.py \
-	    --data $(DEMO)/world --use rgb --indices 0,1,2,3 --out $(DEMO)/generate_rgb
-	$(BIN)/fourm generate --checkpoint $(DEMO)/train --schedule configs/generation/caption_to_all.py \
-	    --condition caption="a large red cube to the left of a small blue sphere." \
-	    --num-samples 4 --out $(DEMO)/generate_caption
-	$(BIN)/fourm finetune --config configs/finetune/segmentation_synthetic.py:demo --init $(DEMO)/train \
-	    --workdir $(DEMO)/finetune_segmentation
-	$(BIN)/fourm evaluate --workdir $(DEMO)/finetune_segmentation
-	@echo "quality of the demo model's generations on 16 held-out scenes (make quality: 100):"
-	$(BIN)/python benchmarks/generation_quality.py --checkpoint $(DEMO)/train --count 16
+	@echo "generation, fine-tuning and the quality table (16 held-out scenes; make quality: 100)"
+	@echo "run side by side; each one's output follows when it ends:"
+	$(BIN)/python launch/side_by_side.py --logs $(DEMO)/logs \
+	    "generate=$(BIN)/fourm generate --checkpoint $(DEMO)/train --schedule configs/generation/rgb_to_all.py \
+	        --data $(DEMO)/world --use rgb --indices 0,1,2,3 --out $(DEMO)/generate_rgb && \
+	      $(BIN)/fourm generate --checkpoint $(DEMO)/train --schedule configs/generation/caption_to_all.py \
+	        --condition caption='a large red cube to the left of a small blue sphere.' \
+	        --num-samples 4 --out $(DEMO)/generate_caption" \
+	    "finetune=$(BIN)/fourm finetune --config configs/finetune/segmentation_synthetic.py:demo \
+	        --init $(DEMO)/train --workdir $(DEMO)/finetune_segmentation && \
+	      $(BIN)/fourm evaluate --workdir $(DEMO)/finetune_segmentation" \
+	    "quality=$(BIN)/python benchmarks/generation_quality.py --checkpoint $(DEMO)/train --count 16"
 	@echo "demo outputs are in $(DEMO)/: world/ (records), world_grid.png, augmented_grid.png,"
 	@echo "  tok_rgb/ (VQ-VAE: checkpoints/, reconstructions.png), tokens_vq/ + tokens/ (token records),"
 	@echo "  train/ (checkpoints/, tensorboard/: tensorboard --logdir $(DEMO)),"
 	@echo "  generate_rgb/ + generate_caption/ (grid.png, tokens.npz, text.json),"
-	@echo "  finetune_segmentation/ (checkpoints/, eval_val/: metrics.json, grid.png)"
+	@echo "  finetune_segmentation/ (checkpoints/, eval_val/: metrics.json, grid.png),"
+	@echo "  logs/ (generate.log, finetune.log, quality.log)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
