@@ -11,13 +11,13 @@
 
 (`make demo` runs exactly these.)
 
-A 3+3-block, 128-wide model for STEPS steps of batch 16: about six minutes on 2 cores.
-Chosen by measurement (benchmarks/README.md, "What the demo learns"): in a few CPU
+A 3+3-block, 128-wide model for 800 steps (STEPS) of batch 16: about seven minutes on 2
+cores. Chosen by measurement (benchmarks/README.md, "What the demo learns"): in a few CPU
 minutes the number of updates is what teaches a model to read its image, so the model is
 small enough for many of them, rgb is the whole input of half the samples, and the heads
 score the tokenizers' own code counts. `--config.model.dim=384
---config.model.encoder_depth=6 ...` gives the reference tiny size. Variant `configs/tiny_synthetic.py:smoke`: a few steps of a
-2-block model, for tests. rgb tokens come from the VQ-VAE, the other grids from the
+--config.model.encoder_depth=6 ...` gives the reference tiny size. Variant
+`configs/tiny_synthetic.py:smoke`: a few steps of a 2-block model, for tests. rgb tokens come from the VQ-VAE, the other grids from the
 ground-truth patch quantizers (fourm/data/patch_tokens.py) until their VQ-VAEs are
 trained too (`fourm tokenize --tokenizers` takes several).
 """
