@@ -159,7 +159,9 @@ def load_tokenizers(config: ml_collections.ConfigDict, workdir: str,
     if name not in config.modalities:
       continue
     tokenizer = load_vq([f"{name}={source}"])[name][1] if isinstance(source, str) else source
-    check_tokenizer(name, tokenizer, layout, dict(config.model.get("vocab_sizes", {})))
+    # A config without a model section (a tokenizer-only job's) has the registry's sizes.
+    vocab_sizes = dict((config.get("model") or {}).get("vocab_sizes", {}) or {})
+    check_tokenizer(name, tokenizer, layout, vocab_sizes)
     loaded[name] = tokenizer
   return loaded
 
