@@ -32,6 +32,7 @@ from fourm.checkpoint import Checkpoints
 from fourm.nn import sharding
 from fourm.train.state import layout as train_layout
 from fourm.train.state import model_factory
+from fourm.train.state import vocab_sizes as run_vocab_sizes
 
 
 @dataclasses.dataclass
@@ -159,9 +160,7 @@ def load_tokenizers(config: ml_collections.ConfigDict, workdir: str,
     if name not in config.modalities:
       continue
     tokenizer = load_vq([f"{name}={source}"])[name][1] if isinstance(source, str) else source
-    # A config without a model section (a tokenizer-only job's) has the registry's sizes.
-    vocab_sizes = dict((config.get("model") or {}).get("vocab_sizes", {}) or {})
-    check_tokenizer(name, tokenizer, layout, vocab_sizes)
+    check_tokenizer(name, tokenizer, layout, run_vocab_sizes(config))
     loaded[name] = tokenizer
   return loaded
 

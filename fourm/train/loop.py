@@ -31,7 +31,8 @@ from fourm import workdir as workdir_lib
 from fourm.checkpoint import Checkpoints
 from fourm.train.optimizer import make_optimizer
 from fourm.train.preemption import Preemption
-from fourm.train.state import create_train_state, layout, model_factory, num_params
+from fourm.train.state import (create_train_state, layout, model_factory, num_params,
+                               vocab_sizes)
 from fourm.train.step import make_eval_step, make_train_step
 
 # Config fields a resumed run must share with the checkpoint it resumes.
@@ -87,7 +88,7 @@ def make_pipeline(config: ml_collections.ConfigDict, *, split: str, train: bool,
                       pixel_normalization=config.pixel_normalization,
                       budget_rule=config.get("masking_budgets", "fourm"),
                       input_only=tuple(config.get("input_only", ())),
-                      vocab_sizes=dict(config.model.get("vocab_sizes", {})))
+                      vocab_sizes=vocab_sizes(config))
   pipeline_config = PipelineConfig(
       data=tuple(config.data.paths), split=split, batch_size=batch_size,
       resolution=grid_layout.resolution,

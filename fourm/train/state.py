@@ -45,6 +45,23 @@ def layout(config: ml_collections.ConfigDict) -> modalities.Layout:
                    "RESOLUTION/PATCH such as '448/16'")
 
 
+def vocab_sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """The run's own vocabularies (config.model.vocab_sizes) of the modalities it uses: what
+  the model's tables, the masking's id checks and the tokenizer checks all follow. A
+  config without them (older workdirs, tokenizer-only jobs) has the registry's. Entries
+  for modalities the run leaves out are ignored (a run may drop modalities by an override
+  of config.modalities alone); unknown names are errors (typos)."""
+  sizes = dict((config.get("model") or {}).get("vocab_sizes", {}) or {})
+  for name, size in sizes.items():
+    if not modalities.is_known(name):
+      raise UsageError(f"config.model.vocab_sizes names {name!r}, not a known modality")
+    try:
+      modalities.with_vocab_size(modalities.get(name), {name: size})
+    except ValueError as error:
+      raise UsageError(f"config.model.vocab_sizes: {error}") from None
+  return {name: size for name, size in sizes.items() if name in config.modalities}
+
+
 def model_config(config: ml_collections.ConfigDict) -> fourm_model.FourMConfig:
   model = config.model
   if model.size not in fourm_model.PRESETS:
@@ -58,20 +75,8 @@ def model_config(config: ml_collections.ConfigDict) -> fourm_model.FourMConfig:
                                            "num_heads") if model.get(key)}
   # Older workdirs' configs predate these three fields: their models tie and share and
   # have the registry's vocabularies.
-  # Entries for modalities the run leaves out are ignored (a run may drop modalities by
-  # an override of config.modalities alone); unknown names are errors (typos).
-  vocab_sizes = dict(model.get("vocab_sizes", {}))
-  for name, size in vocab_sizes.items():
-    if not modalities.is_known(name):
-      raise UsageError(f"config.model.vocab_sizes names {name!r}, not a known modality")
-    try:
-      modalities.with_vocab_size(modalities.get(name), {name: size})
-    except ValueError as error:
-      raise UsageError(f"config.model.vocab_sizes: {error}") from None
-  vocab_sizes = tuple(sorted((name, size) for name, size in vocab_sizes.items()
-                             if name in config.modalities))
   return fourm_model.PRESETS[model.size](
-      vocab_sizes=vocab_sizes,
+      vocab_sizes=tuple(sorted(vocab_sizes(config).items())),
       dtype=DTYPES[model.dtype], param_dtype=DTYPES[model.param_dtype], remat=model.remat,
       tie_output_heads=model.get("tie_output_heads", True),
       share_modality_embeddings=model.get("share_modality_embeddings", True), **overrides)
