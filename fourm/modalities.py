@@ -440,8 +440,12 @@ def with_vocab_size(spec: ModalitySpec, vocab_sizes: Mapping[str, int]) -> Modal
   return dataclasses.replace(spec, vocab_size=size)
 
 
-def get(name: str) -> ModalitySpec:
-  """The spec of `name`; "NAME@RES" derives (and registers) a grid's resolution variant."""
+def get(name: str, vocab_sizes: Mapping[str, int] | None = None) -> ModalitySpec:
+  """The spec of `name`; "NAME@RES" derives (and registers) a grid's resolution variant.
+  With `vocab_sizes` (a run's `config.model.vocab_sizes`), the vocabulary that run gives
+  it (`with_vocab_size`)."""
+  if vocab_sizes:
+    return with_vocab_size(get(name), vocab_sizes)
   spec = MODALITIES.get(name)
   if spec is not None:
     return spec

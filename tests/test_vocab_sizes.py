@@ -91,3 +91,20 @@ def test_a_tokenizer_with_more_codes_than_the_model_is_refused():
   loading.check_tokenizer("tok_depth", depth, LAYOUT, {"tok_depth": 128})
   with pytest.raises(UsageError, match="128 codes, more than the model's vocabulary of 64"):
     loading.check_tokenizer("tok_depth", depth, LAYOUT, {"tok_depth": 64})
+
+
+def test_generation_checks_given_token_ids_against_the_model_vocabulary():
+  from fourm.generation.conditions import ConditionEncoder
+  from fourm.generation.generator import Generator
+  model = fourm_model.FourM(_config(vocab_sizes=VOCABS), NAMES, LAYOUT, 40, 40,
+                            rngs=nnx.Rngs(0))
+  generator = Generator(model, {})
+  grid = LAYOUT.grid
+  _, entry = generator.encoder.encode("tok_depth", [np.full((grid, grid), 127, np.int32)])
+  assert entry["tokens"].max() == 127
+  with pytest.raises(UsageError, match=r"--condition tok_depth: .*token id 128 outside the "
+                                       r"vocabulary \[0, 128\)"):
+    generator.encoder.encode("tok_depth", [np.full((grid, grid), 128, np.int32)])
+  # Without the model's sizes the registry's 8,192 would let it through.
+  registry = ConditionEncoder(NAMES, NAMES, LAYOUT, {})
+  registry.encode("tok_depth", [np.full((grid, grid), 128, np.int32)])

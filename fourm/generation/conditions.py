@@ -94,11 +94,15 @@ class ConditionEncoder:
   def __init__(self, model_names: Sequence[str], input_names: Sequence[str],
                layout: modalities.Layout, tokenizers: Mapping[str, GridTokenizer],
                text_vocab: str | None = None, pixel_normalization: str = "imagenet",
-               text_ids: TextSpecialIds = TextSpecialIds(), condition_eos: bool = True):
+               text_ids: TextSpecialIds = TextSpecialIds(), condition_eos: bool = True,
+               vocab_sizes: Mapping[str, int] | None = None):
     """`condition_eos`: a complete text given as a condition ends with [EOS], as
     training shows whole texts to the encoder. The reference's generation prompts
-    (`custom_text`) have none: off for converted reference checkpoints."""
+    (`custom_text`) have none: off for converted reference checkpoints. `vocab_sizes`:
+    the model's (`FourMConfig.vocab_sizes`); given token ids are checked against them,
+    since the model's table lookup would clamp an id beyond its rows, not refuse it."""
     self.condition_eos = condition_eos
+    self.vocab_sizes = dict(vocab_sizes or {})
     self.model_names, self.input_names = tuple(model_names), tuple(input_names)
     self.layout, self.tokenizers = layout, dict(tokenizers)
     self.text_vocab, self.text_ids = text_vocab, text_ids
@@ -125,7 +129,7 @@ class ConditionEncoder:
     if target not in self.input_names:
       raise UsageError(f"{target!r} is not an input of this model (its inputs: "
                        f"{list(self.input_names)})")
-    spec = modalities.get(target)
+    spec = modalities.get(target, self.vocab_sizes)
     values = [read_value(name, value) for value in values]
     try:
       if spec.kind == Kind.SEQUENCE:

@@ -79,7 +79,8 @@ class Generator:
     self.pixel_normalization = pixel_normalization
     self.encoder = ConditionEncoder(model.modality_names, model.input_names, model.layout,
                                     tokenizers, text_vocab, pixel_normalization,
-                                    condition_eos=not reference_faithful)
+                                    condition_eos=not reference_faithful,
+                                    vocab_sizes=dict(model.config.vocab_sizes))
     self.detokenizer = Detokenizer(self.tokenizers, text_vocab)
 
   @classmethod

@@ -170,7 +170,7 @@ def check_tokenizer(name: str, tokenizer: GridTokenizer | GlobalTokenizer,
                     ) -> None:
   """A tokenizer must make the model's grid (or its global tokens) and fit its
   vocabulary (the registry's, or the model's `vocab_sizes`)."""
-  spec = modalities.with_vocab_size(modalities.get(name), dict(vocab_sizes or {}))
+  spec = modalities.get(name, vocab_sizes)
   if spec.kind == modalities.Kind.GLOBAL:
     if not isinstance(tokenizer, GlobalTokenizer):
       raise UsageError(f"the {name} tokenizer {type(tokenizer).__name__} is not a "

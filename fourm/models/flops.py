@@ -33,8 +33,7 @@ def forward_flops(config: FourMConfig, input_tokens: int, target_tokens: int,
                        + 2 * dec * dec * dim + 2 * dec * enc * dim)  # self and cross scores
   context = 2 * enc * dim * dim
   vocab_sizes = dict(config.vocab_sizes)
-  heads = sum(2 * count * dim
-              * modalities.with_vocab_size(modalities.get(name), vocab_sizes).vocab_size
+  heads = sum(2 * count * dim * modalities.get(name, vocab_sizes).vocab_size
               for name, count in target_tokens_by_modality.items())
   return float(config.encoder_depth * encoder_block + config.decoder_depth * decoder_block
                + context + heads)

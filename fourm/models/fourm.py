@@ -121,7 +121,7 @@ class FourM(nnx.Module):
 
   def spec(self, name: str) -> modalities.ModalitySpec:
     """The registry's spec of `name` with this model's vocabulary (config.vocab_sizes)."""
-    return modalities.with_vocab_size(modalities.get(name), dict(self.config.vocab_sizes))
+    return modalities.get(name, dict(self.config.vocab_sizes))
 
   def can_predict(self, name: str) -> bool:
     return name in self.target_names

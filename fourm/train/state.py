@@ -56,7 +56,7 @@ def vocab_sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
     if not modalities.is_known(name):
       raise UsageError(f"config.model.vocab_sizes names {name!r}, not a known modality")
     try:
-      modalities.with_vocab_size(modalities.get(name), {name: size})
+      modalities.get(name, {name: size})
     except ValueError as error:
       raise UsageError(f"config.model.vocab_sizes: {error}") from None
   return {name: size for name, size in sizes.items() if name in config.modalities}
