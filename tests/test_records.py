@@ -166,3 +166,28 @@ def test_side_by_side_stores_join_record_by_record(tmp_path):
     RecordSource([str(tmp_path / "rgb"), str(tmp_path / "short")])
   with pytest.raises(RecordError, match="'depth' is stored in both"):
     RecordSource([str(tmp_path / "labels"), str(tmp_path / "labels")])
+
+
+def test_a_part_of_a_split_reads_as_tfds_writes_it(tmp_path):
+  samples = [striped_sample() for _ in range(20)]
+  for i, sample in enumerate(samples):
+    sample["caption"] = f"sample {i}"
+  write_dataset(str(tmp_path / "d"), {"train": samples}, records_per_shard=7)
+  whole = RecordSource(str(tmp_path / "d"), "train")
+  cases = {"train[:5]": range(0, 5), "train[15:]": range(15, 20), "train[8:12]": range(8, 12),
+           "train[-3:]": range(17, 20), "train[:25%]": range(0, 5), "train[90%:]": range(18, 20)}
+  for split, expected in cases.items():
+    part = RecordSource(str(tmp_path / "d"), split)
+    assert len(part) == len(expected), split
+    assert [s["caption"] for s in part] == [whole[i]["caption"] for i in expected], split
+  with pytest.raises(IndexError, match=r"out of range \[0, 5\) of split 'train\[:5\]'"):
+    RecordSource(str(tmp_path / "d"), "train[:5]")[5]
+  with pytest.raises(RecordError, match=r"split 'train\[5:5\]' selects no records of the 20"):
+    RecordSource(str(tmp_path / "d"), "train[5:5]")
+  for bad in ("train[:5", "train[%:]", "train[1:2:3]"):
+    with pytest.raises(RecordError, match=r"expected NAME or NAME\[START:STOP\]"):
+      RecordSource(str(tmp_path / "d"), bad)
+  with pytest.raises(RecordError, match="no split 'val'"):
+    RecordSource(str(tmp_path / "d"), "val[:5]")
+  assert records.split_name("train[:64]") == "train"
+  assert records.split_slice("train[:64]", 1000) == slice(0, 64)

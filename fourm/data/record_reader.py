@@ -9,6 +9,7 @@ join the records they were computed from without rewriting them. Every failure i
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -21,6 +22,51 @@ from fourm.data.record_validation import validate_sample
 from fourm.errors import RecordError
 
 READER_OPTIONS = "readahead_buffer_size:0"
+# A part of a split, written as tensorflow-datasets writes it: "train[:64]", "train[10%:]",
+# "val[100:200]" (low-data fine-tuning, a quick look at a few records).
+_SLICE = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<start>(-?\d+%?)?):(?P<stop>(-?\d+%?)?)\]$")
+
+
+def _parse_split(split: str) -> tuple[str, str, str] | None:
+  """(name, start, stop) as written for "NAME[START:STOP]"; None for a plain name."""
+  if "[" not in split:
+    return None
+  match = _SLICE.match(split)
+  if not match:
+    raise RecordError(f"split {split!r}: expected NAME or NAME[START:STOP] (e.g. "
+                      "'train[:64]', 'train[10%:]')")
+  return match["name"], match["start"], match["stop"]
+
+
+def split_name(split: str) -> str:
+  """The stored split a split string reads: "train" for "train" and "train[:64]"."""
+  parsed = _parse_split(split)
+  return split if parsed is None else parsed[0]
+
+
+def split_slice(split: str, num_records: int) -> slice:
+  """The records of its stored split (of `num_records`) that a split string reads:
+  slice(0, 64) for "train[:64]", all of them for a plain name. Percent bounds are of
+  `num_records`, rounded to the nearest record; negative bounds count from the end."""
+  parsed = _parse_split(split)
+  if parsed is None:
+    return slice(0, num_records)
+  name, start_text, stop_text = parsed
+
+  def bound(text: str) -> int | None:
+    if not text:
+      return None
+    if not text.endswith("%"):
+      return int(text)
+    percent = int(text[:-1])
+    if not -100 <= percent <= 100:
+      raise RecordError(f"split {split!r}: {percent}% is not a part of the split")
+    return round(num_records * percent / 100)
+
+  start, stop, _ = slice(bound(start_text), bound(stop_text)).indices(num_records)
+  if stop <= start:
+    raise RecordError(f"split {split!r} selects no records of the {num_records} in {name!r}")
+  return slice(start, stop)
 
 
 class _Store:
@@ -108,7 +154,9 @@ class RecordSource:
     if not directories:
       raise ValueError("RecordSource needs at least one dataset directory")
     self.split = split
-    self.stores = [_Store(str(d), split) for d in directories]
+    self.stores = [_Store(str(d), split_name(split)) for d in directories]
+    # "train[:64]": record i of this source is record start + i of the stored split.
+    self._part = split_slice(split, self.stores[0].num_records)
     self.validate = validate
     sizes = {store.directory: store.num_records for store in self.stores}
     if len(set(sizes.values())) != 1:
@@ -138,12 +186,13 @@ class RecordSource:
     return self.stores[0].info
 
   def __len__(self) -> int:
-    return self.stores[0].num_records
+    return self._part.stop - self._part.start
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     index = int(index)
     if not 0 <= index < len(self):
       raise IndexError(f"record {index} out of range [0, {len(self)}) of split {self.split!r}")
+    index += self._part.start  # the stored record's index, which errors name
     sample: dict[str, Any] = {}
     path = self.stores[0].paths[0]
     for i, store in enumerate(self.stores):

@@ -29,7 +29,7 @@ job lives in its own module:
 
 from fourm.data.dataset_info import FORMAT_NAME, FORMAT_VERSION, INFO_FILE, DatasetInfo, SplitInfo
 from fourm.data.record_codec import EncodedImage, decode_image, decode_sample, encode_sample
-from fourm.data.record_reader import READER_OPTIONS, RecordSource
+from fourm.data.record_reader import READER_OPTIONS, RecordSource, split_name, split_slice
 from fourm.data.record_validation import validate_field, validate_sample
 from fourm.data.record_writer import (WRITER_OPTIONS, shard_name, split_into_shards, write_info,
                                       write_shard)
@@ -39,5 +39,6 @@ __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "INFO_FILE", "READER_OPTIONS", "WRITER_OPTIONS",
     "DatasetInfo", "EncodedImage", "RecordError", "RecordSource", "SplitInfo",
     "decode_image", "decode_sample", "encode_sample", "shard_name", "split_into_shards",
+    "split_name", "split_slice",
     "validate_field", "validate_sample", "write_info", "write_shard",
 ]

@@ -19,7 +19,8 @@ def default_config() -> ml_collections.ConfigDict:
     head: classes (names in head-id order; () = the dataset's metadata list), channels of
       the dense heads, DETR's num_queries / decoder_depth / num_heads
     tuning: mode full | lora | vpt | linear, LoRA rank / alpha, VPT prompt count / deep
-    data: paths, splits, augment, worker_count, ignore_index / reduce_zero_label
+    data: paths, splits (a part as tfds writes it: "train[:64]" fine-tunes on 64 scenes),
+      augment, worker_count, ignore_index / reduce_zero_label
       (segmentation), max_boxes (detection)
     optimizer: AdamW peak lr, warm-up then cosine, weight decay, layer-wise lr decay
     loss: DETR's set-loss weights and auxiliary losses; depth's variance focus;
