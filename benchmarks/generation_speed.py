@@ -42,16 +42,20 @@ def main() -> None:
                       help="guidance scales; 1 runs the unguided path")
   parser.add_argument("--steps", type=int, default=8)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--cpu-fast-compile", action="store_true",
+                      help="on a CPU, compile at LLVM -O0 (Sampler(cpu_fast_compile=True)): "
+                           "faster to compile, slower to run")
   args = parser.parse_args()
 
   layout = modalities.REFERENCE_LAYOUT
   model = fourm_model.FourM(fourm_model.PRESETS[args.size](), NAMES, layout, 128, 128,
                             rngs=nnx.Rngs(0))
-  sampler = Sampler(model)
+  sampler = Sampler(model, cpu_fast_compile=args.cpu_fast_compile)
   tokens = modalities.get("tok_rgb").num_tokens(layout)
   rng = np.random.default_rng(0)
   print(f"4M {args.size}, float32, caption ({CAPTION_TOKENS} tokens) -> tok_rgb ({tokens} "
-        f"tokens), MaskGIT {args.steps} steps (cosine), on {jax.devices()[0].platform}")
+        f"tokens), MaskGIT {args.steps} steps (cosine), on {jax.devices()[0].platform}, "
+        f"compiler options {sampler.compiler_options or 'default'}")
   print(f"{'cfg':>4} {'batch':>6} {'s/batch':>9} {'s/image':>9} {'compile s':>10}")
   for scale in args.scales:
     guidance = Guidance() if scale == 1.0 else Guidance(scale=scale)

@@ -438,3 +438,16 @@ def test_a_tokenizer_for_another_grid_is_refused():
     loading.check_tokenizer("tok_rgb", Tokenizer(), modalities.SMALL_LAYOUT)
   with pytest.raises(UsageError, match="not a grid tokenizer"):
     loading.check_tokenizer("tok_rgb", object(), modalities.SMALL_LAYOUT)
+
+def test_cpu_fast_compilation_gives_the_same_tokens(model, sampler, monkeypatch):
+  assert sampler.compiler_options is None  # off by default
+  monkeypatch.setenv("FOURM_CPU_FAST_COMPILE", "1")
+  fast_sampler = Sampler(model)
+  assert fast_sampler.compiler_options == {"xla_backend_optimization_level": 0}  # CPU tests
+  assert Sampler(model, cpu_fast_compile=False).compiler_options is None
+  for target, steps in (("tok_depth", 2), ("caption", 1)):
+    fast = generate(fast_sampler, rgb_known(), target=target, num_steps=steps,
+                    max_new_tokens=6)
+    slow = generate(sampler, rgb_known(), target=target, num_steps=steps, max_new_tokens=6)
+    key = "tokens" if target == "tok_depth" else "input_tokens"
+    np.testing.assert_array_equal(fast[target][key], slow[target][key])

@@ -27,6 +27,7 @@ guidance weights are traced values, so changing them does not recompile. For seq
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import jax
@@ -48,6 +49,11 @@ from fourm.generation.text_spans import fill_spans, sequence_entry
 
 __all__ = ["Decoding", "Sampler", "fill_spans", "sequence_entry"]
 
+# XLA's CPU backend at LLVM -O0 (`Sampler(cpu_fast_compile=True)`, or the environment
+# variable set to "1"): compiles faster, runs slower.
+CPU_FAST_COMPILE_ENV = "FOURM_CPU_FAST_COMPILE"
+CPU_FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
+
 
 def check_fillable(target: str, given: Mapping[str, np.ndarray], ids: TextSpecialIds) -> None:
   """A sequence target given as text must mark gaps to fill in: a text without
@@ -66,9 +72,16 @@ class Sampler:
 
   def __init__(self, model, text_ids: TextSpecialIds = TextSpecialIds(),
                vocab_limits: Mapping[str, int] | None = None,
-               sentinel_prompt: bool = False):
+               sentinel_prompt: bool = False, cpu_fast_compile: bool | None = None):
     """`vocab_limits` {modality: n}: only ids below n are sampled, for tokenizers with
     fewer codes than the model's vocabulary (ids beyond them could not be decoded).
+
+    `cpu_fast_compile`: on a CPU, compile the loops with LLVM's optimizations off
+    (`CPU_FAST_COMPILE_OPTIONS`); None: as the environment variable `FOURM_CPU_FAST_COMPILE`
+    says (off unless "1"). A trade, measured in docs/generation.md: a third less compile
+    time, the same tokens, and slower runs (10 % for the demo's model, 40 % for 4M tiny at
+    224 px), so it pays for one-off runs (`make demo`) and not for repeated ones. Other
+    backends compile as usual.
 
     `sentinel_prompt`: a sequence generated from nothing shows the encoder one [S_1]
     (the text "[S_1]": one gap, to fill), as the reference's GenerationSampler does
@@ -83,6 +96,10 @@ class Sampler:
     self.layout = model.layout
     self.text_ids = text_ids
     self._compiled: dict[LoopSettings, callable] = {}
+    if cpu_fast_compile is None:
+      cpu_fast_compile = os.environ.get(CPU_FAST_COMPILE_ENV, "").strip() == "1"
+    self.compiler_options = (CPU_FAST_COMPILE_OPTIONS if cpu_fast_compile
+                             and jax.default_backend() == "cpu" else None)
     # Programs traced so far: each is one compilation, so a caller (or a test) can check
     # that changing traced settings such as temperatures reuses the program.
     self.num_traces = 0
@@ -211,7 +228,7 @@ class Sampler:
       def run(params, *args):
         self.num_traces += 1  # runs only while jax traces
         return loop(nnx.merge(graphdef, params), settings, *args)
-      self._compiled[settings] = jax.jit(run)
+      self._compiled[settings] = jax.jit(run, compiler_options=self.compiler_options)
     return self._compiled[settings]
 
 
