@@ -1,9 +1,11 @@
 # Two entry points a fresh machine needs: `make demo` and `make test`. Both create
-# .venv and install the project into it on first use (and again when pyproject.toml changes).
+# .venv and install the project into it on first use (and again when pyproject.toml changes):
+# the demo needs the project alone, the tests its extras too (torch, notebooks, linters).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+CORE_STAMP := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed
 DEMO := demo_out
 PYTEST_WORKERS ?= 2
@@ -12,11 +14,16 @@ PYTEST_WORKERS ?= 2
 
 install: $(STAMP)
 
-# torch is installed first, pinned: on this machine that version is a CPU build (a plain
-# `torch` would pull the multi-GB CUDA one); the [pseudolabel] extra then finds it.
-$(STAMP): pyproject.toml
+$(CORE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(CORE_STAMP)
+
+# torch is installed before the extras, pinned: on this machine that version is a CPU
+# build (a plain `torch` would pull the multi-GB CUDA one); the [pseudolabel] extra then
+# finds it.
+$(STAMP): $(CORE_STAMP)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev,pseudolabel]'
 	touch $(STAMP)
@@ -27,13 +34,15 @@ $(STAMP): pyproject.toml
 # WordPiece vocabulary of the world's own words), train the tiny 4M
 # model on it, and generate with it: rgb -> everything, caption -> everything (chained);
 # then fine-tune its encoder for semantic segmentation and evaluate that.
-# Every step but the last two resumes or finds its work done when run again.
-demo: $(STAMP)
+# Every step but the last two resumes or finds its work done when run again. The last
+# jobs generate once each, so their sampler compiles fast rather than runs fast
+# (FOURM_CPU_FAST_COMPILE, docs/generation.md).
+demo: $(CORE_STAMP)
 	$(BIN)/fourm synth --out $(DEMO)/world --num 1000 --resolution 64 --seed 0
 	$(BIN)/fourm show $(DEMO)/world --num 4 --out $(DEMO)/world_grid.png
 	$(BIN)/fourm show $(DEMO)/world --num 4 --augmented --out $(DEMO)/augmented_grid.png
 	$(BIN)/fourm tokenizer train --config configs/tokenizers/vqvae.py:rgb_tiny --workdir $(DEMO)/tok_rgb \
-	    --config.eval_every=300 --config.checkpoint.every=300
+	    --config.total_steps=500 --config.eval_every=250 --config.checkpoint.every=250
 	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens_vq --tokenizers tok_rgb=$(DEMO)/tok_rgb
 	$(BIN)/fourm tokenize --data $(DEMO)/world --out $(DEMO)/tokens --method patches \
 	    --modalities tok_depth,tok_normal,tok_semseg
@@ -42,7 +51,7 @@ demo: $(STAMP)
 	$(BIN)/fourm train --config configs/tiny_synthetic.py --workdir $(DEMO)/train
 	@echo "generation, fine-tuning and the quality table (16 held-out scenes; make quality: 100)"
 	@echo "run side by side; each one's output follows when it ends:"
-	$(BIN)/python launch/side_by_side.py --logs $(DEMO)/logs \
+	FOURM_CPU_FAST_COMPILE=1 $(BIN)/python launch/side_by_side.py --logs $(DEMO)/logs \
 	    "generate=$(BIN)/fourm generate --checkpoint $(DEMO)/train --schedule configs/generation/rgb_to_all.py \
 	        --data $(DEMO)/world --use rgb --indices 0,1,2,3 --out $(DEMO)/generate_rgb && \
 	      $(BIN)/fourm generate --checkpoint $(DEMO)/train --schedule configs/generation/caption_to_all.py \
@@ -67,7 +76,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
 
-quality: $(STAMP)
+quality: $(CORE_STAMP)
 	$(BIN)/python benchmarks/generation_quality.py --checkpoint $(DEMO)/train --count 100
 
 bench: $(STAMP)
