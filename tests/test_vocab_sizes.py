@@ -108,3 +108,16 @@ def test_generation_checks_given_token_ids_against_the_model_vocabulary():
   # Without the model's sizes the registry's 8,192 would let it through.
   registry = ConditionEncoder(NAMES, NAMES, LAYOUT, {})
   registry.encode("tok_depth", [np.full((grid, grid), 128, np.int32)])
+
+
+def test_generation_refuses_text_ids_beyond_the_model_caption_vocabulary():
+  from fourm.generation.generator import Generator
+  model = fourm_model.FourM(_config(vocab_sizes=(("caption", 5000),)), NAMES, LAYOUT, 40, 40,
+                            rngs=nnx.Rngs(0))
+  generator = Generator(model, {})  # the reference's 30k WordPiece vocabulary
+  # In that vocabulary "a" is id 4321 and "cube" 12798.
+  _, entry = generator.encoder.encode("caption", ["a"])
+  assert entry["input_tokens"][0, 0] == 4321
+  with pytest.raises(UsageError, match=r"--condition caption: .* gives token id 12798, "
+                                       r"outside the model's caption vocabulary of 5000"):
+    generator.encoder.encode("caption", ["a red cube"])

@@ -151,6 +151,15 @@ class ConditionEncoder:
       self._codecs[spec.name] = sequences.codec_for(spec.name, self.text_vocab)
     codec = self._codecs[spec.name]
     texts = [self._renumber_sentinels(np.asarray(codec(value), np.int32)) for value in values]
+    for text in texts:
+      # A text vocabulary larger than the model's (config.model.vocab_sizes) would give
+      # ids its table lookup clamps to the last row.
+      if text.size and text.max() >= spec.vocab_size:
+        vocabulary = self.text_vocab or "the reference's WordPiece vocabulary"
+        raise UsageError(
+            f"--condition {spec.name}: {vocabulary} gives token id {int(text.max())}, "
+            f"outside the model's {spec.name} vocabulary of {spec.vocab_size}: the model "
+            "was trained with another text tokenizer (its config.text_tokenizer)")
     self._report_lossy(spec, texts)
     entry = sequence_entry(texts, spec.max_length, self.text_ids,
                            append_eos=self.condition_eos)
