@@ -90,7 +90,9 @@ def test_sam_masks_read_as_0_1_and_decode_from_logits():
   np.testing.assert_allclose(np.asarray(io.denormalize(logits, stats)),
                              np.where(masks == 1, 1.0 - off, off), rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(io.to_raw(io.denormalize(logits, stats))), masks)
-  np.testing.assert_allclose(float(io.loss(logits, x)), np.log1p(np.exp(-3.0)), rtol=1e-6)
+  # float32 softplus against float64: XLA's vectorized exp / log differ by machine (2e-5
+  # relative on AVX-512).
+  np.testing.assert_allclose(float(io.loss(logits, x)), np.log1p(np.exp(-3.0)), rtol=1e-4)
   with pytest.raises(RecordError, match=r"only 0 and 1, found \[255\]"):
     io.check(masks * 255)
 
