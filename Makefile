@@ -68,13 +68,16 @@ demo: $(CORE_STAMP)
 	@echo "  finetune_segmentation/ (checkpoints/, eval_val/: metrics.json, grid.png),"
 	@echo "  logs/ (generate.log, finetune.log, quality.log)"
 
+# --dist loadscope: each test module runs whole on one worker, so a module's fixtures (a
+# trained model, a written dataset) are built once, not once per worker or per return
+# to the module. tests/conftest.py: the session's own compilation cache.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope
 
 # The inner loop: everything but the tests marked slow (multi-process, kill / resume,
 # the notebook, those that train or compile for more than ~7 s). Under 3 minutes on 2 cores.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope -m "not slow"
 
 quality: $(CORE_STAMP)
 	$(BIN)/python benchmarks/generation_quality.py --checkpoint $(DEMO)/train --count 100

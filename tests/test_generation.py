@@ -439,8 +439,11 @@ def test_a_tokenizer_for_another_grid_is_refused():
   with pytest.raises(UsageError, match="not a grid tokenizer"):
     loading.check_tokenizer("tok_rgb", object(), modalities.SMALL_LAYOUT)
 
-def test_cpu_fast_compilation_gives_the_same_tokens(model, sampler, monkeypatch):
-  assert sampler.compiler_options is None  # off by default
+def test_cpu_fast_compilation_gives_the_same_tokens(model, monkeypatch):
+  # The test session turns it on (conftest.py); a user's default is off.
+  monkeypatch.delenv("FOURM_CPU_FAST_COMPILE", raising=False)
+  sampler = Sampler(model)
+  assert sampler.compiler_options is None
   monkeypatch.setenv("FOURM_CPU_FAST_COMPILE", "1")
   fast_sampler = Sampler(model)
   assert fast_sampler.compiler_options == {"xla_backend_optimization_level": 0}  # CPU tests

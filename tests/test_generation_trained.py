@@ -3,7 +3,8 @@ generate` end to end, and the notebook, executed.
 
 One small model is trained once for the module (synthetic world -> ground-truth patch
 tokens -> `fourm.train`), about a minute on 2 cores; the tests of this module run
-on one xdist worker (`--dist loadgroup`) so it is trained once.
+on one xdist worker (`make test`'s `--dist loadscope`, or `--dist loadgroup` by the
+xdist_group mark) so it is trained once.
 """
 
 from __future__ import annotations

@@ -355,13 +355,13 @@ def test_converted_checkpoints_generate_with_the_reference_schedules(converted, 
   out = tmp_path / "gen"
   assert cli.main(["generate", "--checkpoint", workdir, "--condition",
                    "caption=a red cube", "--targets", "tok_depth", "--num-samples", "1",
-                   "--out", str(out), "--num-steps", "12"]) == 0
+                   "--out", str(out), "--num-steps", "4"]) == 0
   tokens = np.load(out / "tokens.npz")["tok_depth"]
   assert tokens.shape[-1] == 196 or tokens.shape[-2:] == (14, 14)
   # The reference's temperature schedules run in the decoding loop too.
   from fourm.generation.decoding import Decoding
   result = generator.generate({"caption": "a red cube"},
-                              [Decoding("tok_depth", num_steps=8,
+                              [Decoding("tok_depth", num_steps=3,
                                         token_schedule="reference_cosine",
                                         temperature_schedule="reference_onex",
                                         temperature=2.0, temperature_end=0.5)],
