@@ -27,8 +27,9 @@ os.environ["FOURM_COMPILATION_CACHE"] = os.environ[_CACHE_ENV]
 # a user's do. FOURM_CPU_FAST_COMPILE=0 tests the samplers as users compile them.
 os.environ.setdefault("FOURM_CPU_FAST_COMPILE", "1")
 
-import jax  # noqa: E402,F401  (after XLA_FLAGS; enable() then sets jax's config, not
-# JAX_* variables that subprocesses would inherit over their own FOURM_COMPILATION_CACHE)
+# jax first (after XLA_FLAGS): enable() then sets jax's config rather than JAX_*
+# variables, which subprocesses would inherit over their own FOURM_COMPILATION_CACHE.
+import jax  # noqa: E402,F401
 
 from fourm import compilation_cache  # noqa: E402
 
