@@ -439,6 +439,7 @@ def test_a_tokenizer_for_another_grid_is_refused():
   with pytest.raises(UsageError, match="not a grid tokenizer"):
     loading.check_tokenizer("tok_rgb", object(), modalities.SMALL_LAYOUT)
 
+
 def test_cpu_fast_compilation_gives_the_same_tokens(model, monkeypatch):
   # The test session turns it on (conftest.py); a user's default is off.
   monkeypatch.delenv("FOURM_CPU_FAST_COMPILE", raising=False)
