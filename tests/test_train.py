@@ -309,6 +309,43 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(data, tmp_path
   assert_trees_equal(final_params(moved)[1], final_params(single)[1], rtol=2e-4, atol=2e-6)
 
 
+def test_optimizer_moments_are_split_as_their_parameters(data):
+  """FSDP saves memory mostly on Adam's two moments: they must not come out replicated
+  (zeros carry no sharding for XLA to propagate; the state creation places them)."""
+  from flax import nnx
+  from fourm.train import mesh as mesh_lib
+  from fourm.train import state as state_lib
+  from fourm.train.optimizer import make_optimizer
+  config = small_config(data, **{"mesh.data": 1, "mesh.fsdp": 8})
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = mesh_lib.axis_rules(config, mesh)
+  tx, _ = make_optimizer(config.optimizer, config.batch_size, 10)
+  _, state = state_lib.create_train_state(state_lib.model_factory(config), tx, mesh, rules)
+  _, abstract = state_lib.abstract_train_state(state_lib.model_factory(config), tx, mesh,
+                                               rules)
+  params = nnx.to_flat_state(state.params)
+  split = [path for path, p in params if p[...].sharding.spec != jax.sharding.PartitionSpec()]
+  assert len(split) > len(params) // 2
+  adam = state.opt_state[-1][0]  # chain(clip, adamw) -> adamw's (ScaleByAdamState, ...)
+  for moments in (adam.mu, adam.nu):
+    for (path, param), (_, moment) in zip(params, nnx.to_flat_state(moments), strict=True):
+      assert moment[...].sharding == param[...].sharding, path
+  assert jax.tree.map(lambda x: x.sharding, abstract) == jax.tree.map(lambda x: x.sharding,
+                                                                        state)
+
+
+def test_adam_first_moment_in_bfloat16_on_request(data):
+  from fourm.train.optimizer import make_optimizer
+  params = {"w": {"kernel": np.ones((4, 4), np.float32)}}
+  config = small_config(data, **{"optimizer.mu_dtype": "bfloat16"})
+  adam = make_optimizer(config.optimizer, 8, 10)[0].init(params)[-1][0]
+  assert adam.mu["w"]["kernel"].dtype == np.dtype("bfloat16")
+  assert adam.nu["w"]["kernel"].dtype == np.float32
+  config.optimizer.mu_dtype = "float16"
+  with pytest.raises(UsageError, match="config.optimizer.mu_dtype is 'float16'"):
+    make_optimizer(config.optimizer, 8, 10)
+
+
 def _config_variants():
   """FILE or FILE:VARIANT for every training config and each variant it declares."""
   specs = []

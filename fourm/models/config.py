@@ -8,6 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from fourm.errors import UsageError
+from fourm.models import layer_stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +35,23 @@ class FourMConfig:
   patch_embed_bias: bool = False
   dtype: Any = jnp.float32          # compute dtype (e.g. jnp.bfloat16)
   param_dtype: Any = jnp.float32    # storage dtype of the parameters
-  remat: bool = False               # recompute each block's activations in the backward pass
+  # What each block keeps for the backward pass: a policy name of
+  # fourm.models.layer_stack.REMAT_POLICIES ("none", "full", "dots", "dots_no_batch");
+  # True / False (older configs) mean "full" / "none".
+  remat: bool | str = "none"
+  # One lax.scan over the blocks' stacked parameters instead of unrolled blocks: compile
+  # time stops growing with depth; names and checkpoints are the same (layer_stack.py).
+  scan_layers: bool = False
   attention_impl: str | None = None  # passed to jax.nn.dot_product_attention ("cudnn", "xla")
   # (modality, size) pairs: vocabularies other than the registry's, for tokenizers with
   # fewer codes (see modalities.with_vocab_size). Pairs, not a dict, to stay hashable.
   vocab_sizes: tuple[tuple[str, int], ...] = ()
 
   def __post_init__(self):
+    try:
+      object.__setattr__(self, "remat", layer_stack.remat_policy_name(self.remat))
+    except ValueError as error:
+      raise UsageError(f"config.model: {error}") from None
     # UsageErrors (ValueErrors too): these come from config.model, a one-line error.
     if self.num_heads < 1 or self.dim % self.num_heads:
       raise UsageError(f"config.model: dim {self.dim} is not divisible by num_heads "

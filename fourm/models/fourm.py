@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from fourm import modalities
-from fourm.models import slots
+from fourm.models import layer_stack, slots
 from fourm.models.blocks import DecoderBlock, EncoderBlock
 # The presets are re-exported: `fourm_model.fourm_base(dtype=...)` reads naturally.
 from fourm.models.config import (PRESETS, FourMConfig, fourm_base,  # noqa: F401
@@ -50,10 +50,6 @@ class DecoderOutput:
   modality_index: jax.Array  # [B, T] int32 index into FourM.modality_names; -1 = padding
   labels: jax.Array          # [B, T] int32 token to predict (0 on padding slots)
   valid: jax.Array           # [B, T] bool
-
-
-def _call_block(block, *args):
-  return block(*args)
 
 
 class FourM(nnx.Module):
@@ -171,9 +167,7 @@ class FourM(nnx.Module):
     emb = jnp.where(keep, position_and_modality[indices], 0)
     x = sharding.constrain(x + emb, _RESIDUAL_AXES)
 
-    mask = slots.key_mask(valid)
-    for block in self.encoder:
-      x = self._run_block(block, x, mask)
+    x = self._run_blocks(self.encoder, x, slots.key_mask(valid))
     x = self.encoder_norm(x)
 
     context = self.decoder_proj_context(x) + emb
@@ -220,8 +214,7 @@ class FourM(nnx.Module):
         modality, jnp.asarray(np.concatenate(positions))[indices],
         jnp.asarray(np.concatenate(causal))[indices], valid)
     cross_mask = slots.key_mask(context_valid)
-    for block in self.decoder:
-      y = self._run_block(block, y, context, self_mask, cross_mask)
+    y = self._run_blocks(self.decoder, y, context, self_mask, cross_mask)
     y = self.decoder_norm(y)
 
     return DecoderOutput(
@@ -238,7 +231,6 @@ class FourM(nnx.Module):
               if embedding.mod_emb is None else None)
     return embedding.position_and_modality(shared)
 
-  def _run_block(self, block, *args):
-    if self.config.remat:
-      return nnx.remat(_call_block)(block, *args)
-    return block(*args)
+  def _run_blocks(self, blocks, x, *args):
+    return layer_stack.run(blocks, x, *args, scan=self.config.scan_layers,
+                           remat=self.config.remat)

@@ -173,6 +173,18 @@ def param(init: Initializer, key: jax.Array, shape: Sequence[int], dtype,
   return nnx.Param(value, out_sharding=logical_axes, eager_sharding=False)
 
 
+def constrain_variables(tree):
+  """Every annotated variable in `tree` constrained to its logical axes; a no-op without
+  mesh or rules. For trees built from the parameters' (an optimizer's moments keep their
+  variables and annotations), whose values XLA would otherwise be free to replicate:
+  zeros carry no sharding of their own to propagate."""
+  def place(node):
+    axes = node.get_metadata().get("out_sharding") if isinstance(node, nnx.Variable) else None
+    return node.replace(constrain(node.get_value(), axes)) if axes else node
+
+  return jax.tree.map(place, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 def partition_specs(state, mesh=None, rules=None):
   """PartitionSpecs for an `nnx.State` of annotated parameters (e.g. for jit shardings)."""
   mesh = current_mesh() if mesh is None else mesh

@@ -22,12 +22,16 @@ def default_config() -> ml_collections.ConfigDict:
       (alpha, sources: e.g. ("rgb", "caption"), weights: how often each source's
       component and then all2all's is drawn, () = equally) | "reference_yaml" (path)
     model: size (tiny/base/large/xlarge) and optional dim/depth/heads overrides,
-      dtype (compute), param_dtype, remat, tie_output_heads (False: each output head
+      dtype (compute), param_dtype, remat (a policy name: "none", "full", "dots",
+      "dots_no_batch"; fourm/models/layer_stack.py), scan_layers (one lax.scan over the
+      blocks: compile time independent of depth), tie_output_heads (False: each output head
       its own table, as converted reference models may have), share_modality_embeddings,
       vocab_sizes (modality -> size: the tokenizer's number of codes where it is smaller
       than the registry's vocabulary, so the model keeps no rows or logits for the rest)
     data: paths (directories read side by side), splits, augment, worker_count
-    optimizer: AdamW, lr = base_lr * batch_size / lr_batch_base, warmup then cosine
+    optimizer: AdamW, lr = base_lr * batch_size / lr_batch_base, warmup then cosine;
+      mu_dtype "bfloat16" keeps Adam's first moment in bf16 (a quarter less optimizer
+      memory; the second moment stays float32, as optax offers)
     mesh: data / fsdp / tensor sizes, one may be -1 (the devices left)
     sharding.rules: overrides of the logical-axis table (fourm/nn/sharding.py
       DEFAULT_RULES), logical name -> None (replicated) | mesh axis | tuple of axes;
@@ -55,7 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
                                                   sources=("rgb",), weights=()))
   c.model = ml_collections.ConfigDict(dict(
       size="tiny", dim=0, encoder_depth=0, decoder_depth=0, num_heads=0,
-      dtype="float32", param_dtype="float32", remat=False, tie_output_heads=True,
+      dtype="float32", param_dtype="float32", remat="none", scan_layers=False,
+      tie_output_heads=True,
       share_modality_embeddings=True, vocab_sizes=ml_collections.ConfigDict()))
   c.data = ml_collections.ConfigDict(dict(
       paths=("/path/to/records", "/path/to/tokens"), train_split="train", eval_split="val",
@@ -66,7 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.total_steps = 1000
   c.optimizer = ml_collections.ConfigDict(dict(
       base_lr=1e-4, lr_batch_base=256, warmup_steps=100, min_lr_ratio=0.0, b1=0.9, b2=0.95,
-      eps=1e-8, weight_decay=0.05, grad_clip=1.0))
+      eps=1e-8, weight_decay=0.05, grad_clip=1.0, mu_dtype="float32"))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Not type-safe, so that any logical name may be added and take None, an axis or a
   # tuple in turn. On the command line: --config.sharding.rules.embed=None (replicated),

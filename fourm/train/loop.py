@@ -42,7 +42,9 @@ from fourm.train.step import make_eval_step, make_train_step
 _FIXED_ON_RESUME = ("modalities", "layout", "input_budget", "target_budget", "model",
                     "batch_size", "seed", "data", "alphas", "pixel_normalization",
                     "text_tokenizer", "masking_budgets")
-_FREE_ON_RESUME = ("worker_count",)  # in config.data: the same stream on any worker count
+# In config.data: the same stream on any worker count. In config.model: how the blocks
+# run (scanned or not, what they recompute) changes neither the parameters nor the math.
+_FREE_ON_RESUME = ("worker_count", "remat", "scan_layers")
 # Fields added to config.model after runs were saved without them: a saved run that
 # lacks one had its default.
 _MODEL_FIELDS_ADDED = {"tie_output_heads": True, "share_modality_embeddings": True}

@@ -4,8 +4,11 @@ weight matrices only."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+from fourm.errors import UsageError
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict, batch_size: int) -> float:
@@ -30,6 +33,18 @@ def weight_decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+MU_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def mu_dtype(config: ml_collections.ConfigDict):
+  """Adam's first-moment dtype (None: the parameters'). Older configs lack the field."""
+  name = config.get("mu_dtype", "float32")
+  if name not in MU_DTYPES:
+    raise UsageError(f"config.optimizer.mu_dtype is {name!r}, expected one of "
+                     f"{sorted(MU_DTYPES)}")
+  return MU_DTYPES[name]
+
+
 def make_optimizer(config: ml_collections.ConfigDict, batch_size: int,
                    total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   schedule = learning_rate_schedule(config, batch_size, total_steps)
@@ -37,5 +52,6 @@ def make_optimizer(config: ml_collections.ConfigDict, batch_size: int,
   if config.grad_clip:
     parts.append(optax.clip_by_global_norm(config.grad_clip))
   parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                           weight_decay=config.weight_decay, mask=weight_decay_mask))
+                           weight_decay=config.weight_decay, mask=weight_decay_mask,
+                           mu_dtype=mu_dtype(config)))
   return optax.chain(*parts), schedule

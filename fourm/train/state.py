@@ -78,6 +78,7 @@ def model_config(config: ml_collections.ConfigDict) -> fourm_model.FourMConfig:
   return fourm_model.PRESETS[model.size](
       vocab_sizes=tuple(sorted(vocab_sizes(config).items())),
       dtype=DTYPES[model.dtype], param_dtype=DTYPES[model.param_dtype], remat=model.remat,
+      scan_layers=model.get("scan_layers", False),
       tie_output_heads=model.get("tie_output_heads", True),
       share_modality_embeddings=model.get("share_modality_embeddings", True), **overrides)
 
@@ -104,16 +105,40 @@ def create_train_state(build: Callable[[], fourm_model.FourM],
                        ) -> tuple[nnx.GraphDef, TrainState]:
   """A fresh state, parameters born sharded by the logical-axis table `rules`."""
   graphdef = nnx.graphdef(nnx.eval_shape(build))
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    state = jax.jit(_initializer(build, tx))()
+  return graphdef, state
 
+
+def abstract_train_state(build: Callable[[], fourm_model.FourM],
+                         tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                         rules: sharding.Rules = sharding.DEFAULT_RULES
+                         ) -> tuple[nnx.GraphDef, TrainState]:
+  """`create_train_state`'s result as shapes, dtypes and shardings only, nothing
+  allocated: what an ahead-of-time compile of the train step needs for a model too large
+  for this host (benchmarks/memory_plan.py). The shardings are the ones the real state is
+  born with, read from the compiled initializer."""
+  graphdef = nnx.graphdef(nnx.eval_shape(build))
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    initializer = jax.jit(_initializer(build, tx))
+    shapes = jax.eval_shape(initializer)
+    shardings = initializer.lower().compile().output_shardings
+  state = jax.tree.map(lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype,
+                                                                 sharding=where),
+                       shapes, shardings)
+  return graphdef, state
+
+
+def _initializer(build: Callable[[], fourm_model.FourM],
+                 tx: optax.GradientTransformation) -> Callable[[], TrainState]:
   def init() -> TrainState:
     params = nnx.state(build(), nnx.Param)
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=tx.init(params),
+    # Adam's moments split as their parameters do: FSDP's memory saving is mostly theirs.
+    opt_state = sharding.constrain_variables(tx.init(params))
+    return TrainState(step=zero, params=params, opt_state=opt_state,
                       nonfinite_streak=zero, nonfinite_total=zero)
-
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    state = jax.jit(init)()
-  return graphdef, state
+  return init
 
 
 def num_params(state: TrainState) -> int:

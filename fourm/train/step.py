@@ -59,6 +59,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def run(state, batch):
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
       return jitted(state, batch)
+
+  def lower(state, batch):
+    """The step lowered for these (possibly abstract) arguments: `.compile()` it ahead of
+    time to read its memory and cost without running it."""
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+      return jitted.lower(state, batch)
+
+  run.lower = lower
   return run
 
 
