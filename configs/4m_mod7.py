@@ -6,7 +6,10 @@
 
 The numbers are the reference's (apple/ml-4m cfgs/default/4m/models/main/
 4m-{b,l,xl}_mod7_500b.yaml): 500B tokens, 10B of them warm-up, batch 8192 of 128 input
-+ 128 target tokens, lr 1e-4 per 256 samples, AdamW (0.9, 0.95), weight decay 0.05.
++ 128 target tokens, AdamW (0.9, 0.95), weight decay 0.05, and per size (`RECIPES`) the
+lr per 256 samples, the gradient clipping and whether blocks are recomputed (XL's
+activation checkpointing). The reference trains B on 64 GPUs (128 samples each) and L and
+XL on 128 (64 each); `benchmarks/memory_plan.py` says which meshes fit which chips.
 """
 
 from fourm.errors import UsageError
@@ -17,6 +20,11 @@ MODALITIES = ("rgb", "tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "tok_cl
               "caption", "det")
 VARIANTS = tuple(SIZES)
 BATCH = 8192
+# Per size: base lr (per 256 samples), gradient-norm clip (0 = none; L's 10,000 only logs
+# the norm, as the reference says), remat policy.
+RECIPES = {"b": dict(base_lr=1e-4, grad_clip=0.0, remat="none"),
+           "l": dict(base_lr=1e-4, grad_clip=10_000.0, remat="none"),
+           "xl": dict(base_lr=2e-5, grad_clip=3.0, remat="full")}
 TOKENS_PER_STEP = BATCH * (128 + 128)
 
 
@@ -34,11 +42,14 @@ def get_config(variant: str = "b"):
   c.model.dtype = "bfloat16"
   c.batch_size = BATCH
   c.total_steps = round(500e9 / TOKENS_PER_STEP)
-  c.optimizer.base_lr = 1e-4  # lr = 1e-4 * 8192 / 256 = 3.2e-3
+  recipe = RECIPES[variant]
+  c.model.remat = recipe["remat"]
+  c.model.scan_layers = True  # compile time independent of depth; same parameters
+  c.optimizer.base_lr = recipe["base_lr"]  # B: lr = 1e-4 * 8192 / 256 = 3.2e-3
+  c.optimizer.grad_clip = recipe["grad_clip"]
   c.optimizer.warmup_steps = round(10e9 / TOKENS_PER_STEP)
   c.optimizer.weight_decay = 0.05
   c.optimizer.b1, c.optimizer.b2 = 0.9, 0.95
-  c.optimizer.grad_clip = 1.0
   c.data.paths = ("/path/to/cc12m", "/path/to/cc12m_tokens")  # change me
   c.data.augment = False       # tokens are computed once, on fixed crops
   c.data.worker_count = 8
