@@ -15,6 +15,12 @@ function carries its own backward pass (`jax.custom_vjp`), which recomputes each
 chunk's logits instead of storing them: the [tokens, vocab] logits, the largest
 activation of the step, never exist in memory at once, in the forward or the backward.
 
+On a mesh the sort is per batch shard (`_per_batch_shard`): each device sorts and scores
+its own rows, the tables gathered whole as FSDP gathers any weight, and the weighted
+totals are summed over the shards. Sorting the global batch instead would make XLA gather
+every slot's hidden state onto every device (3 GiB per device for 4M-B on 64 chips) and
+score the whole batch there.
+
 Training wants one number, the weighted sum of the slots' losses (`grouped_weighted_loss`:
 the 4M reductions are per-slot weights that depend on the masks only). Its gradient is
 linear in the weights, so the forward pass computes it in the same sweep as the losses,
@@ -33,6 +39,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec
+
+from fourm.nn import sharding
 
 DEFAULT_CHUNK_SIZE = 128
 
@@ -53,13 +62,16 @@ def grouped_token_losses(hidden: jax.Array, group: jax.Array, labels: jax.Array,
   Returns:
     [B, T] float32 losses, 0 on slots with a negative group.
   """
-  runs = _SortedRuns(hidden, group, labels, len(tables), chunk_size)
-  sorted_losses = jnp.zeros(runs.hidden.shape[0], jnp.float32)
-  for index, table in enumerate(tables):
-    sorted_losses = sorted_losses + _run_cross_entropy(
-        runs.hidden, runs.labels_in(table), table, runs.starts[index], runs.counts[index],
-        chunk_size)
-  return runs.unsort(sorted_losses)
+  def losses_of(hidden, group, labels, tables):
+    runs = _SortedRuns(hidden, group, labels, len(tables), chunk_size)
+    sorted_losses = jnp.zeros(runs.hidden.shape[0], jnp.float32)
+    for index, table in enumerate(tables):
+      sorted_losses = sorted_losses + _run_cross_entropy(
+          runs.hidden, runs.labels_in(table), table, runs.starts[index],
+          runs.counts[index], chunk_size)
+    return (runs.unsort(sorted_losses),)
+
+  return _per_batch_shard(losses_of, (hidden, group, labels), tuple(tables), ("rows",))[0]
 
 
 def grouped_weighted_loss(hidden: jax.Array, group: jax.Array, labels: jax.Array,
@@ -73,16 +85,46 @@ def grouped_weighted_loss(hidden: jax.Array, group: jax.Array, labels: jax.Array
   The same losses as `grouped_token_losses`; a gradient costs a quarter less (module
   docstring).
   """
-  runs = _SortedRuns(hidden, group, labels, len(tables), chunk_size)
-  sorted_weights = runs.sort(weights.astype(jnp.float32))
-  total = jnp.zeros((), jnp.float32)
-  sorted_losses = jnp.zeros(runs.hidden.shape[0], jnp.float32)
-  for index, table in enumerate(tables):
-    run_total, run_losses = _run_weighted_loss(
-        runs.hidden, runs.labels_in(table), table, sorted_weights, runs.starts[index],
-        runs.counts[index], chunk_size)
-    total, sorted_losses = total + run_total, sorted_losses + run_losses
-  return total, lax.stop_gradient(runs.unsort(sorted_losses))
+  def total_and_losses(hidden, group, labels, weights, tables):
+    runs = _SortedRuns(hidden, group, labels, len(tables), chunk_size)
+    sorted_weights = runs.sort(weights.astype(jnp.float32))
+    total = jnp.zeros((), jnp.float32)
+    sorted_losses = jnp.zeros(runs.hidden.shape[0], jnp.float32)
+    for index, table in enumerate(tables):
+      run_total, run_losses = _run_weighted_loss(
+          runs.hidden, runs.labels_in(table), table, sorted_weights, runs.starts[index],
+          runs.counts[index], chunk_size)
+      total, sorted_losses = total + run_total, sorted_losses + run_losses
+    return total, lax.stop_gradient(runs.unsort(sorted_losses))
+
+  return _per_batch_shard(total_and_losses, (hidden, group, labels, weights), tuple(tables),
+                          ("sum", "rows"))
+
+
+def _per_batch_shard(fn, per_slot: tuple, tables: tuple, outputs: tuple[str, ...]):
+  """`fn(*per_slot, tables)` on each batch shard of the current mesh, or once without one.
+
+  per_slot: arrays [B, T, ...], split over the batch axes; tables: gathered whole on every
+  device. fn returns a tuple described by `outputs`: "sum" for a scalar added up over the
+  shards, "rows" for a per-slot array [B, T] that stays split as the inputs are."""
+  axes = sharding.batch_split(per_slot[0].shape[0])
+  if not axes:
+    return fn(*per_slot, tables)
+  rows = PartitionSpec(axes)
+
+  def on_shard(*args):
+    out = fn(*args[:-1], args[-1])
+    return tuple(lax.psum(value, axes) if kind == "sum" else value
+                 for kind, value in zip(outputs, out, strict=True))
+
+  # check_vma=False: the chunk loops start from zeros that the type check would call
+  # invariant and then see varying. Gradients agree with the unsharded loss on a
+  # data x fsdp x tensor mesh (tests/test_model.py checks them).
+  return jax.shard_map(on_shard, mesh=sharding.current_mesh(),
+                       in_specs=(rows,) * len(per_slot) + (PartitionSpec(),),
+                       out_specs=tuple(PartitionSpec() if kind == "sum" else rows
+                                       for kind in outputs),
+                       check_vma=False)(*per_slot, tables)
 
 
 class _SortedRuns:

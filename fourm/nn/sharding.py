@@ -108,6 +108,16 @@ def mesh_axes_of(name: str, mesh, rules: Rules) -> tuple[str, ...]:
   return tuple(kept)
 
 
+def batch_split(batch_size: int) -> tuple[str, ...]:
+  """The mesh axes a batch of `batch_size` rows is split over under the current mesh and
+  rules (its "act_batch" rule, as far as the size divides); () without either."""
+  mesh = current_mesh()
+  if mesh is None or not current_rules():
+    return ()
+  spec = logical_to_mesh(("act_batch",), (batch_size,), mesh)[0]
+  return () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+
+
 def current_mesh() -> jax.sharding.AbstractMesh | None:
   """The mesh set by `jax.set_mesh`, or None."""
   mesh = jax.sharding.get_abstract_mesh()
