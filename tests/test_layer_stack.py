@@ -122,3 +122,15 @@ def test_unrolled_remat_policies_keep_the_training_signal(remat):
   batch = random_batch(NAMES, seed=4)
   _assert_same_training_signal(make_model(_config(), NAMES),
                                make_model(_config(remat=remat), NAMES), batch)
+
+
+def test_the_attention_kernel_is_chosen_by_name():
+  from tests.helpers import small_config
+  from fourm.train import state
+  config = small_config(("/unused",))
+  assert state.model_config(config).attention_impl is None
+  config.model.attention = "cudnn"
+  assert state.model_config(config).attention_impl == "cudnn"
+  config.model.attention = "flash"
+  with pytest.raises(UsageError, match="config.model.attention is 'flash'"):
+    state.model_config(config)

@@ -24,8 +24,10 @@ def default_config() -> ml_collections.ConfigDict:
     model: size (tiny/base/large/xlarge) and optional dim/depth/heads overrides,
       dtype (compute), param_dtype, remat (a policy name: "none", "full", "dots",
       "dots_no_batch"; fourm/models/layer_stack.py), scan_layers (one lax.scan over the
-      blocks: compile time independent of depth), tie_output_heads (False: each output head
-      its own table, as converted reference models may have), share_modality_embeddings,
+      blocks: compile time independent of depth), attention ("" = XLA's default,
+      "cudnn": cuDNN's fused kernel on NVIDIA GPUs, "xla"), tie_output_heads (False:
+      each output head its own table, as converted reference models may have),
+      share_modality_embeddings,
       vocab_sizes (modality -> size: the tokenizer's number of codes where it is smaller
       than the registry's vocabulary, so the model keeps no rows or logits for the rest)
     data: paths (directories read side by side), splits, augment, worker_count
@@ -60,7 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       size="tiny", dim=0, encoder_depth=0, decoder_depth=0, num_heads=0,
       dtype="float32", param_dtype="float32", remat="none", scan_layers=False,
-      tie_output_heads=True,
+      attention="", tie_output_heads=True,
       share_modality_embeddings=True, vocab_sizes=ml_collections.ConfigDict()))
   c.data = ml_collections.ConfigDict(dict(
       paths=("/path/to/records", "/path/to/tokens"), train_split="train", eval_split="val",

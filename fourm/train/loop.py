@@ -43,8 +43,9 @@ _FIXED_ON_RESUME = ("modalities", "layout", "input_budget", "target_budget", "mo
                     "batch_size", "seed", "data", "alphas", "pixel_normalization",
                     "text_tokenizer", "masking_budgets")
 # In config.data: the same stream on any worker count. In config.model: how the blocks
-# run (scanned or not, what they recompute) changes neither the parameters nor the math.
-_FREE_ON_RESUME = ("worker_count", "remat", "scan_layers")
+# run (scanned or not, what they recompute, which attention kernel) changes neither the
+# parameters nor the math.
+_FREE_ON_RESUME = ("worker_count", "remat", "scan_layers", "attention")
 # Fields added to config.model after runs were saved without them: a saved run that
 # lacks one had its default.
 _MODEL_FIELDS_ADDED = {"tie_output_heads": True, "share_modality_embeddings": True}

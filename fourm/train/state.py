@@ -62,6 +62,17 @@ def vocab_sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
   return {name: size for name, size in sizes.items() if name in config.modalities}
 
 
+ATTENTION_IMPLS = ("", "xla", "cudnn")
+
+
+def attention_impl(name: str) -> str | None:
+  """config.model.attention -> jax.nn.dot_product_attention's `implementation`."""
+  if name not in ATTENTION_IMPLS:
+    raise UsageError(f"config.model.attention is {name!r}, expected one of "
+                     f"{list(ATTENTION_IMPLS)} ('' = XLA's choice)")
+  return name or None
+
+
 def model_config(config: ml_collections.ConfigDict) -> fourm_model.FourMConfig:
   model = config.model
   if model.size not in fourm_model.PRESETS:
@@ -79,6 +90,7 @@ def model_config(config: ml_collections.ConfigDict) -> fourm_model.FourMConfig:
       vocab_sizes=tuple(sorted(vocab_sizes(config).items())),
       dtype=DTYPES[model.dtype], param_dtype=DTYPES[model.param_dtype], remat=model.remat,
       scan_layers=model.get("scan_layers", False),
+      attention_impl=attention_impl(model.get("attention", "")),
       tie_output_heads=model.get("tie_output_heads", True),
       share_modality_embeddings=model.get("share_modality_embeddings", True), **overrides)
 
