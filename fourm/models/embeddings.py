@@ -115,6 +115,10 @@ class TokenEncoderEmbedding(nnx.Module):
   def __call__(self, entry: dict) -> jax.Array:
     return self.token_emb.lookup(entry[self.tokens_key])
 
+  def at(self, entry: dict, positions: jax.Array) -> jax.Array:
+    """The embeddings of the tokens at positions [B, S] only: [B, S, D]."""
+    return self.token_emb.lookup(jnp.take_along_axis(entry[self.tokens_key], positions, 1))
+
   def position_and_modality(self) -> jax.Array:
     return position_and_modality(self.spec, self.layout, self.mod_emb[...], self.dtype,
                                  self.pos_emb)
@@ -141,13 +145,20 @@ class PatchEncoderEmbedding(nnx.Module):
                       use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, entry: dict) -> jax.Array:
+    return self.proj(self.patches(entry))
+
+  def at(self, entry: dict, positions: jax.Array) -> jax.Array:
+    """The embeddings of the patches at positions [B, S] only: [B, S, D]."""
+    return self.proj(jnp.take_along_axis(self.patches(entry), positions[..., None], 1))
+
+  def patches(self, entry: dict) -> jax.Array:
+    """[B, R, R, C] -> [B, G * G, patch * patch * C], patches row-major."""
     image = entry["tokens"]
     # From the layout at call time: fine-tuning patchifies at a grid of its own.
     grid = self.spec.grid(self.layout)
     batch, patch = image.shape[0], self.spec.image_size(self.layout) // grid
     patches = image.reshape(batch, grid, patch, grid, patch, self.channels)
-    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid * grid, -1)
-    return self.proj(patches)
+    return patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid * grid, -1)
 
   def position_and_modality(self) -> jax.Array:
     return position_and_modality(self.spec, self.layout, self.mod_emb[...], self.dtype)
@@ -167,6 +178,10 @@ class FeatureEncoderEmbedding(nnx.Module):
 
   def __call__(self, entry: dict) -> jax.Array:
     return self.proj(entry["tokens"])
+
+  def at(self, entry: dict, positions: jax.Array) -> jax.Array:
+    """The embeddings of the vectors at positions [B, S] only: [B, S, D]."""
+    return self.proj(jnp.take_along_axis(entry["tokens"], positions[..., None], 1))
 
   def position_and_modality(self) -> jax.Array:
     return position_and_modality(self.spec, self.layout, self.mod_emb[...], self.dtype)
@@ -234,6 +249,10 @@ class DecoderEmbedding(nnx.Module):
   def __call__(self, entry: dict) -> jax.Array:
     """Teacher-forcing inputs of a sequence target: [B, L, D]."""
     return self.token_emb.lookup(entry["target_tokens"])
+
+  def at(self, entry: dict, positions: jax.Array) -> jax.Array:
+    """The teacher-forcing inputs at positions [B, S] only: [B, S, D]."""
+    return self.token_emb.lookup(jnp.take_along_axis(entry["target_tokens"], positions, 1))
 
   def labels(self, entry: dict) -> jax.Array:
     """What each of the modality's N decoder positions predicts: [B, N]."""

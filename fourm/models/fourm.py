@@ -21,6 +21,7 @@ decoder_proj_context, mask_token, encoder_embeddings.{m}.token_emb, ...).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import flax.struct
@@ -151,9 +152,6 @@ class FourM(nnx.Module):
     if not names:
       raise ValueError(f"the batch has none of the input modalities {self.input_names}")
     embeddings = [self.encoder_embeddings[name] for name in names]
-    content = jnp.concatenate(
-        [emb(batch[name]) for name, emb in zip(names, embeddings, strict=True)], axis=1)
-    content = sharding.constrain(content, _RESIDUAL_AXES)
     position_and_modality = jnp.concatenate(
         [emb.position_and_modality() for emb in embeddings], axis=0)
     input_mask = jnp.concatenate([jnp.asarray(batch[name]["input_mask"]) for name in names],
@@ -161,9 +159,14 @@ class FourM(nnx.Module):
 
     indices, valid = slots.select(input_mask, input_budget or self.input_budget)
     keep = valid[..., None]
+    sizes = [self.spec(name).num_tokens(self.layout) for name in names]
+    content = slots.fill(indices, sizes, [
+        functools.partial(emb.at, batch[name]) for name, emb in zip(names, embeddings,
+                                                                      strict=True)],
+        jnp.zeros(indices.shape + (self.config.dim,), self.config.dtype))
     # Padding slots carry zeros, as in the reference: they are masked as keys, and
     # zeroing keeps whatever token happened to be gathered there from mattering at all.
-    x = jnp.where(keep, slots.gather(content, indices), 0)
+    x = jnp.where(keep, content, 0)
     emb = jnp.where(keep, position_and_modality[indices], 0)
     x = sharding.constrain(x + emb, _RESIDUAL_AXES)
 
@@ -180,20 +183,19 @@ class FourM(nnx.Module):
     names = [name for name in self.target_names if name in batch]
     if not names:
       raise ValueError(f"the batch has none of the target modalities {self.target_names}")
-    batch_size = context.shape[0]
     mask_token = sharding.constrain(self.mask_token[...].astype(self.config.dtype),
                                     ("act_embed",))
 
-    queries, position_and_modality, labels, target_masks = [], [], [], []
+    queries, sizes, position_and_modality, labels, target_masks = [], [], [], [], []
     modality_ids, positions, causal = [], [], []  # per token, known before tracing
     for name in names:
       embedding, entry = self.decoder_embeddings[name], batch[name]
       num_tokens = modalities.get(name).num_tokens(self.layout)
-      if embedding.is_sequence:
-        queries.append(embedding(entry))
-      else:
-        # Dense targets are asked for with the mask token; their own tokens stay hidden.
-        queries.append(jnp.broadcast_to(mask_token, (batch_size, num_tokens, mask_token.size)))
+      sizes.append(num_tokens)
+      # Sequences are queried with their teacher-forcing tokens; dense targets with the
+      # mask token (the slots' starting value), their own tokens staying hidden.
+      queries.append(functools.partial(embedding.at, entry) if embedding.is_sequence
+                     else None)
       position_and_modality.append(self.decoder_position_and_modality(name))
       labels.append(jnp.asarray(embedding.labels(entry), jnp.int32))
       target_masks.append(jnp.asarray(entry["target_mask"]))
@@ -204,8 +206,8 @@ class FourM(nnx.Module):
     indices, valid = slots.select(jnp.concatenate(target_masks, axis=1),
                                   target_budget or self.target_budget)
     keep = valid[..., None]
-    query = sharding.constrain(jnp.concatenate(queries, axis=1), _RESIDUAL_AXES)
-    query = slots.gather(query, indices)
+    query = slots.fill(indices, sizes, queries,
+                       jnp.broadcast_to(mask_token, indices.shape + mask_token.shape))
     emb = jnp.concatenate(position_and_modality, axis=0)[indices]
     y = sharding.constrain(jnp.where(keep, query + emb, 0), _RESIDUAL_AXES)
 
