@@ -2,6 +2,7 @@
 
     python benchmarks/generation_speed.py                 # 4M tiny, fp32, CPU
     python benchmarks/generation_speed.py --size base --batches 1 8 64   # e.g. on a GPU
+    python benchmarks/generation_speed.py --steps 64 --batches 1 --scales 1   # long schedules
 
 The workload (issue 7): the 4M tiny model of the model benchmark (tok_rgb 196 tokens /
 vocab 16384, tok_depth, caption at the 224 px layout), a caption of 16 tokens as the
@@ -13,7 +14,9 @@ where benchmarks/README.md's table of both was measured.
 
 Weights are random (speed does not depend on them). Each setting is compiled and run
 once ("first s": what a user waits for the first batch, compilation included), then
-timed over --repeats runs (median; "compile s" is the first call less that).
+timed over --repeats runs (median; "compile s" is the first call less that). --steps sets
+the MaskGIT steps: the dense loop compiles at most `step_plan.MAX_SHAPES` step bodies
+whatever their number, so the compile time stays that of 8 steps.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def main() -> None:
   parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
   parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0],
                       help="guidance scales; 1 runs the unguided path")
-  parser.add_argument("--steps", type=int, default=8)
+  parser.add_argument("--steps", type=int, default=8, help="MaskGIT steps (cosine schedule)")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--cpu-fast-compile", action="store_true",
                       help="on a CPU, compile at LLVM -O0 (Sampler(cpu_fast_compile=True)): "

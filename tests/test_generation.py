@@ -23,7 +23,7 @@ from fourm.generation.chain import decoding_from_dict, default_chain, run_chain
 from fourm.generation.conditions import mask_region
 from fourm.generation.guidance import Guidance
 from fourm.generation import schedules, step_plan
-from fourm.generation.decode_loops import LoopSettings, dense_loop
+from fourm.generation.decode_loops import DenseSteps, LoopSettings, dense_loop
 from fourm.generation.sampler import Decoding, Sampler, fill_spans, sequence_entry
 from fourm.models import fourm as fourm_model
 from fourm.models import incremental
@@ -160,12 +160,14 @@ def test_each_step_commits_exactly_its_count(model):
   for steps in (1, 2):
     counts = np.tile(schedule[:steps], (B, 1))
     budgets = step_plan.step_budgets(np.zeros(B, int), counts, 64, visible, feed_back=True)
+    shapes = step_plan.step_shapes(step_plan.bucketed_budgets(budgets))
     settings = LoopSettings(target="tok_rgb", method="roar", top_k=0, top_p=0.0,
-                            contrastive_top_k=0, num_streams=1, budgets=budgets)
+                            contrastive_top_k=0, num_streams=1, budgets=shapes.shapes)
     # -1 marks undecided positions: a committed position holds a real id afterwards.
     tokens = dense_loop(model, settings, condition, jnp.full((B, 64), -1, jnp.int32),
-                        jnp.zeros((B, 64), bool), jnp.asarray(counts, jnp.int32),
-                        jnp.ones(steps), jnp.ones(1), jax.random.key(0))
+                        jnp.zeros((B, 64), bool),
+                        DenseSteps.of_schedule(counts, np.ones(steps), shapes.of_step),
+                        jnp.ones(1), jax.random.key(0))
     decided = (np.asarray(tokens) >= 0).sum(1)
     assert decided.tolist() == [sum(schedule[:steps])] * B
 
@@ -264,7 +266,8 @@ def test_changing_temperatures_and_guidance_weights_does_not_recompile(sampler):
   traced = sampler.num_traces
   generate(sampler, known, target="tok_rgb", num_steps=3, **settings[1])
   assert sampler.num_traces == traced
-  # A different number of steps is another program.
+  # A different number of steps is another program (another schedule of as many steps
+  # may share it: tests/test_step_buckets.py).
   generate(sampler, known, target="tok_rgb", num_steps=4, **settings[1])
   assert sampler.num_traces == traced + 1
 

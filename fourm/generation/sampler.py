@@ -17,9 +17,10 @@ sentinels of the given text).
 This module prepares each call on the host (conditions, guidance streams, the step plan
 of `step_plan.py`, temperatures) and runs the loops of `decode_loops.py`, each whole
 loop one jit-compiled function with static shapes: one compilation per target, batch
-shape, set of guidance streams and token schedule, none between steps. Temperatures and
-guidance weights are traced values, so changing them does not recompile. For sequences,
-`max_new_tokens` sizes the key/value cache.
+shape, set of guidance streams, number of steps and set of step slot shapes (at most
+`step_plan.MAX_SHAPES`, whatever the number of steps), none between steps. Token counts,
+temperatures and guidance weights are traced values, so changing them does not
+recompile. For sequences, `max_new_tokens` sizes the key/value cache.
 
 `Decoding`, `fill_spans` and `sequence_entry` are re-exported from their modules
 (`decoding.py`, `text_spans.py`), where callers have long imported them from here.
@@ -41,10 +42,10 @@ from tokenizers_vq.text import TextSpecialIds
 from fourm.errors import UsageError
 from fourm.generation import guidance as guidance_lib
 from fourm.generation import schedules
-from fourm.generation.decode_loops import LoopSettings, dense_loop, sequence_loop
+from fourm.generation.decode_loops import DenseSteps, LoopSettings, dense_loop, sequence_loop
 from fourm.generation.decoding import Decoding
-from fourm.generation.step_plan import (round_up_budget, step_budgets, step_counts,
-                                        visible_tokens)
+from fourm.generation.step_plan import (bucketed_budgets, round_up_budget, step_budgets,
+                                        step_counts, step_shapes, visible_tokens)
 from fourm.generation.text_spans import fill_spans, sequence_entry
 
 __all__ = ["Decoding", "Sampler", "fill_spans", "sequence_entry"]
@@ -147,11 +148,13 @@ class Sampler:
     budgets = step_budgets(decided.sum(1), counts, n,
                            max(visible_tokens(s) for s in stream_sets), feed_back,
                            asks_committed_only=method == "roar")
-    settings = self._settings(decoding, method, len(stream_sets), budgets, feed_back=feed_back)
+    shapes = step_shapes(bucketed_budgets(budgets))  # a few shapes, whatever the steps
+    settings = self._settings(decoding, method, len(stream_sets), shapes.shapes,
+                              feed_back=feed_back)
     fn = self._compiled_fn(settings, dense_loop)
     out = fn(self.params, _stack(stream_sets, batch_size), jnp.asarray(tokens),
-             jnp.asarray(decided), jnp.asarray(counts, jnp.int32),
-             jnp.asarray(temps, jnp.float32), jnp.asarray(weights or [1.0], jnp.float32), key)
+             jnp.asarray(decided), DenseSteps.of_schedule(counts, temps, shapes.of_step),
+             jnp.asarray(weights or [1.0], jnp.float32), key)
     return {"tokens": np.asarray(out), "input_mask": np.ones((batch_size, n), bool)}
 
   # Sequences -----------------------------------------------------------------------------
