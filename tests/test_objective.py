@@ -76,10 +76,18 @@ def test_one_fixed_batch_overfits(data):
     return metrics
 
   first = step(model, optimizer, batch)
-  for _ in range(150):
+  # Adam at this learning rate spikes now and then on its way down (one run: 0.06 at step
+  # 125, 0.20 at 150, 0.02 at 175); float reassociation moves the spikes. So the last
+  # steps' median, not one step's value, says whether the batch is memorized.
+  last = []
+  for index in range(200):
     metrics = step(model, optimizer, batch)
-  initial, final = float(first["loss"]), float(metrics["loss"])
+    if index >= 190:
+      last.append(metrics)
+  initial = float(first["loss"])
   assert initial > 7.0
-  assert final < 0.05, {k: float(v) for k, v in metrics.items() if k.startswith("loss")}
+  final = float(np.median([float(m["loss"]) for m in last]))
+  assert final < 0.05, [{k: float(v) for k, v in m.items() if k.startswith("loss")}
+                        for m in last]
   for name in TARGETS:
-    assert float(metrics[f"loss/{name}"]) < 0.1, name
+    assert float(np.median([float(m[f"loss/{name}"]) for m in last])) < 0.1, name
