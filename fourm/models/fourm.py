@@ -1,10 +1,10 @@
 """The 4M any-to-any masked model: encoder over visible tokens, decoder over targets.
 
 One forward pass (batches follow fourm/models/CONTRACT.md):
-  1. every input modality is embedded; `input_budget` encoder slots per sample are
-     gathered from the `input_mask` positions of all modalities concatenated;
-  2. the encoder (pre-norm blocks + final norm) runs over its slots, padding slots
-     masked out as keys;
+  1. `input_budget` encoder slots per sample are chosen from the `input_mask` positions
+     of all modalities concatenated, and the tokens there (only they) are embedded;
+  2. the encoder (pre-norm blocks, unrolled or scanned + final norm) runs over its
+     slots, padding slots masked out as keys;
   3. the context the decoder reads is `decoder_proj_context(encoder output)` plus the
      encoder slots' position + modality embeddings, added again;
   4. `target_budget` decoder slots are gathered from the `target_mask` positions.
