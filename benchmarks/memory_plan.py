@@ -49,7 +49,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax._src.ad_checkpoint import saved_residuals  # noqa: E402
-from jax.sharding import AxisType, NamedSharding, PartitionSpec  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from fourm import modalities  # noqa: E402
 from fourm.config import load_config  # noqa: E402
@@ -159,10 +159,7 @@ def activation_bytes(graphdef, params, batch, batch_shards: int, loss_type: str)
 
 def measure(plan: Plan) -> Row:
   config = recipe(plan)
-  devices = jax.devices()[:plan.devices]
-  sizes = config.mesh.to_dict()
-  mesh = jax.make_mesh(tuple(sizes[a] for a in mesh_lib.AXES), mesh_lib.AXES,
-                       axis_types=(AxisType.Auto,) * 3, devices=devices)
+  mesh = mesh_lib.make_mesh(config.mesh)  # the plan's sizes: its first devices
   rules = mesh_lib.axis_rules(config, mesh)
   mesh_lib.check_batch_divides(mesh, config.batch_size, rules)
   tx, schedule = make_optimizer(config.optimizer, config.batch_size, config.total_steps)

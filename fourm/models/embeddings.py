@@ -112,9 +112,6 @@ class TokenEncoderEmbedding(nnx.Module):
     self.token_emb = TokenTable(spec.vocab_size, dim, init=normal_init(INIT_STD), dtype=dtype,
                                 param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, entry: dict) -> jax.Array:
-    return self.token_emb.lookup(entry[self.tokens_key])
-
   def at(self, entry: dict, positions: jax.Array) -> jax.Array:
     """The embeddings of the tokens at positions [B, S] only: [B, S, D]."""
     return self.token_emb.lookup(jnp.take_along_axis(entry[self.tokens_key], positions, 1))
@@ -175,9 +172,6 @@ class FeatureEncoderEmbedding(nnx.Module):
     self.mod_emb = modality_embedding(dim, param_dtype, rngs)
     self.proj = Dense((feature_dim,), (dim,), logical_axes=("patch", "embed"),
                       use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-
-  def __call__(self, entry: dict) -> jax.Array:
-    return self.proj(entry["tokens"])
 
   def at(self, entry: dict, positions: jax.Array) -> jax.Array:
     """The embeddings of the vectors at positions [B, S] only: [B, S, D]."""
@@ -245,10 +239,6 @@ class DecoderEmbedding(nnx.Module):
   @property
   def is_sequence(self) -> bool:
     return self.spec.kind == Kind.SEQUENCE
-
-  def __call__(self, entry: dict) -> jax.Array:
-    """Teacher-forcing inputs of a sequence target: [B, L, D]."""
-    return self.token_emb.lookup(entry["target_tokens"])
 
   def at(self, entry: dict, positions: jax.Array) -> jax.Array:
     """The teacher-forcing inputs at positions [B, S] only: [B, S, D]."""

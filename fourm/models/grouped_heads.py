@@ -113,13 +113,12 @@ def _per_batch_shard(fn, per_slot: tuple, tables: tuple, outputs: tuple[str, ...
   rows = PartitionSpec(axes)
 
   def on_shard(*args):
-    out = fn(*args[:-1], args[-1])
     return tuple(lax.psum(value, axes) if kind == "sum" else value
-                 for kind, value in zip(outputs, out, strict=True))
+                 for kind, value in zip(outputs, fn(*args), strict=True))
 
   # check_vma=False: the chunk loops start from zeros that the type check would call
   # invariant and then see varying. Gradients agree with the unsharded loss on a
-  # data x fsdp x tensor mesh (tests/test_model.py checks them).
+  # data x fsdp x tensor mesh (tests/test_loss.py checks them).
   return jax.shard_map(on_shard, mesh=sharding.current_mesh(),
                        in_specs=(rows,) * len(per_slot) + (PartitionSpec(),),
                        out_specs=tuple(PartitionSpec() if kind == "sum" else rows

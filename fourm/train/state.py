@@ -132,12 +132,11 @@ def abstract_train_state(build: Callable[[], fourm_model.FourM],
   born with, read from the compiled initializer."""
   graphdef = nnx.graphdef(nnx.eval_shape(build))
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    initializer = jax.jit(_initializer(build, tx))
-    shapes = jax.eval_shape(initializer)
-    shardings = initializer.lower().compile().output_shardings
+    lowered = jax.jit(_initializer(build, tx)).lower()
+    shardings = lowered.compile().output_shardings
   state = jax.tree.map(lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype,
                                                                  sharding=where),
-                       shapes, shardings)
+                       lowered.out_info, shardings)
   return graphdef, state
 
 
