@@ -484,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="with --targets: classifier-free guidance scale for every target")
   p.add_argument("--num-steps", type=int, default=None, help="with --targets: decoding steps")
   p.add_argument("--temperature", type=float, default=None, help="with --targets")
+  p.add_argument("--infill", choices=("span", "cm3"), default=None,
+                 help="how a text target given with gaps ([S_1], ...) is filled: span (4M's "
+                      "span masking, the default) or cm3 (a model trained with config.cm3)")
   p.add_argument("--mesh", default="", metavar="data=D,fsdp=F,tensor=T",
                  help="shard the model over every device, each reading only its shard of "
                       "the checkpoint (a training config's mesh; unnamed axes are 1, one "

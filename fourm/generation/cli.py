@@ -40,9 +40,10 @@ def chain_from_args(args: argparse.Namespace, reference: bool = False):
   if bool(args.targets) == bool(args.schedule):
     raise UsageError("give --targets a,b,... or --schedule FILE (one of them)")
   if args.schedule:
-    return load_chain(args.schedule)
+    return _with_infill(load_chain(args.schedule), getattr(args, "infill", None))
   chain = default_chain([t.strip() for t in args.targets.split(",") if t.strip()],
                         reference=reference)
+  chain = _with_infill(chain, getattr(args, "infill", None))
   overrides = {}
   if args.num_steps is not None:
     overrides["num_steps"] = args.num_steps
@@ -52,6 +53,15 @@ def chain_from_args(args: argparse.Namespace, reference: bool = False):
     from fourm.generation.guidance import Guidance
     overrides["guidance"] = Guidance(scale=args.cfg_scale)
   return tuple(dataclasses.replace(d, **overrides) for d in chain)
+
+
+def _with_infill(chain, infill: str | None):
+  """--infill applies to the chain's sequence targets."""
+  if infill is None:
+    return chain
+  return tuple(dataclasses.replace(d, infill=infill)
+               if modalities.get(d.target).kind == modalities.Kind.SEQUENCE else d
+               for d in chain)
 
 
 def conditions_from_args(args: argparse.Namespace) -> tuple[dict, int]:

@@ -138,15 +138,18 @@ def _dense_step(model, settings: LoopSettings, batch, weights, budgets: tuple[in
   return jnp.where(commit, ids, tokens), decided | commit
 
 
-def sequence_loop(model, settings: LoopSettings, batch, start, closing, temps, weights, key):
-  """The decoder's tokens int [B, L] from `start` [B] on, L = len(temps), each row padded
-  after it wrote [EOS] or its `closing` [B] sentinel."""
+def sequence_loop(model, settings: LoopSettings, batch, prefix, prefix_length, closing, temps,
+                  weights, key):
+  """The decoder's tokens int [B, L] (L = len(temps)): each row's first `prefix_length`
+  [B] tokens are `prefix` [B, L]'s (the start token, or a whole CM3 infilling prompt),
+  read in turn; the rest is sampled, and padded after the row wrote [EOS] or its
+  `closing` [B] sentinel."""
   name, streams = settings.target, settings.num_streams
-  length = temps.shape[0]  # positions: the start token and what follows it
-  batch_size = start.shape[0]
+  length = temps.shape[0]  # positions: the prefix and what follows it
+  batch_size = prefix.shape[0]
   context, valid = model.encode(batch, settings.budgets)
   cache = incremental.init_cache(model, context, valid, length)
-  tokens = jnp.full((batch_size, length), settings.pad, jnp.int32).at[:, 0].set(start)
+  tokens = jnp.where(jnp.arange(length) < prefix_length[:, None], prefix, settings.pad)
 
   def running(carry):
     position, _, done, _, _ = carry
@@ -163,9 +166,12 @@ def sequence_loop(model, settings: LoopSettings, batch, start, closing, temps, w
     logits = guidance_lib.combine(logits, weights, settings.contrastive_top_k)
     ids, _ = sampling.sample(sample_key, logits, temps[position], settings.top_k,
                              settings.top_p)
-    ids = jnp.where(done, settings.pad, ids)
+    # The prompt's tokens are read, not sampled; only what follows it can end the row.
+    forced = position + 1 < prefix_length
+    next_given = jax.lax.dynamic_index_in_dim(tokens, position + 1, axis=1, keepdims=False)
+    ids = jnp.where(forced, next_given, jnp.where(done, settings.pad, ids))
     tokens = jax.lax.dynamic_update_index_in_dim(tokens, ids, position + 1, axis=1)
-    done = done | (ids == settings.eos) | (ids == closing)
+    done = done | (~forced & ((ids == settings.eos) | (ids == closing)))
     return position + 1, tokens, done, cache, key
 
   carry = (jnp.int32(0), tokens, jnp.zeros(batch_size, bool), cache, key)

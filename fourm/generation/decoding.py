@@ -16,6 +16,11 @@ from fourm.generation import guidance as guidance_lib
 
 Kind = modalities.Kind
 METHODS = ("maskgit", "roar", "autoregressive")
+# How a sequence target given with gaps ([S_1], ...) is filled: "span" as 4M trains (the
+# text with its gaps to the encoder, the decoder writes "[S_1] span [S_2] ..."); "cm3"
+# as CM3's causal-masked objective trains (config.cm3): the decoder reads the whole
+# text with its gaps, then writes each span after its sentinel, ending it with [EOS].
+INFILL_MODES = ("span", "cm3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +39,8 @@ class Decoding:
   guidance: classifier-free / multi-condition guidance, contrastive top-K.
   conditions: the known modalities the target may see (None: all of them).
   max_new_tokens: sequences stop after this many tokens at the latest.
+  infill: how the gaps of a given sequence are filled, "span" or "cm3" (INFILL_MODES);
+    "cm3" needs a model trained with config.cm3 on that modality.
   """
   target: str
   method: str | None = None
@@ -47,8 +54,12 @@ class Decoding:
   guidance: guidance_lib.Guidance = guidance_lib.Guidance()
   conditions: tuple[str, ...] | None = None
   max_new_tokens: int | None = None
+  infill: str = "span"
 
   def __post_init__(self):
+    if self.infill not in INFILL_MODES:
+      raise UsageError(f"{self.target}: infill is {self.infill!r}, expected one of "
+                       f"{INFILL_MODES}")
     if not isinstance(self.token_schedule, str):
       object.__setattr__(self, "token_schedule", tuple(int(n) for n in self.token_schedule))
     if self.conditions is not None:

@@ -38,6 +38,7 @@ from flax import nnx
 
 from fourm import modalities
 from fourm.data.masking import FIRST_SPAN
+from fourm.data.masking import cm3
 from tokenizers_vq.text import TextSpecialIds
 from fourm.errors import UsageError
 from fourm.generation import guidance as guidance_lib
@@ -165,6 +166,8 @@ class Sampler:
     batch_size = _batch_size(conditions, given)
     if batch_size is None:
       raise UsageError(f"{decoding.target}: nothing to condition on: give a condition")
+    if decoding.infill == "cm3":
+      return self._infill_cm3(given, conditions, decoding, method, key, negatives)
     length = spec.max_length
     if given is None:
       given = {"input_tokens": np.full((batch_size, length), ids.pad, np.int32),
@@ -178,21 +181,79 @@ class Sampler:
     # scratch the whole text is one span, closed by [EOS] first.
     closing = ids.first_sentinel + FIRST_SPAN + np.maximum(spans, 1)
     steps = min(length, 1 + (decoding.max_new_tokens or length))
-    temps = schedules.temperatures(steps, decoding.temperature, decoding.temperature_end,
-                                   decoding.temperature_schedule)
     own = {decoding.target: {"input_tokens": np.asarray(given["input_tokens"], np.int32),
                              "input_mask": np.asarray(given["input_mask"], bool)}}
+    start = np.full((batch_size, 1), ids.sentinel(FIRST_SPAN), np.int32)
+    out = self._run_sequence_loop(decoding, method, conditions, own, negatives, start,
+                                  np.ones(batch_size, np.int32), closing, steps, key)
+    texts = [fill_spans(given_tokens[b], out[b], ids) for b in range(batch_size)]
+    return sequence_entry(texts, length, ids)
+
+  def _infill_cm3(self, given, conditions, decoding, method, key, negatives):
+    """CM3 in-filling (`fourm/data/masking/cm3.py`): the decoder reads "[SOS] text with
+    gaps [EOS]", then writes each gap's span after its sentinel until [EOS]; one loop run
+    per gap, each prompt carrying the spans written so far. The encoder sees the
+    conditions only, as in training, where a CM3 target gives the encoder none of it."""
+    ids, spec = self.text_ids, modalities.get(decoding.target)
+    length = spec.max_length
+    if given is None:
+      raise UsageError(f"{decoding.target}: CM3 in-filling needs the text with its gaps "
+                       "([S_1], ...) as a condition")
+    check_fillable(decoding.target, given, ids)
+    given_tokens = np.where(given["input_mask"], given["input_tokens"], ids.pad)
+    prompts, gaps = zip(*(cm3.infill_prompt(row, ids) for row in given_tokens))
+    prompts = [list(prompt) for prompt in prompts]
+    spans: list[list[np.ndarray]] = [[] for _ in prompts]
+    for gap in range(max(gaps)):
+      too_long = [b for b, prompt in enumerate(prompts) if len(prompt) >= length]
+      if too_long:
+        raise UsageError(f"{decoding.target}: sample {too_long[0]}'s text and the spans "
+                         f"written so far take {len(prompts[too_long[0]])} of the "
+                         f"{length} decoder positions; nothing is left to write gap "
+                         f"{gap + 1} in")
+      prefix = np.full((len(prompts), length), ids.pad, np.int32)
+      for b, prompt in enumerate(prompts):
+        prefix[b, :len(prompt)] = prompt
+      prefix_length = np.array([len(p) for p in prompts], np.int32)
+      steps = length if decoding.max_new_tokens is None else \
+          min(length, int(prefix_length.max()) + decoding.max_new_tokens)
+      out = self._run_sequence_loop(
+          decoding, method, conditions, {}, negatives, prefix, prefix_length,
+          np.full(len(prompts), ids.eos, np.int32), steps, jax.random.fold_in(key, gap))
+      for b, prompt in enumerate(prompts):
+        if gap >= gaps[b]:
+          continue
+        written = out[b, len(prompt):]
+        ends = np.flatnonzero((written == ids.eos) | (written == ids.pad)
+                              | ids.is_sentinel(written))
+        span = written[:ends[0] if ends.size else len(written)]
+        spans[b].append(span)
+        prompt.extend(span.tolist() + [ids.eos])
+        if gap + 1 < gaps[b]:
+          prompt.append(ids.sentinel(FIRST_SPAN + gap + 1))
+    texts = [cm3.fill_gaps(given_tokens[b], spans[b], ids) for b in range(len(prompts))]
+    return sequence_entry(texts, length, ids)
+
+  def _run_sequence_loop(self, decoding, method, conditions, own, negatives, prefix,
+                         prefix_length, closing, steps, key) -> np.ndarray:
+    """The sequence loop's tokens [B, steps] for these condition streams plus `own` (the
+    target's encoder entry, {} for none)."""
+    batch_size = prefix.shape[0]
+    temps = schedules.temperatures(steps, decoding.temperature, decoding.temperature_end,
+                                   decoding.temperature_schedule)
     stream_sets, weights = guidance_lib.streams(conditions, decoding.guidance, negatives)
     stream_sets = [{**s, **own} for s in stream_sets]
+    if not any(stream_sets[0]):
+      raise UsageError(f"{decoding.target}: nothing to condition on: give a condition")
     budget = round_up_budget(max(visible_tokens(s) for s in stream_sets))
     settings = self._settings(decoding, method, len(stream_sets), budget)
     fn = self._compiled_fn(settings, sequence_loop)
-    start = np.full(batch_size, ids.sentinel(FIRST_SPAN), np.int32)
-    out = np.asarray(fn(self.params, _stack(stream_sets, batch_size), jnp.asarray(start),
-                        jnp.asarray(closing, jnp.int32), jnp.asarray(temps, jnp.float32),
-                        jnp.asarray(weights or [1.0], jnp.float32), key))
-    texts = [fill_spans(given_tokens[b], out[b], ids) for b in range(batch_size)]
-    return sequence_entry(texts, length, ids)
+    full = np.full((batch_size, steps), self.text_ids.pad, np.int32)
+    full[:, :prefix.shape[1]] = prefix[:, :steps]
+    return np.asarray(fn(self.params, _stack(stream_sets, batch_size), jnp.asarray(full),
+                         jnp.asarray(prefix_length, jnp.int32),
+                         jnp.asarray(closing, jnp.int32), jnp.asarray(temps, jnp.float32),
+                         jnp.asarray(weights or [1.0], jnp.float32), key))
 
   # Plumbing ------------------------------------------------------------------------------
 

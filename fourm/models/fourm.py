@@ -46,11 +46,14 @@ _RESIDUAL_AXES = ("act_batch", "act_len", "act_embed")
 
 @flax.struct.dataclass
 class DecoderOutput:
-  """Per decoder slot: hidden state, modality, label, and whether the slot is used."""
+  """Per decoder slot: hidden state, modality, label, whether the slot is used, and
+  whether it is scored (a used slot whose label is negative, CM3's sentinels, is read by
+  the decoder but predicts nothing)."""
   hidden: jax.Array          # [B, T, D] after the final decoder norm
   modality_index: jax.Array  # [B, T] int32 index into FourM.modality_names; -1 = padding
-  labels: jax.Array          # [B, T] int32 token to predict (0 on padding slots)
+  labels: jax.Array          # [B, T] int32 token to predict (0 on slots not scored)
   valid: jax.Array           # [B, T] bool
+  scored: jax.Array          # [B, T] bool: valid and carrying a loss
 
 
 class FourM(nnx.Module):
@@ -219,11 +222,10 @@ class FourM(nnx.Module):
     y = self._run_blocks(self.decoder, y, context, self_mask, cross_mask)
     y = self.decoder_norm(y)
 
-    return DecoderOutput(
-        hidden=y,
-        modality_index=jnp.where(valid, modality, -1),
-        labels=jnp.where(valid, slots.gather(jnp.concatenate(labels, axis=1), indices), 0),
-        valid=valid)
+    labels = slots.gather(jnp.concatenate(labels, axis=1), indices)
+    scored = valid & (labels >= 0)
+    return DecoderOutput(hidden=y, modality_index=jnp.where(valid, modality, -1),
+                         labels=jnp.where(scored, labels, 0), valid=valid, scored=scored)
 
   def decoder_position_and_modality(self, name: str) -> jax.Array:
     """[N, D]: what the decoder adds to each of target `name`'s N query positions."""

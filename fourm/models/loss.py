@@ -8,7 +8,8 @@ Per-modality losses and token counts are always reported.
 
 What the decoder slots predict is already in `DecoderOutput.labels`: for sequences the
 next token of the sentinel-delimited spans (ending in [EOS]), for dense modalities the
-hidden token itself; padding slots are invalid and carry no loss.
+hidden token itself; padding slots are invalid and carry no loss, and so do the slots
+that are not `scored` (CM3's sentinels: the decoder reads them, nothing predicts them).
 
 Heads are applied in one of two ways:
 * "grouped" (default): each head scores only its own modality's slots
@@ -38,7 +39,7 @@ def _head_groups(model, output) -> tuple[list[jax.Array], jax.Array]:
   tables = [model.head_table(model.modality_names[i]) for i in predicted]
   to_group = np.full(len(model.modality_names), -1, np.int32)
   to_group[predicted] = np.arange(len(predicted))
-  group = jnp.where(output.valid, jnp.asarray(to_group)[output.modality_index], -1)
+  group = jnp.where(output.scored, jnp.asarray(to_group)[output.modality_index], -1)
   return tables, group
 
 
@@ -59,7 +60,7 @@ def token_losses(model, output, heads: str = "grouped",
                         preferred_element_type=jnp.float32)
     # Labels of other modalities' slots may exceed this vocabulary: clip, they are masked.
     labels = jnp.clip(output.labels, 0, table.shape[0] - 1)
-    mine = output.valid & (output.modality_index == index)
+    mine = output.scored & (output.modality_index == index)
     losses += jnp.where(mine, optax.softmax_cross_entropy_with_integer_labels(logits, labels),
                         0.0)
   return losses
@@ -72,7 +73,7 @@ def per_modality_losses(model, output, heads: str = "grouped"
   sums = {}
   for index, name in enumerate(model.modality_names):
     if model.can_predict(name):
-      mine = output.valid & (output.modality_index == index)
+      mine = output.scored & (output.modality_index == index)
       sums[name] = (jnp.sum(jnp.where(mine, losses, 0.0)), jnp.sum(mine))
   return sums
 
@@ -81,7 +82,7 @@ def slot_weights(model, output, loss_type: str = "mod") -> jax.Array:
   """[B, T] float32: each decoder slot's weight in the scalar loss, from the masks only.
   "mod": 1 / (its modality's target count x the number of modalities with targets);
   "token": 1 / the number of target tokens; 0 on invalid slots."""
-  mine = [(output.valid & (output.modality_index == index))
+  mine = [(output.scored & (output.modality_index == index))
           for index, name in enumerate(model.modality_names) if model.can_predict(name)]
   counts = jnp.stack([jnp.sum(m) for m in mine]).astype(jnp.float32)
   if loss_type == "token":
@@ -111,7 +112,7 @@ def fourm_loss(model, output, loss_type: str = "mod", heads: str = "grouped"
     metrics = {}
     for index, name in enumerate(model.modality_names):
       if model.can_predict(name):
-        mine = output.valid & (output.modality_index == index)
+        mine = output.scored & (output.modality_index == index)
         count = jnp.sum(mine)
         metrics[f"loss/{name}"] = jnp.sum(jnp.where(mine, losses, 0.0)) / jnp.maximum(count, 1)
         metrics[f"tokens/{name}"] = count

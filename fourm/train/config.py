@@ -21,6 +21,10 @@ def default_config() -> ml_collections.ConfigDict:
     alphas: kind "all2all" | "rgb2all_and_all2all" (alpha) | "sources2all_and_all2all"
       (alpha, sources: e.g. ("rgb", "caption"), weights: how often each source's
       component and then all2all's is drawn, () = equally) | "reference_yaml" (path)
+    cm3: modalities (sequence modalities, e.g. ("caption",)) that in a share `rate` of
+      the samples are targets in CM3's causal-masked form instead of 4M's span masking
+      (spans moved to the end, predicted left to right; max_spans; () = off;
+      fourm/data/masking/cm3.py)
     model: size (tiny/base/large/xlarge) and optional dim/depth/heads overrides,
       dtype (compute), param_dtype, remat (a policy name: "none", "full", "dots",
       "dots_no_batch"; fourm/models/layer_stack.py), scan_layers (one lax.scan over the
@@ -57,6 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
   # to the modalities with room; "reference" as apple/ml-4m (lost), which the reference
   # recipes (configs/4m_mod7.py) use (fourm/data/masking/transform.py, docs/interop.md).
   c.masking_budgets = "fourm"
+  c.cm3 = ml_collections.ConfigDict(dict(modalities=(), rate=0.5, max_spans=16))
   c.alphas = ml_collections.ConfigDict(dict(kind="all2all", alpha=1.0, path="",
                                                   sources=("rgb",), weights=()))
   c.model = ml_collections.ConfigDict(dict(

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fourm.data.masking import AlphasMixture, MaskSample
+from fourm.data.masking import AlphasMixture, Cm3Objective, MaskSample
 from fourm.data.pipeline import Pipeline, PipelineConfig
 from fourm.errors import FourmError, UsageError
 from fourm.train import mesh as mesh_lib
@@ -41,7 +41,7 @@ from fourm.train.step import make_eval_step, make_train_step
 # s, so another batch size, seed, dataset or masking would skip or repeat data).
 _FIXED_ON_RESUME = ("modalities", "layout", "input_budget", "target_budget", "model",
                     "batch_size", "seed", "data", "alphas", "pixel_normalization",
-                    "text_tokenizer", "masking_budgets")
+                    "text_tokenizer", "masking_budgets", "cm3")
 # In config.data: the same stream on any worker count. In config.model: how the blocks
 # run (scanned or not, what they recompute, which attention kernel) changes neither the
 # parameters nor the math.
@@ -50,7 +50,8 @@ _FREE_ON_RESUME = ("worker_count", "remat", "scan_layers", "attention")
 # lacks one had its default.
 _MODEL_FIELDS_ADDED = {"tie_output_heads": True, "share_modality_embeddings": True}
 # Top-level fields added the same way.
-_FIELDS_ADDED = {"masking_budgets": "fourm"}
+_FIELDS_ADDED = {"masking_budgets": "fourm",
+                 "cm3": {"modalities": [], "rate": 0.5, "max_spans": 16}}
 
 
 class TrainingStopped(FourmError):
@@ -91,7 +92,8 @@ def make_pipeline(config: ml_collections.ConfigDict, *, split: str, train: bool,
                       pixel_normalization=config.pixel_normalization,
                       budget_rule=config.get("masking_budgets", "fourm"),
                       input_only=tuple(config.get("input_only", ())),
-                      vocab_sizes=vocab_sizes(config))
+                      vocab_sizes=vocab_sizes(config),
+                      cm3=Cm3Objective.of_config(config))
   pipeline_config = PipelineConfig(
       data=tuple(config.data.paths), split=split, batch_size=batch_size,
       resolution=grid_layout.resolution,

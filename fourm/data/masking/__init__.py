@@ -4,8 +4,9 @@
 transform the input pipeline runs after augmentation (`transform(sample, rng)`). It
 turns a record into the masked-batch contract below, with numpy only (it runs in the
 data loader, once per sample). The package by job: `budgets` (Dirichlet split),
-`mixtures` (alphas, the reference YAML), `spans` (span masking), `entries` (a raw value
--> what the model reads, shared with generation's conditions), `transform` (MaskSample).
+`mixtures` (alphas, the reference YAML), `spans` (span masking), `cm3` (CM3's
+causal-masked objective, an option for sequences), `entries` (a raw value -> what the
+model reads, shared with generation's conditions), `transform` (MaskSample).
 
 ## The masked-batch contract (condensed from fourm/models/CONTRACT.md)
 
@@ -72,6 +73,7 @@ Deliberate deviations from the reference:
   so, once per modality.
 """
 
+from fourm.data.masking.cm3 import NO_LOSS, Cm3Objective
 from fourm.data.masking.budgets import allocate, draw_proportions, redistribute, split_budget
 from fourm.data.masking.entries import ValueReader
 from fourm.data.masking.mixtures import AlphasMixture, DirichletComponent
@@ -80,7 +82,7 @@ from fourm.data.masking.spans import (FIRST_SPAN, KEEP_PROB_DECAY, KEEP_SCHEMES,
                                       truncate_target)
 from fourm.data.masking.transform import MaskSample
 
-__all__ = ["FIRST_SPAN", "KEEP_PROB_DECAY", "KEEP_SCHEMES", "AlphasMixture", "ValueReader",
-           "DirichletComponent", "MaskSample", "allocate", "choose_keep_mask",
+__all__ = ["FIRST_SPAN", "KEEP_PROB_DECAY", "KEEP_SCHEMES", "NO_LOSS", "AlphasMixture",
+           "Cm3Objective", "ValueReader", "DirichletComponent", "MaskSample", "allocate", "choose_keep_mask",
            "draw_proportions", "input_length", "redistribute", "span_mask", "split_budget",
            "truncate_target"]

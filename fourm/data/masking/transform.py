@@ -12,6 +12,8 @@ import numpy as np
 from fourm import modalities
 from fourm.data import augment
 from fourm.data.masking.budgets import allocate, draw_proportions, redistribute
+from fourm.data.masking.cm3 import (Cm3Objective, causal_masked, draw_spans, num_spans,
+                                    teacher_forced)
 from fourm.data.masking.entries import ValueReader, checked_ids, describe
 from fourm.data.masking.mixtures import AlphasMixture, spec_or_error
 from fourm.data.masking.spans import FIRST_SPAN, choose_keep_mask, span_mask, truncate_target
@@ -45,7 +47,8 @@ class MaskSample:
                text_ids: TextSpecialIds = TextSpecialIds(),
                sequence_encoders: Mapping[str, Callable[[Any], np.ndarray]] | None = None,
                pixel_normalization: str = "imagenet", budget_rule: str = "fourm",
-               input_only: Iterable[str] = (), vocab_sizes: Mapping[str, int] | None = None):
+               input_only: Iterable[str] = (), vocab_sizes: Mapping[str, int] | None = None,
+               cm3: Cm3Objective | None = None):
     """`budget_rule`: "fourm" gives what a cap or a short text leaves over to the
     modalities with room, and counts a sequence's decoder predictions; "reference"
     splits as apple/ml-4m's UnifiedMasking does: a sequence's caps are its max_length
@@ -54,7 +57,8 @@ class MaskSample:
     (docs/interop.md measures both against the reference). `input_only`: modalities
     that are never targets here, though their specs allow it (the model's own roles).
     `vocab_sizes`: the model's vocabularies where they differ from the registry's
-    (config.model.vocab_sizes); token ids are checked against them."""
+    (config.model.vocab_sizes); token ids are checked against them. `cm3`: sequence
+    modalities that are sometimes targets in CM3's causal-masked form instead (cm3.py)."""
     if budget_rule not in BUDGET_RULES:
       raise UsageError(f"budget_rule is {budget_rule!r}, expected one of {BUDGET_RULES}")
     self.reference_budgets = budget_rule == "reference"
@@ -89,6 +93,8 @@ class MaskSample:
     self._check_specs()
     self._check_encoders()
     self._input_alphas, self._target_alphas, self._keep = self._component_tables()
+    self.cm3 = cm3
+    self._cm3 = self._check_cm3(cm3)
     self._warned_truncation: set[str] = set()
 
   # Configuration checks -------------------------------------------------------------------
@@ -119,6 +125,25 @@ class MaskSample:
                          f"{[n for n, s in zip(self.names, self._is_sequence) if s]}")
       if not callable(encoder):
         raise UsageError(f"sequence encoder for {name!r} is not callable: {encoder!r}")
+
+  def _check_cm3(self, cm3: Cm3Objective | None) -> tuple[int, ...]:
+    """The indices of the modalities CM3 may apply to."""
+    if cm3 is None or not cm3.modalities:
+      return ()
+    if self.reference_budgets:
+      raise UsageError("the CM3 objective needs budget_rule 'fourm' (masking_budgets): "
+                       "the reference's rule has no CM3")
+    chosen = []
+    for name in cm3.modalities:
+      if name not in self.names:
+        raise UsageError(f"cm3.modalities names {name!r}, which is not among the modalities "
+                         f"{list(self.names)}")
+      index = self.names.index(name)
+      if not self._is_sequence[index] or not self._can_target[index]:
+        raise UsageError(f"cm3 applies to sequence modalities that are targets; {name!r} is "
+                         "not one")
+      chosen.append(index)
+    return tuple(chosen)
 
   def _component_tables(self) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
     """Per mixture component, the alphas and keep schemes in the order of `names`."""
@@ -153,6 +178,9 @@ class MaskSample:
       if values[i] is not None:
         values[i], chunks[i] = values[i]
     present = np.array([value is not None for value in values])
+    # CM3 (when configured) is drawn per sample and modality, only for those it may
+    # apply to, so that a run without it draws exactly what it drew before.
+    causal = {i for i in self._cm3 if present[i] and rng.random() < self.cm3.rate}
     dense_eligible = present & ~self._is_sequence & ~self._is_embedding_sequence
 
     # Inputs: the Dirichlet split, then span masking, whose unused tokens go to the
@@ -162,19 +190,24 @@ class MaskSample:
     for i in self._sequences + self._embedding_sequences:
       if present[i] and spill:
         capacity_in[i] = len(values[i])
+    for i in causal:  # CM3: the whole text is the target, none of it an input
+      capacity_in[i] = 0
     proportions_in = draw_proportions(alpha_in, rng)
     n_in = allocate(self.input_budget, proportions_in, alpha_in, capacity_in, rng,
                     spill=spill)
-    spans = {}
+    spans = {}  # sequence index -> (encoder ids, decoder sequence, its scored predictions)
     for i in self._sequences:
-      if present[i]:
+      if present[i] and i in causal:
+        spans[i] = (values[i][:0], *self._causal_masked(values[i], rng))
+      elif present[i]:
         keep = choose_keep_mask(len(values[i]), int(n_in[i]), keep_schemes[i], rng,
                                 chunks[i])
         inputs, target = span_mask(values[i], keep, self.text_ids)
         if n_in[i] == 0:
           inputs = inputs[:0]
-        spans[i] = (inputs, target)
-        n_in[i] = len(inputs)
+        spans[i] = (inputs, target, None)
+      if present[i]:
+        n_in[i] = len(spans[i][0])
     packed = {}
     for i in self._embedding_sequences:
       if present[i] and n_in[i]:
@@ -188,17 +221,20 @@ class MaskSample:
     # Targets: dense ones from the positions the inputs left, sequences up to their
     # full decoder sequence, cut to what they get.
     capacity_tg = np.where(present & self._can_target, self.num_tokens - n_in, 0)
-    for i, (_, target) in spans.items():
-      room = len(target) - 1 if spill else self.num_tokens[i]
+    for i, (_, target, _) in spans.items():
+      room = min(len(target) - 1, self.num_tokens[i]) if spill else self.num_tokens[i]
       capacity_tg[i] = room if self._can_target[i] else 0
     proportions_tg = draw_proportions(alpha_tg, rng)
     n_tg = allocate(self.target_budget, proportions_tg, alpha_tg, capacity_tg, rng,
                     spill=spill)
-    for i, (inputs, target) in spans.items():
+    for i, (inputs, target, scored) in spans.items():
       # The reference's budget counts decoder tokens, one more than the predictions.
       predictions = int(n_tg[i]) if spill else max(int(n_tg[i]) - 1, 0)
-      target = truncate_target(target, predictions, rng, self.text_ids)
-      spans[i] = (inputs, target)
+      if i in causal:  # left to right: what fits is a prefix
+        target, scored = target[:predictions + 1], scored[:predictions]
+      else:
+        target = truncate_target(target, predictions, rng, self.text_ids)
+      spans[i] = (inputs, target, scored)
       n_tg[i] = max(len(target) - 1, 0)
     if spans and spill:
       n_tg = redistribute(n_tg, self.target_budget - int(n_tg.sum()), proportions_tg,
@@ -248,21 +284,28 @@ class MaskSample:
       entry["input_mask"][:len(packed)] = True
     return entry
 
+  def _causal_masked(self, ids: np.ndarray, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    text_length = len(ids) - 1  # spans never take the [EOS]
+    count = num_spans(text_length, rng, self.cm3.max_spans)
+    return causal_masked(ids, draw_spans(text_length, count, rng), self.text_ids)
+
   def _sequence_entry(self, spec: modalities.ModalitySpec,
-                      span: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
+                      span: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None
+                      ) -> dict[str, np.ndarray]:
     length, pad = spec.max_length, self.text_ids.pad
     entry = {"input_mask": np.zeros(length, bool), "target_mask": np.zeros(length, bool),
              "input_tokens": np.full(length, pad, np.int32),
              "target_tokens": np.full(length, pad, np.int32),
              "target_labels": np.full(length, pad, np.int32)}
     if span is not None:
-      inputs, target = span
+      inputs, target, scored = span
+      tokens, labels = teacher_forced(target, scored)
       entry["input_tokens"][:len(inputs)] = inputs
       entry["input_mask"][:len(inputs)] = True
-      predictions = max(len(target) - 1, 0)
-      entry["target_tokens"][:predictions] = target[:-1]
-      entry["target_labels"][:predictions] = target[1:]
-      entry["target_mask"][:predictions] = True
+      entry["target_tokens"][:len(tokens)] = tokens
+      entry["target_labels"][:len(labels)] = labels
+      entry["target_mask"][:len(tokens)] = True
     return entry
 
   # Reading the sample ----------------------------------------------------------------------
