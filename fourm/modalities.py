@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Iterable, Mapping
 
 
@@ -431,6 +432,9 @@ def with_vocab_size(spec: ModalitySpec, vocab_sizes: Mapping[str, int]) -> Modal
   quantizer, a 1,024-code VQ-VAE, a small text vocabulary) needs no table rows, and no
   logits, for the rest."""
   size = vocab_sizes.get(spec.name)
+  document = retrieved_base(spec.name)
+  if size is None and document is not None:  # a retrieved document's: its base's
+    size = vocab_sizes.get(document[1])
   if size is None:
     return spec
   if spec.vocab_size is None:
@@ -452,8 +456,11 @@ def get(name: str, vocab_sizes: Mapping[str, int] | None = None) -> ModalitySpec
   base, at, resolution = name.partition("@")
   if at and base in MODALITIES and resolution.isdigit() and int(resolution) > 0:
     return at_resolution(base, int(resolution))
+  document = retrieved_base(name)
+  if document is not None and document[1] in MODALITIES:
+    return retrieved(document[1], document[0])
   raise KeyError(f"unknown modality {name!r}; known: {sorted(MODALITIES)} (and a grid's "
-                 "NAME@RESOLUTION)")
+                 "NAME@RESOLUTION, a retrieved document's ret<K>_NAME)")
 
 
 def is_known(name: str) -> bool:
@@ -477,6 +484,34 @@ def at_resolution(name: str, resolution: int) -> ModalitySpec:
                      "variants")
   return register(dataclasses.replace(base, name=f"{name}@{resolution}",
                                       resolution=resolution))
+
+
+# Retrieved documents (fourm/retrieval/): the K-th document retrieved for a sample is
+# shown to the encoder as "ret<K>_<name>" for each of its modalities, with the kinds
+# whose values a record holds as they are (token grids, global tokens, sequences).
+RETRIEVABLE_KINDS = (Kind.IMAGE_TOKENS, Kind.GLOBAL, Kind.SEQUENCE)
+_RETRIEVED = re.compile(r"ret([1-9][0-9]*)_(.+)")
+
+
+def retrieved(name: str, k: int) -> ModalitySpec:
+  """Modality `name` of the k-th retrieved document (k >= 1), registered as
+  "ret<k>_<name>": the base's kind, vocabulary, tokenizer family and length, an input
+  only, with embeddings of its own in a model, so that the model tells the retrieved
+  documents from the sample's own modalities and from each other."""
+  base = get(name)
+  if base.kind not in RETRIEVABLE_KINDS or retrieved_base(name) is not None:
+    raise ValueError(f"modality {name!r}: retrieved documents carry token grids, global "
+                     f"tokens or sequences, not {base.kind.value}")
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ValueError(f"retrieved document number {k!r}: expected an int >= 1")
+  return register(dataclasses.replace(base, name=f"ret{k}_{name}",
+                                      roles=frozenset({Role.INPUT})))
+
+
+def retrieved_base(name: str) -> tuple[int, str] | None:
+  """(k, base name) of a retrieved document's modality name "ret<k>_<base>", else None."""
+  match = _RETRIEVED.fullmatch(name)
+  return (int(match.group(1)), match.group(2)) if match else None
 
 
 def get_raw(name: str) -> RawSpec:

@@ -99,3 +99,21 @@ def test_the_4m21_set_has_the_reference_layouts():
   with pytest.raises(ValueError, match="14 px patches do not tile 64 px"):
     modalities.get("tok_dinov2").num_tokens(modalities.SMALL_LAYOUT)
   assert "tok_dinov2 " in modalities.describe(modalities.SMALL_LAYOUT)
+
+
+def test_retrieved_documents_are_input_only_copies_of_their_base():
+  spec = modalities.get("ret2_caption")
+  base = modalities.get("caption")
+  assert (spec.kind, spec.vocab_size, spec.max_length, spec.tokenizer, spec.source) == \
+      (base.kind, base.vocab_size, base.max_length, base.tokenizer, base.source)
+  assert spec.can_input and not spec.can_target
+  assert modalities.retrieved_base("ret2_caption") == (2, "caption")
+  assert modalities.retrieved_base("caption") is None
+  assert modalities.retrieved_base("ret0_caption") is None  # documents count from 1
+  # A run's own vocabulary for the base serves its retrieved documents too.
+  assert modalities.get("ret1_tok_rgb", {"tok_rgb": 1024}).vocab_size == 1024
+  assert modalities.get("ret1_tok_rgb", {"tok_rgb": 1024, "ret1_tok_rgb": 512}).vocab_size == 512
+  # Pixels and feature maps live under their raw source's name: no copies of those.
+  with pytest.raises(ValueError, match="not pixels"):
+    modalities.get("ret1_rgb")
+  assert not modalities.is_known("ret1_nothing")
