@@ -262,6 +262,16 @@ def _generate(args: argparse.Namespace) -> None:
   generate_cli.run(args)
 
 
+def _index_build(args: argparse.Namespace) -> None:
+  from fourm.retrieval import cli as retrieval_cli
+  retrieval_cli.run_build(args)
+
+
+def _index_search(args: argparse.Namespace) -> None:
+  from fourm.retrieval import cli as retrieval_cli
+  retrieval_cli.run_search(args)
+
+
 def _summary(directory: str, info) -> str:
   lines = [f"dataset {info.name} at {directory}"]
   for split, split_info in info.splits.items():
@@ -519,6 +529,58 @@ def build_parser() -> argparse.ArgumentParser:
                  "(default: the size it was built for; positions are resized as the "
                  "reference resizes them)")
   p.set_defaults(run=_convert)
+
+  from fourm.retrieval.encoders import DEFAULT_ENCODER  # a name: torch loads with the encoder
+  p = sub.add_parser("index", help="retrieval: build a memory bank (CLIP vectors in a faiss "
+                     "index) over a dataset, search it")
+  index_sub = p.add_subparsers(dest="index_command", required=True, metavar="WHAT")
+  q = index_sub.add_parser(
+      "build", help="encode a dataset split into a memory-bank index (resumable)",
+      description="Encodes every record's image and caption with CLIP (a document's vector "
+                  "is the mean of its parts'), stores them in a faiss inner-product index "
+                  "with each record's precomputed neighbours, and prints recall@k. A killed "
+                  "build resumes where it stopped; a finished one is not rebuilt.")
+  q.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                 help="dataset directory (several: read side by side)")
+  q.add_argument("--out", required=True, metavar="INDEX", help="the index directory")
+  q.add_argument("--split", default="train", help="the split to index (e.g. train, "
+                 "train[:1000])")
+  q.add_argument("--encoder", default=DEFAULT_ENCODER,
+                 help="hub id or local directory of a CLIP checkpoint")
+  q.add_argument("--tiny", action="store_true",
+                 help="a tiny random-init CLIP instead (no download; MEANINGLESS vectors, "
+                      "for tests and demos)")
+  q.add_argument("--parts", default="rgb,caption",
+                 help="the record modalities a document is made of (comma-separated)")
+  q.add_argument("--neighbours", type=int, default=32,
+                 help="neighbours precomputed per record for training (0: none)")
+  q.add_argument("--dropout-variants", type=int, default=2,
+                 help="query-dropout draws per record in the neighbour table")
+  q.add_argument("--dropout-rate", type=float, default=0.2,
+                 help="fraction of a training query's words / patches dropped (CM3leon: 0.2)")
+  q.add_argument("--seed", type=int, default=0, help="seed of the query-dropout draws")
+  q.add_argument("--faiss", choices=("flat", "hnsw"), default="",
+                 help="index kind (default: exact flat up to 1M documents, HNSW above)")
+  q.add_argument("--recall", type=int, default=256, metavar="N",
+                 help="print recall@1/5/10 of N records' captions finding their own "
+                      "document (0: skip)")
+  q.add_argument("--batch-size", type=int, default=32)
+  q.add_argument("--chunk-size", type=int, default=512,
+                 help="records per resumable chunk")
+  q.add_argument("--device", default="cpu", help="torch device: cpu, cuda, mps")
+  q.add_argument("--quiet", action="store_true", help="no progress bar")
+  q.set_defaults(run=_index_build)
+  q = index_sub.add_parser("search", help="the nearest documents of a caption or image")
+  q.add_argument("--index", required=True, help="an index directory (fourm index build)")
+  q.add_argument("--text", default="", help="a caption to search with")
+  q.add_argument("--image", default="", help="an image file to search with (with --text: "
+                 "both, as one document)")
+  q.add_argument("-k", type=int, default=4, help="documents to print")
+  q.add_argument("--encoder", default="", help="default: the one the index was built with")
+  q.add_argument("--captions", action="store_true",
+                 help="print each document's caption too (reads the indexed dataset)")
+  q.add_argument("--device", default="cpu", help="torch device")
+  q.set_defaults(run=_index_search)
 
   p = sub.add_parser("info", help="summarize a dataset directory")
   p.add_argument("data")
