@@ -25,6 +25,10 @@ def default_config() -> ml_collections.ConfigDict:
       the samples are targets in CM3's causal-masked form instead of 4M's span masking
       (spans moved to the end, predicted left to right; max_spans; () = off;
       fourm/data/masking/cm3.py)
+    retrieval: index (a `fourm index build` directory over the run's training split; ""
+      = off) feeding the modalities named "ret<k>_<name>" (the k-th retrieved document's
+      <name>, e.g. ret1_tok_rgb, ret1_caption), duplicate_threshold and
+      diversity_threshold (the selection rules, fourm/retrieval/selection.py)
     model: size (tiny/base/large/xlarge) and optional dim/depth/heads overrides,
       dtype (compute), param_dtype, remat (a policy name: "none", "full", "dots",
       "dots_no_batch"; fourm/models/layer_stack.py), scan_layers (one lax.scan over the
@@ -62,6 +66,8 @@ def default_config() -> ml_collections.ConfigDict:
   # recipes (configs/4m_mod7.py) use (fourm/data/masking/transform.py, docs/interop.md).
   c.masking_budgets = "fourm"
   c.cm3 = ml_collections.ConfigDict(dict(modalities=(), rate=0.5, max_spans=16))
+  c.retrieval = ml_collections.ConfigDict(dict(index="", duplicate_threshold=0.95,
+                                               diversity_threshold=0.95))
   c.alphas = ml_collections.ConfigDict(dict(kind="all2all", alpha=1.0, path="",
                                                   sources=("rgb",), weights=()))
   c.model = ml_collections.ConfigDict(dict(

@@ -24,6 +24,10 @@ import numpy as np
 
 from fourm.data.masking import AlphasMixture, Cm3Objective, MaskSample
 from fourm.data.pipeline import Pipeline, PipelineConfig
+from fourm.modalities import retrieved_base
+from fourm.retrieval.conditions import (RetrievalConfig, RetrievedDocuments, Then,
+                                        retrieved_names)
+from fourm.retrieval.index import read_manifest
 from fourm.errors import FourmError, UsageError
 from fourm.train import mesh as mesh_lib
 from fourm import metrics as metrics_lib
@@ -41,7 +45,7 @@ from fourm.train.step import make_eval_step, make_train_step
 # s, so another batch size, seed, dataset or masking would skip or repeat data).
 _FIXED_ON_RESUME = ("modalities", "layout", "input_budget", "target_budget", "model",
                     "batch_size", "seed", "data", "alphas", "pixel_normalization",
-                    "text_tokenizer", "masking_budgets", "cm3")
+                    "text_tokenizer", "masking_budgets", "cm3", "retrieval")
 # In config.data: the same stream on any worker count. In config.model: how the blocks
 # run (scanned or not, what they recompute, which attention kernel) changes neither the
 # parameters nor the math.
@@ -51,7 +55,9 @@ _FREE_ON_RESUME = ("worker_count", "remat", "scan_layers", "attention")
 _MODEL_FIELDS_ADDED = {"tie_output_heads": True, "share_modality_embeddings": True}
 # Top-level fields added the same way.
 _FIELDS_ADDED = {"masking_budgets": "fourm",
-                 "cm3": {"modalities": [], "rate": 0.5, "max_spans": 16}}
+                 "cm3": {"modalities": [], "rate": 0.5, "max_spans": 16},
+                 "retrieval": {"index": "", "duplicate_threshold": 0.95,
+                               "diversity_threshold": 0.95}}
 
 
 class TrainingStopped(FourmError):
@@ -102,7 +108,32 @@ def make_pipeline(config: ml_collections.ConfigDict, *, split: str, train: bool,
       shuffle=train, num_epochs=None if train else 1, augment=train and config.data.augment,
       process_index=jax.process_index(), process_count=jax.process_count(),
       worker_count=config.data.worker_count if train else 0)
-  return Pipeline(pipeline_config, transform=masker)
+  return Pipeline(pipeline_config,
+                  transform=_with_retrieval(config, masker, split=split, train=train))
+
+
+def _with_retrieval(config: ml_collections.ConfigDict, masker: MaskSample, *, split: str,
+                    train: bool):
+  """The masking, after the retrieved documents are added when the run reads any
+  (fourm/retrieval/conditions.py). Evaluation samples retrieve from the same index (of
+  the training split): not in it, they are encoded and searched."""
+  documents = retrieved_names(config.modalities)
+  index = config.get("retrieval", {}).get("index", "")
+  if not documents and not index:
+    return masker
+  if not index:
+    raise UsageError(f"the modalities name retrieved documents "
+                     f"({[n for n in config.modalities if retrieved_base(n)]}); set "
+                     "config.retrieval.index to a fourm index build directory")
+  if not documents:
+    raise UsageError("config.retrieval.index is set but no modality is a retrieved "
+                     "document: add ret1_<name> (e.g. ret1_tok_rgb) to config.modalities")
+  settings = read_manifest(index)
+  retrieval = RetrievalConfig(index=index, data=tuple(config.data.paths), split=settings.split,
+                              duplicate_threshold=config.retrieval.duplicate_threshold,
+                              diversity_threshold=config.retrieval.diversity_threshold)
+  del split  # documents come from the index's split, whichever split the samples are
+  return Then(RetrievedDocuments(config.modalities, retrieval, train=train), masker)
 
 
 def model_inputs(local: Mapping[str, Any]) -> dict[str, Any]:
