@@ -494,6 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
                  help="with --targets: classifier-free guidance scale for every target")
   p.add_argument("--num-steps", type=int, default=None, help="with --targets: decoding steps")
   p.add_argument("--temperature", type=float, default=None, help="with --targets")
+  p.add_argument("--retrieve", type=int, default=0, metavar="K",
+                 help="retrieval-augmented: condition on the K documents an index retrieves "
+                      "for each sample's caption / rgb condition (a model trained with "
+                      "config.retrieval; docs/retrieval.md)")
+  p.add_argument("--index", default="", help="with --retrieve: the index (default: the "
+                 "run's config.retrieval.index)")
   p.add_argument("--infill", choices=("span", "cm3"), default=None,
                  help="how a text target given with gaps ([S_1], ...) is filled: span (4M's "
                       "span masking, the default) or cm3 (a model trained with config.cm3)")

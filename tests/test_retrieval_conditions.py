@@ -75,7 +75,8 @@ def test_training_samples_read_their_neighbours_values(data, index):
 
 
 @pytest.mark.slow
-def test_a_run_with_retrieved_documents_trains_and_evaluates(data, index, tmp_path):
+def test_a_run_with_retrieved_documents_trains_evaluates_and_generates(data, index, tmp_path,
+                                                                       capsys):
   config = retrieval_config(data, index)
   config.eval_every = 2
   batch = next(iter(loop.make_pipeline(config, split="train", train=True, batch_size=4)))
@@ -88,6 +89,23 @@ def test_a_run_with_retrieved_documents_trains_and_evaluates(data, index, tmp_pa
   last = loop.train(config, str(tmp_path / "run"), log=lines.append)
   assert np.isfinite(last["loss"])
   assert any(line.startswith("eval at step 2") for line in lines)
+
+  # Generation: the caption is the query, its documents join the conditions.
+  from fourm.cli import main
+  out = tmp_path / "generated"
+  assert main(["generate", "--checkpoint", str(tmp_path / "run"), "--condition",
+               "caption=a red cube left of a blue sphere.", "--targets", "tok_rgb",
+               "--num-steps", "1", "--num-samples", "2", "--retrieve", "2",
+               "--out", str(out)]) in (0, None)
+  printed = capsys.readouterr().out
+  assert printed.count("retrieved for sample") == 2
+  tokens = np.load(out / "tokens.npz")
+  assert tokens["ret1_tok_rgb"].shape == tokens["ret2_tok_rgb"].shape == (2, 64)
+  assert not np.array_equal(tokens["ret1_tok_rgb"], tokens["ret2_tok_rgb"])
+  assert main(["generate", "--checkpoint", str(tmp_path / "run"), "--condition",
+               "caption=a cube.", "--targets", "tok_rgb", "--retrieve", "3", "--out",
+               str(out)]) == 2
+  assert "--retrieve 3: this model reads 1 to 2 documents" in capsys.readouterr().err
 
 
 def test_a_run_that_asks_for_documents_wrongly_is_refused(data, index, tmp_path):

@@ -127,6 +127,14 @@ def run(args: argparse.Namespace) -> None:
             " x ".join(f"{axis}={size}" for axis, size in mesh.shape.items()))
   print(f"model: {args.checkpoint} ({', '.join(generator.model.modality_names)}) on "
         f"{placed}; conditions: {', '.join(conditions) or 'none'}")
+  if getattr(args, "retrieve", 0):
+    documents, keys = generator.retrieve(conditions, num_samples, args.retrieve,
+                                         args.index or None)
+    conditions = {**conditions, **documents}
+    for index, sample_keys in enumerate(keys):
+      print(f"  retrieved for sample {index}: {', '.join(sample_keys)}")
+  elif getattr(args, "index", ""):
+    raise UsageError("--index is read with --retrieve K")
   started = time.perf_counter()
 
   def progress(index, decoding):

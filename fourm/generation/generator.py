@@ -29,7 +29,7 @@ from fourm.data import visualize
 from fourm.errors import UsageError
 from fourm.generation import loading
 from fourm.generation.chain import run_chain
-from fourm.generation.conditions import ConditionEncoder, mask_region
+from fourm.generation.conditions import ConditionEncoder, mask_region, read_value
 from fourm.generation.sampler import Decoding, Sampler
 from fourm.nn import sharding
 from tokenizers_vq.detokenize import Detokenizer
@@ -74,7 +74,14 @@ class Generator:
         name: tokenizer.num_codes for name, tokenizer in tokenizers.items()},
         sentinel_prompt=reference_faithful)
     self.layout = model.layout
-    self.tokenizers = dict(tokenizers)
+    tokenizers = dict(tokenizers)
+    for name in model.modality_names:  # a retrieved document's grids decode as their base's
+      document = modalities.retrieved_base(name)
+      if document is not None and document[1] in tokenizers:
+        tokenizers.setdefault(name, tokenizers[document[1]])
+    self.tokenizers = tokenizers
+    # Set by `from_checkpoint`: the run's config and workdir (retrieval reads its data).
+    self.run_config, self.workdir = None, None
     self.text_vocab = text_vocab
     self.pixel_normalization = pixel_normalization
     self.encoder = ConditionEncoder(model.modality_names, model.input_names, model.layout,
@@ -91,13 +98,58 @@ class Generator:
     the parameters are read straight into their shards (`loading.load_model`)."""
     trained = loading.load_model(workdir, mesh=mesh)
     config = trained.config
-    return cls(trained.model, loading.load_tokenizers(config, workdir, tokenizers),
-               text_vocab=loading.text_vocab_path(config),
-               pixel_normalization=config.get("pixel_normalization", "imagenet"),
-               reference_faithful=bool(config.get("reference_faithful", False)),
-               mesh=mesh, rules=loading.axis_rules(config))
+    generator = cls(trained.model, loading.load_tokenizers(config, workdir, tokenizers),
+                    text_vocab=loading.text_vocab_path(config),
+                    pixel_normalization=config.get("pixel_normalization", "imagenet"),
+                    reference_faithful=bool(config.get("reference_faithful", False)),
+                    mesh=mesh, rules=loading.axis_rules(config))
+    generator.run_config, generator.workdir = config, workdir
+    return generator
 
   # Generation ------------------------------------------------------------------------------
+
+  def retrieve(self, conditions: Mapping[str, Any], num_samples: int, k: int,
+               index: str | None = None) -> tuple[dict[str, list[Any]], list[list[str]]]:
+    """Retrieval-augmented generation (fourm/retrieval/): the documents the index
+    retrieves for each sample's caption and / or rgb condition, as conditions
+    ({"ret<j>_<name>": one value per sample}, j <= k), and each sample's document keys.
+    `index`: default the run's config.retrieval.index; the documents' values are read
+    from the run's datasets. Merge them into the conditions of `generate`."""
+    from fourm.retrieval import conditions as retrieval
+    from fourm.retrieval.index import read_manifest
+    names = [n for n in self.model.input_names if modalities.retrieved_base(n) is not None]
+    documents = retrieval.retrieved_names(names)
+    if not documents:
+      raise UsageError("this model reads no retrieved documents (no ret<k>_<name> input): "
+                       "train it with config.retrieval")
+    if not 1 <= k <= len(documents):
+      raise UsageError(f"--retrieve {k}: this model reads 1 to {len(documents)} documents")
+    if self.run_config is None:
+      raise UsageError("retrieval reads the run's datasets: load the model with "
+                       "Generator.from_checkpoint")
+    settings = self.run_config.get("retrieval", {})
+    index = index or settings.get("index", "")
+    if not index:
+      raise UsageError("no index: the run has no config.retrieval.index; give --index DIR")
+    reader = retrieval.DocumentReader(retrieval.RetrievalConfig(
+        index=index, data=loading.run_datasets(self.run_config, self.workdir),
+        split=read_manifest(index).split,
+        duplicate_threshold=settings.get("duplicate_threshold", 0.95),
+        diversity_threshold=settings.get("diversity_threshold", 0.95)))
+    queries = []
+    for number in range(num_samples):
+      query = {}
+      for name in ("caption", "rgb"):
+        if name in conditions:
+          value = conditions[name]
+          value = value[number] if isinstance(value, (list, tuple)) else value
+          query[name] = read_value(name, value)
+      if not query:
+        raise UsageError("retrieval queries the index with the caption or rgb condition: "
+                         "give one of them")
+      queries.append(query)
+    wanted = [n for n in names if modalities.retrieved_base(n)[0] <= k]
+    return retrieval.documents_for_queries(reader, queries, wanted)
 
   def encode_conditions(self, conditions: Mapping[str, Any], num_samples: int
                         ) -> dict[str, dict]:
@@ -203,7 +255,10 @@ class Generation:
           texts.append(("generated" if name in self.generated else "given") +
                        f" {name}: {value}")
           continue
-        if name in self.conditions and raw in generated_raw and name not in self.generated:
+        document = modalities.retrieved_base(name)
+        if document is not None:
+          raw = f"{raw} (retrieved {document[0]})"
+        elif name in self.conditions and raw in generated_raw and name not in self.generated:
           raw = f"{raw} (given)"
         sample[raw] = value
       sample["__text__"] = " | ".join(texts) if texts else None

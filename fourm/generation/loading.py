@@ -128,6 +128,19 @@ def _find_dataset(path: str, workdir: str) -> str | None:
   return None
 
 
+def run_datasets(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
+  """The run's datasets (config.data.paths) where they are now (`_find_dataset`); one
+  that cannot be found is an error naming it."""
+  found = []
+  for path in config.data.paths:
+    location = _find_dataset(path, workdir)
+    if location is None:
+      raise UsageError(f"the run {workdir} read the dataset {path}, which is not here (nor "
+                       "under the workdir's parents)")
+    found.append(location)
+  return tuple(found)
+
+
 def recorded_tokenizers(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """{tok_x: VQ-VAE workdir (str) or patch quantizer} as the run's token datasets record."""
   found: dict[str, Any] = {}
