@@ -11,6 +11,9 @@ import sys
 
 
 def _synth(args: argparse.Namespace) -> None:
+  tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+  if args.instructions or tasks:
+    return _synth_instructions(args, tasks)
   from fourm.data import world
   info = world.write_world(args.out, args.num, args.resolution, args.seed,
                            val_fraction=args.val_fraction,
@@ -19,6 +22,22 @@ def _synth(args: argparse.Namespace) -> None:
                            extras=[m.strip() for m in args.extras.split(",") if m.strip()],
                            workers=args.workers, progress=not args.quiet)
   print(_summary(args.out, info))
+
+
+def _synth_instructions(args: argparse.Namespace, tasks: list[str]) -> None:
+  from fourm.data import instructions, records
+  from fourm.errors import UsageError
+  if args.extras:
+    raise UsageError("--extras are modalities of the world's records; an instruction "
+                     "dataset (--tasks, --instructions) holds rgb and its tasks' answers")
+  info = instructions.write_instructions(
+      args.out, args.num, args.resolution, args.seed, tasks=tasks or instructions.TASKS,
+      val_fraction=args.val_fraction, records_per_shard=args.records_per_shard,
+      workers=args.workers, progress=not args.quiet)
+  print(_summary(args.out, info))
+  if "edited" in info.metadata:
+    edited = os.path.join(args.out, info.metadata["edited"])
+    print(_summary(edited, records.DatasetInfo.load(edited)))
 
 
 def _ingest(args: argparse.Namespace) -> None:
@@ -303,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--extras", default="",
                  help="4M-21 modalities to render too, comma-separated: canny_edge (the "
                       "image's exact step edges), color_palette, metadata")
+  p.add_argument("--tasks", default="",
+                 help="write instruction tasks with exact answers instead (docs/"
+                      "instructions.md), comma-separated: edit (edited scenes, in OUT/"
+                      "edited), segment, detect, question")
+  p.add_argument("--instructions", action="store_true",
+                 help="instruction tasks of all four kinds (--tasks edit,segment,detect,"
+                      "question)")
   p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(run=_synth)

@@ -382,6 +382,16 @@ HUMAN_KEYPOINTS = RawSpec("human_keypoints", Form.VECTOR, "float32", "human_keyp
 # modality reads masks (pseudolabel/sam.py's `tokenize_records` fills them in).
 SAM_MASK = RawSpec("sam_mask", Form.IMAGE, "uint8", Values.CLASSES, resample=Resample.NEAREST)
 
+# An instruction written beside the inputs ("make the red cube blue", "segment the
+# spheres", "what is left of the red cone?"): a text the model reads, never predicts
+# (CM3leon's instruction tuning; the synthetic world's tasks: docs/instructions.md). Its
+# spatial words mirror with the image.
+INSTRUCTION = RawSpec("instruction", Form.TEXT, "str", Values.TEXT, flip=Flip.SWAP_LEFT_RIGHT)
+_INSTRUCTIONS = (
+    ModalitySpec("instruction", Kind.SEQUENCE, INSTRUCTION, vocab_size=TEXT_VOCAB,
+                 tokenizer="text", max_length=32, roles=frozenset({Role.INPUT})),
+)
+
 # Raw modalities stored in records without a model modality of their own (yet).
 _RAW_ONLY = (INSTANCE, KEY, LABEL, SAM_INSTANCE_MASKS, HUMAN_KEYPOINTS, SAM_MASK)
 
@@ -420,7 +430,7 @@ def unregister(name: str) -> None:
   MODALITIES.pop(name, None)
 
 
-for _spec in _4M7 + _4M21_EXTRA:
+for _spec in _4M7 + _4M21_EXTRA + _INSTRUCTIONS:
   register(_spec)
 for _raw in _RAW_ONLY:
   register_raw(_raw)
