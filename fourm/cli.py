@@ -520,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="with --targets: classifier-free guidance scale for every target")
   p.add_argument("--num-steps", type=int, default=None, help="with --targets: decoding steps")
   p.add_argument("--temperature", type=float, default=None, help="with --targets")
+  p.add_argument("--instruction", default=None, metavar="TEXT",
+                 help="an instruction for a model tuned on them (docs/instructions.md), "
+                      "e.g. 'make the cube blue'; the same as --condition instruction=TEXT")
   p.add_argument("--retrieve", type=int, default=0, metavar="K",
                  help="retrieval-augmented: condition on the K documents an index retrieves "
                       "for each sample's caption / rgb condition (a model trained with "

@@ -396,3 +396,31 @@ def test_launchers_dry_run_prints_what_they_would_run(script, args, expected):
                            "--dry-run", "--", "fourm", "train", "--config", "c.py",
                            "--workdir", "w"], capture_output=True, text=True, check=True)
   assert expected in result.stdout
+
+
+def test_a_fresh_run_starts_from_another_runs_parameters(data, whole_run, tmp_path):
+  config = small_config(data, total_steps=1, eval_every=0)
+  config.modalities = tuple(config.modalities) + ("instruction",)  # a new input modality
+  config.init = whole_run
+  lines = []
+  loop.train(config, str(tmp_path / "tuned"), log=lines.append)
+  line = next(line for line in lines if line.startswith("initialized from"))
+  assert "new here: encoder_embeddings/instruction" in line, line
+  # Shared parameters started where the pre-trained run ended (one step moves them
+  # little; a fresh initialization would be as far as the weights are large).
+  _, pretrained = final_params(whole_run)
+  _, tuned = final_params(str(tmp_path / "tuned"))
+  flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(x)  # noqa: E731
+                       for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  before, after = flat(pretrained), flat(tuned)
+  shared = set(before) & set(after)
+  assert len(shared) > 10 and set(after) - set(before)
+  for path in shared:
+    scale = np.abs(before[path]).max() + 1e-3
+    assert np.abs(after[path] - before[path]).max() < 0.2 * scale, path
+  # Another width: refused, naming a parameter.
+  wider = small_config(data, total_steps=1, eval_every=0)
+  wider.model.dim = 64
+  wider.init = whole_run
+  with pytest.raises(UsageError, match="another shape"):
+    loop.train(wider, str(tmp_path / "wider"), log=lambda _: None)

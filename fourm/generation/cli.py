@@ -68,6 +68,10 @@ def conditions_from_args(args: argparse.Namespace) -> tuple[dict, int]:
   """(conditions, number of samples): --condition values are repeated for every sample;
   --data records give one sample each."""
   conditions: dict = _pairs(args.condition, "--condition")
+  if getattr(args, "instruction", None) is not None:
+    if "instruction" in conditions:
+      raise UsageError("the instruction is given by both --instruction and --condition")
+    conditions["instruction"] = args.instruction
   if not args.data:
     if args.use:
       raise UsageError("--use takes the modalities of --data records: give --data DIR")

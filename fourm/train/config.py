@@ -11,6 +11,8 @@ def default_config() -> ml_collections.ConfigDict:
   """Every field a training config has, with defaults; experiment files start here.
 
   Fields
+    init: a `fourm train` workdir whose parameters a fresh run starts from, wherever the
+      two models share them (new modalities keep their fresh initialization); "" = none
     modalities, layout ("small": 64 px / 8 px patches, "reference": 224 / 16, or
       "RESOLUTION/PATCH" such as "448/16"); a grid at another size than the layout's
       is "NAME@RES" (e.g. "tok_rgb@448")
@@ -49,6 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.init = ""                      # a fourm train workdir to start from (fourm/train/init_from.py)
   c.modalities = ("rgb", "tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "caption")
   c.layout = "small"
   c.input_only = ()

@@ -33,6 +33,7 @@ from fourm.train import mesh as mesh_lib
 from fourm import metrics as metrics_lib
 from fourm import workdir as workdir_lib
 from fourm.checkpoint import Checkpoints
+from fourm.train.init_from import initialize_from
 from fourm.train.optimizer import make_optimizer
 from fourm.train.preemption import Preemption
 from fourm.train.state import (create_train_state, layout, model_factory, num_params,
@@ -254,6 +255,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[st
   if restored is not None:
     state, _ = restored
     log(f"resumed from the checkpoint at step {int(state.step)} in {checkpoints.directory}")
+  elif config.get("init"):
+    state = initialize_from(state, config.init, log)
   start = int(state.step)
 
   def meta() -> dict[str, Any]:
