@@ -68,14 +68,18 @@ class TrainingStopped(FourmError):
 def _alphas(config: ml_collections.ConfigDict) -> AlphasMixture:
   names = tuple(config.modalities)
   alphas = config.alphas
+  # A sample's retrieved documents accompany whichever source gives its inputs.
+  documents = tuple(n for n in names if retrieved_base(n) is not None)
   if alphas.kind == "all2all":
     return AlphasMixture.uniform(names, alphas.alpha, alphas.alpha)
   if alphas.kind == "rgb2all_and_all2all":
-    return AlphasMixture.rgb_to_all_plus_all_to_all(names, alphas.alpha)
+    return AlphasMixture.rgb_to_all_plus_all_to_all(names, alphas.alpha,
+                                                    companions=documents)
   if alphas.kind == "sources2all_and_all2all":
     return AlphasMixture.sources_to_all_plus_all_to_all(names, tuple(alphas.sources),
                                                         alphas.alpha,
-                                                        weights=tuple(alphas.weights))
+                                                        weights=tuple(alphas.weights),
+                                                        companions=documents)
   if alphas.kind == "reference_yaml":
     import yaml  # the reference's alphas files are YAML
     with open(alphas.path) as f:

@@ -143,26 +143,34 @@ class AlphasMixture:
 
   @classmethod
   def rgb_to_all_plus_all_to_all(cls, names: Iterable[str], alpha: float = 0.5,
-                                 rgb_alpha: float = 1000.0) -> AlphasMixture:
+                                 rgb_alpha: float = 1000.0,
+                                 companions: Sequence[str] = ()) -> AlphasMixture:
     """The reference's mix_mod7_all2all_rgb2all_a0.5: half the samples take their
     inputs from rgb pixels only (rgb2all), half from every modality (all2all)."""
-    return cls.sources_to_all_plus_all_to_all(names, (modalities.RGB.name,), alpha, rgb_alpha)
+    return cls.sources_to_all_plus_all_to_all(names, (modalities.RGB.name,), alpha, rgb_alpha,
+                                              companions=companions)
 
   @classmethod
   def sources_to_all_plus_all_to_all(cls, names: Iterable[str], sources: Sequence[str],
                                      alpha: float = 0.5,
                                      source_alpha: float = 1000.0,
-                                     weights: Sequence[float] | None = None) -> AlphasMixture:
+                                     weights: Sequence[float] | None = None,
+                                     companions: Sequence[str] = ()) -> AlphasMixture:
     """One component per source modality that alone gives the inputs (the whole of it:
     a source caption is kept entire) and every other modality the targets, plus one
     all2all component, drawn equally often. ("rgb", "caption") is 4M-21's
     all2all + rgb2all + caption-to-image mixture, which teaches text-to-image sooner
     than all2all alone, where a caption is rarely a whole input. `weights` (one per
-    source, then all2all's) say how often each component is drawn; equally when None."""
+    source, then all2all's) say how often each component is drawn; equally when None.
+    `companions`: input modalities shown beside every source, sharing its inputs (a
+    sample's retrieved documents, which accompany its query)."""
     names = tuple(names)
     sources = tuple(sources)
     if not sources:
       raise UsageError("a sources-to-all mixture needs at least one source modality")
+    unknown = set(companions) - set(names)
+    if unknown:
+      raise UsageError(f"companions {sorted(unknown)} are not among {list(names)}")
     everything = dict.fromkeys(names, alpha)
     components = []
     for source in sources:
@@ -171,8 +179,9 @@ class AlphasMixture:
       spec = spec_or_error(source, "alphas sources")
       if not spec.can_input:
         raise UsageError(f"{source!r} cannot be an input, so it cannot be a source")
-      only_source = {name: source_alpha if name == source else 0.0 for name in names}
-      others = {name: 0.0 if name == source else alpha for name in names}
+      given = {source, *companions}
+      only_source = {name: source_alpha if name in given else 0.0 for name in names}
+      others = {name: 0.0 if name in given else alpha for name in names}
       keep = {source: "all"} if spec.kind == Kind.SEQUENCE else {}
       components.append(DirichletComponent(only_source, others, keep))
     components.append(DirichletComponent(everything, everything))
