@@ -927,3 +927,15 @@ def test_reference_budget_rule_matches_the_references_own_masking():
   assert np.mean([results["fourm"][1][n] for n in dense]) > reference_dense + 2
   with pytest.raises(UsageError, match="budget_rule"):
     MaskSample(names, SMALL, 8, 8, mixture, budget_rule="nope")
+
+
+def test_companions_share_every_source_component_inputs():
+  names = ("tok_rgb", "caption", "ret1_tok_rgb", "ret1_caption")
+  mixture = AlphasMixture.sources_to_all_plus_all_to_all(
+      names, ("caption",), companions=("ret1_tok_rgb", "ret1_caption"))
+  source = mixture.components[0]
+  assert source.input_alphas == {"tok_rgb": 0.0, "caption": 1000.0, "ret1_tok_rgb": 1000.0,
+                                 "ret1_caption": 1000.0}
+  assert source.target_alphas["tok_rgb"] == 0.5 and source.target_alphas["caption"] == 0.0
+  with pytest.raises(UsageError, match="companions"):
+    AlphasMixture.sources_to_all_plus_all_to_all(names, ("caption",), companions=("det",))
