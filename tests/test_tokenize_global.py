@@ -179,8 +179,8 @@ def test_ids_per_vector_vocabulary_and_channels_must_fit_the_registry(overrides,
                       "/some/workdir")  # the other one fits
 
 
-def test_records_lacking_the_vector_are_the_grid_tokenizers_record_error(tokenizer, tmp_path,
-                                                                          capsys):
+def test_records_lacking_the_vector_are_refused_by_the_encoder_counted_by_the_job(
+    tokenizer, tmp_path, capsys):
   workdir, _ = tokenizer
   loaded = tokenize.load_tokenizers([f"{NAME}={workdir}"])[NAME][1]
   with pytest.raises(RecordError, match=f"has no 'dinov2_global' for the {NAME} tokenizer"
@@ -194,10 +194,16 @@ def test_records_lacking_the_vector_are_the_grid_tokenizers_record_error(tokeniz
   holey = str(tmp_path / "holey")
   write_dataset(holey, {"train": [{"key": "train/0", RAW: vectors(1, 0)[0]},
                                   {"key": "train/1"}]})
+  # A record without the vector gets a token record without the tokens, counted aloud; a
+  # dataset where no record has it is refused before anything is written.
   assert cli.main(["tokenize", "--data", holey, "--out", str(tmp_path / "out"),
+                   "--tokenizers", f"{NAME}={workdir}", "--quiet"]) == 0
+  assert f"{NAME}: 1 of 2 records have no {RAW} (written without it)" in capsys.readouterr().out
+  keys = str(tmp_path / "keys")
+  write_dataset(keys, {"train": [{"key": "train/0"}]})
+  assert cli.main(["tokenize", "--data", keys, "--out", str(tmp_path / "none"),
                    "--tokenizers", f"{NAME}={workdir}", "--quiet"]) == 2
-  assert "record 1: field 'dinov2_global': missing modalities ['dinov2_global']" in \
-      capsys.readouterr().err
+  assert f"has '{RAW}', which {NAME} is made from" in capsys.readouterr().err
 
 
 def test_generation_loads_the_recorded_tokenizer_and_decodes_with_it(tokenizer, data,

@@ -15,7 +15,10 @@ tok_dinov2_global=WORKDIR.
 
 Records are written side by side with the source
 (`fourm/data/derived.py`): same shards, same order, resumable shard by shard; a second run
-skips finished shards.
+skips finished shards. A record that lacks a tokenizer's raw field (an instruction
+dataset's question records have no semseg, its edited/ store holds an image for edit
+records only) gets a token record without those tokens; the job logs how many records
+did, and a dataset in which no record has the field is an error naming it.
 """
 
 from __future__ import annotations
@@ -147,10 +150,18 @@ def tokenize_dataset(data: str, out: str, tokenizer_entries: Sequence[str], *,
   tokenizers = load_tokenizers(tokenizer_entries)
 
   def derive(samples):
-    tokens = {name: encode_batch(tokenizer, samples, batch_size)
-              for name, (_, tokenizer) in tokenizers.items()}
-    return [{name: grids[i].astype(np.int32) for name, grids in tokens.items()}
-            for i in range(len(samples))]
+    tokens = [{} for _ in samples]
+    for name, (_, tokenizer) in tokenizers.items():
+      # Only the samples that hold the raw field are encoded; the others get no tokens
+      # of it (absent, never zero-filled). Each sample's tokens do not depend on the
+      # others in its batch, so the ids are those of encoding the whole batch.
+      having = [i for i, sample in enumerate(samples) if tokenizer.raw_name in sample]
+      if not having:
+        continue
+      grids = encode_batch(tokenizer, [samples[i] for i in having], batch_size)
+      for i, grid in zip(having, grids, strict=True):
+        tokens[i][name] = grid.astype(np.int32)
+    return tokens
 
   job = {"method": "vqvae", "batch_size": batch_size,
          "tokenizers": {name: _job_entry(workdir, tokenizer)
@@ -158,4 +169,5 @@ def tokenize_dataset(data: str, out: str, tokenizer_entries: Sequence[str], *,
   return derived.write_derived(
       data, out, derive, job=job, name="vqvae_tokens", batch_size=batch_size,
       modalities=sorted({t.raw_name for _, t in tokenizers.values()}),
+      optional={name: t.raw_name for name, (_, t) in tokenizers.items()},
       progress=progress, log=log, metadata={"tokenizer": "VQ-VAE (tokenizers_vq)"})

@@ -11,6 +11,13 @@ A job that may fail on single samples (a pseudo-labeler on one odd photo) passes
 `tolerate_failures=True` and returns a `Failure` for such a sample: the record is
 written with what could be derived (a modality that failed is absent), the sample is
 logged by key and counted, and the count and list land in `dataset_info.json`.
+
+A job that derives a modality from a field only some records hold (tok_semseg of an
+instruction dataset, whose question records have no semseg) names it in `optional`: a
+record without the field gets a derived record without that modality (the stores keep
+one record per sample, so they still read side by side), and the records without it are
+counted, logged and recorded in `dataset_info.json` (`without_source`). A source in which
+no record has the field is an error naming it: that is a wrong dataset, not a mixed one.
 """
 
 from __future__ import annotations
@@ -62,8 +69,10 @@ def _readable_batches(source, indices, batch_size):
 
 
 def _derived_stream(source, indices, batch_size, derive: DeriveFn, path: str, bar,
-                    failed: list[dict[str, Any]] | None, log):
-  """Derived records of `indices`; with `failed` a list, failures are logged into it."""
+                    failed: list[dict[str, Any]] | None, log,
+                    optional: Mapping[str, str], without: dict[str, int]):
+  """Derived records of `indices`; with `failed` a list, failures are logged into it.
+  `without` counts, per modality of `optional`, the samples that lack its source field."""
   batches = (_batches if failed is None else _readable_batches)(source, indices, batch_size)
   for start, samples in batches:
     readable = [s for s in samples if not isinstance(s, Failure)]
@@ -82,8 +91,37 @@ def _derived_stream(source, indices, batch_size, derive: DeriveFn, path: str, ba
         log(f"failed: {os.path.basename(path)} record {start + offset}"
             f"{f' ({key})' if key else ''}: {output.error}")
         output = output.record
+      else:
+        _count_without(sample, output, optional, without, path, start + offset)
       yield output
     bar.update(len(samples))
+
+
+def _count_without(sample: Mapping[str, Any], output: Mapping[str, Any],
+                   optional: Mapping[str, str], without: dict[str, int], path: str,
+                   record: int) -> None:
+  """Counts a sample lacking an optional source field, and holds the derivation to the
+  contract: a modality is derived exactly where its source is (absent where the source
+  is, never zero-filled; never dropped where the source is there)."""
+  for name, field in optional.items():
+    has_field, has_output = field in sample, name in output
+    if has_field != has_output:
+      raise RecordError(f"the derivation {'made' if has_output else 'did not make'} {name} "
+                        f"for a record {'without' if has_output else 'with'} {field!r}",
+                        path=path, record=record, field=name)
+    without[name] += not has_field
+
+
+def _check_some_record_has(directories: Sequence[str], optional: Mapping[str, str]) -> None:
+  """An optional source that no record holds is a mistake (the wrong dataset or the wrong
+  tokenizer), not a mixed dataset: refuse it, naming the field, before writing anything."""
+  stored: set[str] = set()
+  for directory in directories:
+    stored |= set(records.DatasetInfo.load(directory).modalities)
+  for name, field in optional.items():
+    if field not in stored:
+      raise UsageError(f"no record of {', '.join(directories)} has {field!r}, which {name} "
+                       f"is made from (its records hold {sorted(stored)})")
 
 
 def finished_shard(out: str, name: str, expected: int) -> tuple[int, dict] | None:
@@ -121,7 +159,8 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
                   splits: Sequence[str] | None = None, batch_size: int = 64,
                   metadata: Mapping[str, Any] | None = None, progress: bool = True,
                   log: Callable[[str], None] = print,
-                  tolerate_failures: bool = False) -> records.DatasetInfo:
+                  tolerate_failures: bool = False,
+                  optional: Mapping[str, str] | None = None) -> records.DatasetInfo:
   """Derives every record of `source_dir` (the named `modalities` of it) into `out`.
 
   `job` describes the derivation (JSON-able); rerunning the same job resumes it, a
@@ -129,11 +168,18 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
   modalities the derivation reads too (joined record by record, as `RecordSource`
   joins them). With `tolerate_failures`, unreadable source records and `Failure`s are
   logged and counted (`num_failed`, `failed` in the metadata) and the job goes on;
-  without, they stop it. Returns the new dataset's info.
+  without, they stop it. `optional` maps a derived modality to the source field it is
+  made from where records may lack that field ({"tok_semseg": "semseg"}): such a record
+  gets a derived record without the modality; the count of them is logged and lands in
+  the metadata (`without_source`); a source in which no record has the field is an
+  error. Returns the new dataset's info.
   """
   for directory in [source_dir, *beside]:
     if os.path.abspath(directory) == os.path.abspath(out):
       raise UsageError(f"the derived dataset must go to its own directory, not {directory}")
+  optional = dict(optional or {})
+  if optional:
+    _check_some_record_has([source_dir, *beside], optional)
   info = records.DatasetInfo.load(source_dir)
   split_names = list(splits) if splits is not None else sorted(info.splits)
   unknown = [s for s in split_names if s not in info.splits]
@@ -152,6 +198,8 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
       start += length
   done = {shard: finished_shard(out, shard, len(indices)) for _, shard, indices in plan}
   failed = {shard: _recorded_failures(out, shard) for _, shard, _ in plan if done[shard]}
+  without = {shard: _recorded_without(out, shard, optional)
+             for _, shard, _ in plan if done[shard]}
   todo = [entry for entry in plan if done[entry[1]] is None]
   if len(todo) < len(plan):
     log(f"resuming: {len(plan) - len(todo)} of {len(plan)} shards already written in {out}")
@@ -161,16 +209,21 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
   sources: dict[str, records.RecordSource] = {}
   for split, shard, indices in todo:
     if split not in sources:
-      sources[split] = records.RecordSource([source_dir, *beside], split, modalities)
+      sources[split] = records.RecordSource([source_dir, *beside], split, modalities,
+                                            optional=sorted(set(optional.values())))
     path = os.path.join(out, shard)
     failed[shard] = [] if tolerate_failures else None
+    without[shard] = dict.fromkeys(optional, 0)
+    # A record whose sample lacks every optional field derives nothing: it is stored
+    # empty, the absent sample that keeps the stores aligned record by record.
     count, stats = records.write_shard(
         path, _derived_stream(sources[split], indices, batch_size, derive, path, bar,
-                              failed[shard], log),
-        first_record=indices.start, allow_empty=tolerate_failures)
+                              failed[shard], log, optional, without[shard]),
+        first_record=indices.start, allow_empty=tolerate_failures or bool(optional))
     with open(path + ".json.tmp", "w") as f:
-      json.dump({"count": count, "stats": stats, **({"failed": failed[shard]}
-                                                    if tolerate_failures else {})}, f)
+      json.dump({"count": count, "stats": stats,
+                 **({"failed": failed[shard]} if tolerate_failures else {}),
+                 **({"without_source": without[shard]} if optional else {})}, f)
     os.replace(path + ".json.tmp", path + ".json")
     done[shard] = (count, stats)
   bar.close()
@@ -182,9 +235,26 @@ def write_derived(source_dir: str, out: str, derive: DeriveFn, *, job: Mapping[s
   if tolerate_failures:
     listed = [dict(entry, shard=shard) for _, shard, _ in plan for entry in failed[shard] or []]
     failures = {"num_failed": len(listed), "failed": listed}
+  total = sum(len(indices) for _, _, indices in plan)
+  lacking = {}
+  for modality, field in optional.items():
+    count = sum(without[shard][modality] for _, shard, _ in plan)
+    lacking[modality] = {"source": field, "records": count, "of": total}
+    if count:  # never silently: a user who expected the field everywhere sees it here
+      log(f"{modality}: {count} of {total} records have no {field} (written without it)")
   return records.write_info(out, name, layout, [done[shard][1] for _, shard, _ in plan],
                             {"derived_from": os.path.abspath(source_dir), "job": dict(job),
-                             **dict(metadata or {}), **failures})
+                             **dict(metadata or {}), **failures,
+                             **({"without_source": lacking} if optional else {})})
+
+
+def _recorded_without(out: str, name: str, optional: Mapping[str, str]) -> dict[str, int]:
+  """Per optional modality, the records a finished shard's sidecar counts as lacking its
+  source. A shard written before the count existed was written by a job that required
+  the field in every record: none lacks it."""
+  with open(os.path.join(out, name + ".json")) as f:
+    counted = json.load(f).get("without_source", {})
+  return {modality: counted.get(modality, 0) for modality in optional}
 
 
 def _recorded_failures(out: str, name: str) -> list[dict[str, Any]]:

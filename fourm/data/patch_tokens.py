@@ -205,10 +205,14 @@ def quantizer_for(name: str) -> PatchQuantizer:
 
 
 def tokenize_sample(sample: dict[str, Any], quantizers: Sequence[PatchQuantizer],
-                    grid: int) -> dict[str, np.ndarray]:
+                    grid: int, *, optional: bool = False) -> dict[str, np.ndarray]:
+  """The tokens of each quantizer's raw field. A sample lacking a field is an error, or
+  with `optional` gets no tokens of it (absent, never zero-filled)."""
   out = {}
   for quantizer in quantizers:
     raw = sample.get(quantizer.raw_name)
+    if raw is None and optional:
+      continue
     if raw is None:
       raise RecordError(f"has no {quantizer.raw_name!r} to make {quantizer.modality} from",
                         field=quantizer.raw_name)
@@ -224,14 +228,19 @@ def write_patch_tokens(data: str, out: str, layout: modalities.Layout,
                        log: Callable[[str], None] = print):
   """Writes the patch tokens of every record of `data` into `out` (read them side by
   side: `RecordSource([data, out])`). Resumable: finished shards are kept. By default,
-  every quantizable token grid whose raw source the dataset stores."""
+  every quantizable token grid whose raw source the dataset stores.
+
+  A record that lacks a raw field (an instruction dataset holds only its task's answer)
+  gets a token record without its tokens, and the job logs how many records did
+  (`derived.write_derived`'s `optional`); a dataset in which no record has it is an error."""
   if names is None:
     stored = records.DatasetInfo.load(data).modalities
     names = tuple(n for n in quantizable() if modalities.get(n).source.name in stored)
   quantizers = [quantizer_for(name) for name in names]
 
   def derive(samples):
-    return [tokenize_sample(sample, quantizers, layout.grid) for sample in samples]
+    return [tokenize_sample(sample, quantizers, layout.grid, optional=True)
+            for sample in samples]
 
   # The code counts name the quantizers' version: tokens of coarser or finer bins in an
   # existing output are another job's, not work to resume.
@@ -240,4 +249,5 @@ def write_patch_tokens(data: str, out: str, layout: modalities.Layout,
   return derived.write_derived(
       data, out, derive, job=job, name="patch_tokens",
       modalities=sorted({q.raw_name for q in quantizers}), progress=progress, log=log,
+      optional={q.modality: q.raw_name for q in quantizers},
       metadata={"tokenizer": "ground-truth patch quantizers (fourm/data/patch_tokens.py)"})

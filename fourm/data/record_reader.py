@@ -145,10 +145,13 @@ class RecordSource:
   `directories` may name several datasets of the same records (side-by-side stores);
   their modalities are joined record by record. `modalities` names the raw modalities
   to read: a record lacking one raises a `RecordError`; None reads all, as stored.
+  `optional` names those of `modalities` that a record may lack (read where the record
+  has them: a job deriving tokens from a field that only some records hold).
   """
 
   def __init__(self, directories: str | Sequence[str], split: str = "train",
-               modalities: Sequence[str] | None = None, validate: bool = True):
+               modalities: Sequence[str] | None = None, validate: bool = True,
+               optional: Sequence[str] = ()):
     directories = [directories] if isinstance(directories, (str, os.PathLike)) else \
         list(directories)
     if not directories:
@@ -169,7 +172,7 @@ class RecordSource:
         raise RecordError(f"no record of split {split!r} has modalities {missing}; "
                           f"available: {sorted(self._owner)}", path=", ".join(directories))
     self.modalities = list(modalities) if modalities is not None else sorted(self._owner)
-    self._required = set(modalities or ())
+    self._required = set(modalities or ()) - set(optional)
 
   def _modality_owners(self) -> dict[str, int]:
     owner: dict[str, int] = {}
@@ -206,7 +209,13 @@ class RecordSource:
       raise RecordError(f"missing modalities {missing} that this pipeline requires "
                         f"(the record has: {sorted(sample)})", path=path, record=index,
                         field=missing[0])
-    if self.validate:
+    # A record that holds nothing is the absent sample of a side-by-side store (the
+    # instruction dataset's edited/ records of tasks other than edits, a token record
+    # of a sample without the tokenized field, a failed pseudo-label): the writer stores
+    # one only when asked to (`write_shard(allow_empty=True)`), so reading it back is no
+    # error. What a reader requires is checked above (`missing`), and every field a
+    # record does hold is validated as strictly as ever.
+    if self.validate and sample:
       validate_sample(sample, path=path, record=index)
     return sample
 
