@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from fourm import modalities
 from fourm.data.masking import AlphasMixture, Cm3Objective, MaskSample
 from fourm.data.pipeline import Pipeline, PipelineConfig
 from fourm.modalities import retrieved_base
@@ -68,8 +69,10 @@ class TrainingStopped(FourmError):
 def _alphas(config: ml_collections.ConfigDict) -> AlphasMixture:
   names = tuple(config.modalities)
   alphas = config.alphas
-  # A sample's retrieved documents accompany whichever source gives its inputs.
-  documents = tuple(n for n in names if retrieved_base(n) is not None)
+  # A sample's retrieved documents and its instruction accompany whichever source gives
+  # its inputs: they are read with the query, never in its place.
+  documents = tuple(n for n in names if retrieved_base(n) is not None
+                    or n == modalities.INSTRUCTION.name)
   if alphas.kind == "all2all":
     return AlphasMixture.uniform(names, alphas.alpha, alphas.alpha)
   if alphas.kind == "rgb2all_and_all2all":
