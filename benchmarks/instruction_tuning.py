@@ -36,15 +36,28 @@ def done(path: str) -> bool:
   return os.path.exists(os.path.join(path, "dataset_info.json"))
 
 
-def prepare(out: str, num: int) -> dict[str, str]:
+def prepare(out: str, num: int, tokenizer_steps: int) -> dict[str, str]:
   paths = {name: os.path.join(out, name)
-           for name in ("world", "world_tokens", "instr", "instr_tokens", "edit_tokens")}
+           for name in ("world", "world_tokens", "world_rgb_tokens", "instr", "instr_tokens",
+                        "edit_tokens", "tok_rgb")}
   paths["vocab"] = os.path.join(out, "text_tokenizer.json")
   if not done(paths["world"]):
     fourm("synth", "--out", paths["world"], "--num", str(num), "--resolution", "64", "--quiet")
+  # rgb through the demo's VQ-VAE: the patch quantizer's mean colour per 8 px patch
+  # washes a small object's colour into the floor's, which no edit check survives.
+  if not os.path.exists(os.path.join(paths["tok_rgb"], "train_done")):
+    fourm("tokenizer", "train", "--config", "configs/tokenizers/vqvae.py:rgb_tiny",
+          "--workdir", paths["tok_rgb"], "--config.data.paths=" + repr((paths["world"],)),
+          f"--config.total_steps={tokenizer_steps}",
+          f"--config.eval_every={tokenizer_steps}",
+          f"--config.checkpoint.every={tokenizer_steps}")
+    open(os.path.join(paths["tok_rgb"], "train_done"), "w").close()
+  if not done(paths["world_rgb_tokens"]):
+    fourm("tokenize", "--data", paths["world"], "--out", paths["world_rgb_tokens"],
+          "--tokenizers", f"tok_rgb={paths['tok_rgb']}")
   if not done(paths["world_tokens"]):
     fourm("tokenize", "--data", paths["world"], "--out", paths["world_tokens"], "--method",
-          "patches", "--modalities", "tok_rgb,tok_semseg")
+          "patches", "--modalities", "tok_semseg")
   if not done(paths["instr"]):
     # Other scenes than the world's (another seed): the pre-training saw none of them.
     fourm("synth", "--out", paths["instr"], "--num", str(num), "--resolution", "64",
@@ -54,7 +67,7 @@ def prepare(out: str, num: int) -> dict[str, str]:
           "patches", "--modalities", "tok_semseg")
   if not done(paths["edit_tokens"]):
     fourm("tokenize", "--data", os.path.join(paths["instr"], "edited"), "--out",
-          paths["edit_tokens"], "--method", "patches", "--modalities", "tok_rgb")
+          paths["edit_tokens"], "--tokenizers", f"tok_rgb={paths['tok_rgb']}")
   if not os.path.exists(paths["vocab"]):
     fourm("tokenizer", "train-text", "--data", paths["world"], paths["instr"], "--out",
           paths["vocab"], "--vocab-size", "4500", "--quiet")
@@ -64,12 +77,14 @@ def prepare(out: str, num: int) -> dict[str, str]:
 def base_config(paths, steps):
   from fourm import config as config_lib
   from fourm.data import patch_tokens
+  from tokenizers_vq.vqvae_config import preset
   config = config_lib.load_config(os.path.join(ROOT, "configs/tiny_synthetic.py"), [])
   config.modalities = ("rgb", "tok_rgb", "tok_semseg", "caption", "det")
-  config.data.paths = (paths["world"], paths["world_tokens"])
+  config.data.paths = (paths["world"], paths["world_rgb_tokens"], paths["world_tokens"])
   config.text_tokenizer = paths["vocab"]
-  config.model.vocab_sizes = dict(caption=4500, det=4500, **{
-      name: patch_tokens.quantizer_for(name).num_ids for name in ("tok_rgb", "tok_semseg")})
+  config.model.vocab_sizes = dict(caption=4500, det=4500,
+                                  tok_rgb=preset("rgb_tiny").vocab_size,
+                                  tok_semseg=patch_tokens.quantizer_for("tok_semseg").num_ids)
   config.total_steps = config.eval_every = config.checkpoint.every = steps
   return config
 
@@ -162,10 +177,11 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=600, help="pre-training steps")
   parser.add_argument("--tune-steps", type=int, default=600)
   parser.add_argument("--count", type=int, default=160, help="held-out instructions")
+  parser.add_argument("--tokenizer-steps", type=int, default=500, help="the rgb VQ-VAE's")
   args = parser.parse_args()
   from fourm.generation.generator import Generator
   os.makedirs(args.out, exist_ok=True)
-  paths = prepare(args.out, args.num)
+  paths = prepare(args.out, args.num, args.tokenizer_steps)
   base_dir, tuned_dir = (os.path.join(args.out, n) for n in ("pretrained", "instruction_tuned"))
   base_s = train(args.out, "pretrained", base_config(paths, args.steps))
   tuned_s = train(args.out, "instruction_tuned",
