@@ -17,19 +17,12 @@ import argparse
 import collections
 import json
 import os
-import subprocess
-import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from runs import ROOT, fourm, train_once  # benchmarks/runs.py
+
 TASK_TARGETS = {"edit": "tok_rgb", "segment": "tok_semseg", "detect": "det",
                 "question": "caption"}
 ANSWER_FIELDS = {"tok_rgb": "rgb", "tok_semseg": "semseg", "det": "det", "caption": "caption"}
-
-
-def fourm(*args: str) -> None:
-  subprocess.run([os.path.join(os.path.dirname(sys.executable), "fourm"), *args], check=True,
-                 cwd=ROOT)
 
 
 def done(path: str) -> bool:
@@ -102,21 +95,6 @@ def instruction_config(paths, steps, init):
   return config
 
 
-def train(out: str, name: str, config) -> float:
-  from fourm.train import loop
-  workdir = os.path.join(out, name)
-  marker = os.path.join(workdir, "train_seconds.json")
-  if os.path.exists(marker):
-    with open(marker) as f:
-      return json.load(f)["seconds"]
-  started = time.perf_counter()
-  loop.train(config, workdir, log=lambda line: print(f"  [{name}] {line}", flush=True))
-  seconds = time.perf_counter() - started
-  with open(marker, "w") as f:
-    json.dump({"seconds": seconds}, f)
-  return seconds
-
-
 def held_out(paths, count: int) -> list[dict]:
   """Up to `count` held-out instruction records, as many of each task as there are."""
   from fourm.data import instructions
@@ -183,8 +161,8 @@ def main() -> None:
   os.makedirs(args.out, exist_ok=True)
   paths = prepare(args.out, args.num, args.tokenizer_steps)
   base_dir, tuned_dir = (os.path.join(args.out, n) for n in ("pretrained", "instruction_tuned"))
-  base_s = train(args.out, "pretrained", base_config(paths, args.steps))
-  tuned_s = train(args.out, "instruction_tuned",
+  base_s = train_once(args.out, "pretrained", base_config(paths, args.steps))
+  tuned_s = train_once(args.out, "instruction_tuned",
                   instruction_config(paths, args.tune_steps, base_dir))
   items = held_out(paths, args.count)
   tuned = Generator.from_checkpoint(tuned_dir)

@@ -19,16 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def fourm(*args: str) -> None:
-  subprocess.run([os.path.join(os.path.dirname(sys.executable), "fourm"), *args], check=True,
-                 cwd=ROOT)
+from runs import ROOT, fourm, train_once  # benchmarks/runs.py
 
 
 def prepare(out: str, num: int, encoder: str) -> dict[str, str]:
@@ -74,21 +66,6 @@ def config_for(paths: dict[str, str], retrieval: bool, steps: int):
     # Only copies count as near-duplicates: the tiny encoder's documents are all alike.
     config.retrieval.duplicate_threshold = config.retrieval.diversity_threshold = 0.999
   return config
-
-
-def train(out: str, name: str, config) -> float:
-  from fourm.train import loop
-  workdir = os.path.join(out, name)
-  done = os.path.join(workdir, "train_seconds.json")
-  if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)["seconds"]
-  started = time.perf_counter()
-  loop.train(config, workdir, log=lambda line: print(f"  [{name}] {line}", flush=True))
-  seconds = time.perf_counter() - started
-  with open(done, "w") as f:
-    json.dump({"seconds": seconds}, f)
-  return seconds
 
 
 def score(workdir: str, data: str, count: int, retrieval: bool) -> dict[str, float]:
@@ -153,7 +130,7 @@ def main() -> None:
   paths = prepare(args.out, args.num, args.encoder)
   rows = []
   for name, retrieval in (("caption_only", False), ("with_retrieval", True)):
-    seconds = train(args.out, name, config_for(paths, retrieval, args.steps))
+    seconds = train_once(args.out, name, config_for(paths, retrieval, args.steps))
     rows.append({"run": name, "train_s": seconds,
                  **score(os.path.join(args.out, name), paths["world"], args.count,
                          retrieval)})

@@ -28,10 +28,9 @@ from fourm.errors import UsageError
 from tokenizers_vq import global_tokens
 from tokenizers_vq.global_tokens import GlobalTokenizer
 from tokenizers_vq.grid import GridTokenizer
-from fourm.checkpoint import Checkpoints
 from fourm.nn import sharding
 from fourm.train.state import layout as train_layout
-from fourm.train.state import model_factory
+from fourm.train.init_from import read_run_parameters
 from fourm.train.state import vocab_sizes as run_vocab_sizes
 
 
@@ -51,30 +50,10 @@ def load_model(workdir: str, mesh: jax.sharding.Mesh | None = None,
   is read straight into its `NamedSharding` under the logical-axis table `rules` (by
   default the run's own, `axis_rules`), so a model too big for one device never has to
   fit on one."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise UsageError(f"--checkpoint {workdir}: no checkpoints there (expected {directory}; "
-                     "train a model with fourm train)")
-  checkpoints = Checkpoints(workdir, every=1, keep=1_000_000, async_save=False,
-                            owner=False)
-  try:
-    meta = checkpoints.latest_meta()
-    if meta is None or "config" not in meta:
-      raise UsageError(f"--checkpoint {workdir}: holds no readable 4M checkpoint")
-    config = ml_collections.ConfigDict(meta["config"])
-    if "modalities" not in config or "input_budget" not in config:
-      raise UsageError(f"--checkpoint {workdir}: its checkpoint is not a 4M model's (a "
-                       "tokenizer's? load those with --tokenizers)")
-    build = model_factory(config)
-    abstract_model = nnx.eval_shape(build)
-    target = _placed(nnx.state(abstract_model, nnx.Param), mesh,
-                     axis_rules(config) if rules is None else rules)
-    restored = checkpoints.restore_latest_params(target)
-  finally:
-    checkpoints.close()
-  if restored is None:
-    raise UsageError(f"--checkpoint {workdir}: no checkpoint could be read")
-  params, step, _ = restored
+  abstract_model, params, config, step = read_run_parameters(
+      workdir, lambda abstract, config: _placed(abstract, mesh, axis_rules(config)
+                                                if rules is None else rules),
+      "--checkpoint")
   model = nnx.merge(nnx.graphdef(abstract_model), params)
   return TrainedModel(model=model, config=config, step=step,
                       workdir=os.path.abspath(workdir))
