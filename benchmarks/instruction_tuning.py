@@ -127,6 +127,8 @@ def follow_rates(generator, items, *, instructed: bool, batch_size: int = 16) ->
         answer = {ANSWER_FIELDS[target]: result.decode(target, i)}
         verdict = instruction_checks.check(item["sample"].text, answer, item["sample"].source)
         follows[task].append(verdict.follows)
+        if verdict.changed is not None:
+          follows["edit: named attribute changed"].append(verdict.changed)
   return {task: sum(v) / len(v) for task, v in follows.items() if v}
 
 
@@ -143,8 +145,10 @@ def ceilings(generator, items) -> dict:
       tokenizer = generator.tokenizers[target]
       ids = tokenizer.tokenize([answer[field]], generator.layout)
       answer = {field: generator.detokenizer.decode(target, ids[0])}
-    follows[sample.task].append(
-        instruction_checks.check(sample.text, answer, sample.source).follows)
+    verdict = instruction_checks.check(sample.text, answer, sample.source)
+    follows[sample.task].append(verdict.follows)
+    if verdict.changed is not None:
+      follows["edit: named attribute changed"].append(verdict.changed)
   return {task: sum(v) / len(v) for task, v in follows.items()}
 
 
@@ -174,7 +178,8 @@ def main() -> None:
   print(f"\nheld-out instructions followed (instruction_checks.check); pre-training "
         f"{args.steps} steps ({base_s:.0f} s), instruction tuning {args.tune_steps} steps "
         f"({tuned_s:.0f} s):\n")
-  tasks = list(TASK_TARGETS)
+  tasks = list(TASK_TARGETS) + ["edit: named attribute changed"]
+  counts["edit: named attribute changed"] = counts["edit"]
   print("| model | " + " | ".join(f"{t} (n={counts[t]})" for t in tasks) + " |")
   print("|---|" + "---|" * len(tasks))
   for name, rates in rows.items():

@@ -68,14 +68,18 @@ def config_for(paths: dict[str, str], retrieval: bool, steps: int):
   return config
 
 
-def score(workdir: str, data: str, count: int, retrieval: bool) -> dict[str, float]:
+def score(workdir: str, data: str, count: int, retrieval: bool,
+          cfg_scale: float) -> dict[str, float]:
   from fourm.generation import evaluate
-  from fourm.generation.chain import default_chain
   from fourm.generation.generator import Generator
+  from fourm.generation.guidance import Guidance
+  from fourm.generation.sampler import Decoding
   generator = Generator.from_checkpoint(workdir)
   held_out = evaluate.held_out_records((data,), "val", count)
   captions = [record["caption"] for record in held_out]
-  chain = default_chain(["tok_rgb"])
+  # As benchmarks/generation_quality.py decodes caption -> rgb: MaskGIT, 8 steps,
+  # classifier-free guidance 3 (whose unconditional stream drops the documents too).
+  chain = [Decoding("tok_rgb", num_steps=8, guidance=Guidance(scale=cfg_scale))]
   images, retrieved_images = [], []
   for start in range(0, len(captions), 16):
     batch = captions[start:start + 16]
@@ -125,6 +129,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--count", type=int, default=96, help="held-out captions scored")
   parser.add_argument("--encoder", default="tiny", help="'tiny' or a CLIP hub id / path")
+  parser.add_argument("--cfg-scale", type=float, default=3.0, help="caption -> tok_rgb")
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   paths = prepare(args.out, args.num, args.encoder)
@@ -133,7 +138,7 @@ def main() -> None:
     seconds = train_once(args.out, name, config_for(paths, retrieval, args.steps))
     rows.append({"run": name, "train_s": seconds,
                  **score(os.path.join(args.out, name), paths["world"], args.count,
-                         retrieval)})
+                         retrieval, args.cfg_scale)})
   found, pairs = recall(paths, args.encoder, args.out)
   print(f"\ncaption -> rgb on {args.count} held-out captions, {args.steps} steps each "
         f"(same model, data, seed), colour check of fourm/generation/evaluate.py:\n")

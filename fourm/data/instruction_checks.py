@@ -59,6 +59,9 @@ class Verdict:
   follows: bool
   score: float  # the measure behind the verdict: a share, ratio, shift, IoU, F1 or 0 / 1
   detail: str
+  # Edits: whether the named attribute changed as asked, whatever became of the rest of
+  # the scene (`follows` also asks that the other objects stay); None for other tasks.
+  changed: bool | None = None
 
 
 def check(instruction: str | Instruction, answer: Mapping[str, Any],
@@ -124,7 +127,7 @@ def _edit(edit: Edit, image: np.ndarray, view: SceneView) -> Verdict:
           color_detector.share(labels, view.mask(o), [o.color, *cover]) < KEEP_SHARE]
   detail = what + ("" if not lost else
                    f"; lost: {', '.join(f'the {o.color} {o.category}' for o in lost)}")
-  return Verdict(bool(changed and not lost), float(score), detail)
+  return Verdict(bool(changed and not lost), float(score), detail, changed=bool(changed))
 
 
 def _shape_change(edit: Edit, obj, labels: np.ndarray, view: SceneView):
