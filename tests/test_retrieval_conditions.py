@@ -126,3 +126,9 @@ def test_a_run_that_asks_for_documents_wrongly_is_refused(data, index, tmp_path)
       index=other, data=tuple(data), split="train"))
   with pytest.raises(UsageError, match="build the index over the run's training data"):
     reader.values(0, ("tok_rgb",))
+
+
+def test_the_modality_rule_asks_documents_for_the_parts_the_model_reads():
+  assert conditions.parts_for(("rgb", "ret1_tok_rgb", "ret2_tok_rgb")) == ("rgb",)
+  assert conditions.parts_for(("ret1_tok_rgb", "ret1_caption")) == ("rgb", "caption")
+  assert conditions.parts_for(("ret1_det",)) == ()  # boxes are no part of a document

@@ -135,7 +135,8 @@ class Generator:
         index=index, data=loading.run_datasets(self.run_config, self.workdir),
         split=read_manifest(index).split,
         duplicate_threshold=settings.get("duplicate_threshold", 0.95),
-        diversity_threshold=settings.get("diversity_threshold", 0.95)))
+        diversity_threshold=settings.get("diversity_threshold", 0.95),
+        required_parts=retrieval.parts_for(names)))
     queries = []
     for number in range(num_samples):
       query = {}

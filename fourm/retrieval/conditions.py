@@ -31,6 +31,8 @@ import numpy as np
 from fourm import modalities
 from fourm.data.records import RecordSource
 from fourm.errors import RecordError, UsageError
+from fourm.retrieval import documents
+from fourm.retrieval.index import MemoryBank
 from fourm.retrieval.retriever import Retriever
 from fourm.retrieval.selection import SelectionRules
 
@@ -57,11 +59,22 @@ class RetrievalConfig:
   split: str                     # the index's split, which the datasets are read at
   duplicate_threshold: float = 0.95
   diversity_threshold: float = 0.95
+  required_parts: tuple[str, ...] = ()  # the modality rule: see `parts_for`
 
   @property
   def rules(self) -> SelectionRules:
     return SelectionRules(duplicate_threshold=self.duplicate_threshold,
-                          diversity_threshold=self.diversity_threshold)
+                          diversity_threshold=self.diversity_threshold,
+                          required_parts=self.required_parts)
+
+
+def parts_for(names: Sequence[str]) -> tuple[str, ...]:
+  """The selection rules' modality rule for a model that reads these "ret<k>_<name>":
+  the document parts (of `documents.PARTS`) its documents are made from, so a document
+  without them (no caption, for ret1_caption) is passed over for the next candidate."""
+  sources = {modalities.get(base).source.name
+             for bases in retrieved_names(names).values() for base in bases}
+  return tuple(part for part in documents.PARTS if part in sources)
 
 
 class DocumentReader:
@@ -80,8 +93,11 @@ class DocumentReader:
   @property
   def retriever(self) -> Retriever:
     if self._retriever is None:
-      self._retriever = Retriever.load(self.config.index, self._encoder,
-                                       rules=self.config.rules)
+      bank = MemoryBank.load(self.config.index)
+      # Only parts the index encoded can be asked for: its table knows no others.
+      rules = dataclasses.replace(self.config.rules, required_parts=tuple(
+          part for part in self.config.required_parts if part in bank.manifest.parts))
+      self._retriever = Retriever(bank, self._encoder, rules=rules)
     return self._retriever
 
   def searching_retriever(self) -> Retriever:

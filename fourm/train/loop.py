@@ -27,7 +27,7 @@ from fourm.data.masking import AlphasMixture, Cm3Objective, MaskSample
 from fourm.data.pipeline import Pipeline, PipelineConfig
 from fourm.modalities import retrieved_base
 from fourm.retrieval.conditions import (RetrievalConfig, RetrievedDocuments, Then,
-                                        retrieved_names)
+                                        parts_for, retrieved_names)
 from fourm.retrieval.index import read_manifest
 from fourm.errors import FourmError, UsageError
 from fourm.train import mesh as mesh_lib
@@ -139,7 +139,8 @@ def _with_retrieval(config: ml_collections.ConfigDict, masker: MaskSample, *, sp
   settings = read_manifest(index)
   retrieval = RetrievalConfig(index=index, data=tuple(config.data.paths), split=settings.split,
                               duplicate_threshold=config.retrieval.duplicate_threshold,
-                              diversity_threshold=config.retrieval.diversity_threshold)
+                              diversity_threshold=config.retrieval.diversity_threshold,
+                              required_parts=parts_for(config.modalities))
   del split  # documents come from the index's split, whichever split the samples are
   return Then(RetrievedDocuments(config.modalities, retrieval, train=train), masker)
 
