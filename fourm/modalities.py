@@ -223,6 +223,12 @@ class ModalitySpec:
     return Role.TARGET in self.roles
 
   @property
+  def derived(self) -> bool:
+    """A variant of another entry, derived on first use ("NAME@RES", "ret<k>_NAME"):
+    lookups of "the modality made from raw X" mean the base, never these."""
+    return self.resolution is not None or retrieved_base(self.name) is not None
+
+  @property
   def base_name(self) -> str:
     """The registry entry a resolution variant derives from ('tok_rgb@448' -> 'tok_rgb')."""
     return self.name.partition("@")[0]
@@ -534,7 +540,7 @@ def get_raw(name: str) -> RawSpec:
 def grid_modality_of(raw_name: str) -> str:
   """The token-grid modality made from raw modality `raw_name` (rgb -> tok_rgb)."""
   found = [spec.name for spec in MODALITIES.values() if spec.kind == Kind.IMAGE_TOKENS
-           and spec.source.name == raw_name and spec.resolution is None]
+           and spec.source.name == raw_name and not spec.derived]
   if len(found) != 1:
     raise KeyError(f"raw modality {raw_name!r} has {len(found)} token-grid modalities "
                    f"{found}; expected one")

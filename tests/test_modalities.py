@@ -117,3 +117,7 @@ def test_retrieved_documents_are_input_only_copies_of_their_base():
   with pytest.raises(ValueError, match="not pixels"):
     modalities.get("ret1_rgb")
   assert not modalities.is_known("ret1_nothing")
+  # Registered, a document's grid is no second "token grid made from rgb".
+  modalities.get("ret3_tok_rgb")
+  assert modalities.get("ret3_tok_rgb").derived and not modalities.get("tok_rgb").derived
+  assert modalities.grid_modality_of("rgb") == "tok_rgb"

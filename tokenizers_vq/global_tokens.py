@@ -34,7 +34,7 @@ from tokenizers_vq.mlp_vq import MLPVQ, MLPTokenizer, MLPVQConfig
 def global_modalities() -> list[str]:
   """The registry's global-token modalities, in registration order."""
   return [spec.name for spec in modalities.MODALITIES.values()
-          if spec.kind == modalities.Kind.GLOBAL]
+          if spec.kind == modalities.Kind.GLOBAL and not spec.derived]
 
 
 def global_modality_of(raw_name: str) -> str:

@@ -186,7 +186,7 @@ _BY_VALUES = {
 def quantizable() -> tuple[str, ...]:
   """The registered token-grid modalities that have a patch quantizer, in registry order."""
   return tuple(spec.name for spec in modalities.MODALITIES.values()
-               if spec.kind == modalities.Kind.IMAGE_TOKENS and spec.resolution is None
+               if spec.kind == modalities.Kind.IMAGE_TOKENS and not spec.derived
                and spec.source.values in _BY_VALUES)
 
 
