@@ -18,7 +18,6 @@ first two on a small model it trains.
 
 from __future__ import annotations
 
-import colorsys
 import functools
 import json
 import os
@@ -28,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fourm import modalities
-from fourm.data import records, synthetic, world
+from fourm.data import color_detector, records, synthetic, world
 from fourm.errors import UsageError
 from fourm.generation.sampler import Decoding
 
@@ -38,8 +37,8 @@ RGB, DEPTH, SEMSEG, CAPTION, DET = (raw.name for raw in (
 TOK_RGB, TOK_DEPTH, TOK_SEMSEG = map(modalities.grid_modality_of, (RGB, DEPTH, SEMSEG))
 
 # The chromatic colors of the synthetic world (white and gray look like the floor).
-CHROMATIC = ("red", "green", "blue", "yellow", "purple", "cyan", "orange")
-MIN_SATURATION, MIN_VALUE = 0.45, 0.2
+CHROMATIC = color_detector.CHROMATIC
+MIN_SATURATION, MIN_VALUE = color_detector.MIN_SATURATION, color_detector.MIN_VALUE
 # A color is "in" an image when at least this share of its pixels have its hue.
 MIN_SHARE = 0.01
 
@@ -186,29 +185,18 @@ def _tokenizer_ceilings(generator, held_out: list[dict], depth: np.ndarray,
 # Colors -------------------------------------------------------------------------------------
 
 
-def _palette_hues() -> dict[str, float]:
-  """Each chromatic color's hue as the renderer shows it (gamma 1/2.2)."""
-  return {name: colorsys.rgb_to_hsv(*(np.asarray(synthetic.COLORS[name]) ** (1 / 2.2)))[0]
-          for name in CHROMATIC}
-
-
 def colors_present(image: np.ndarray) -> set[str]:
-  """The chromatic colors that cover at least MIN_SHARE of a uint8 image."""
-  rgb = image.reshape(-1, 3).astype(np.float64) / 255.0
-  high, low = rgb.max(1), rgb.min(1)
-  saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-9), 0.0)
-  vivid = (saturation >= MIN_SATURATION) & (high >= MIN_VALUE)
+  """The chromatic colors that cover at least MIN_SHARE of a uint8 image: each vivid
+  pixel counts for the palette hue nearest its own (no tolerance: a generated image's
+  off-palette hue still counts for the nearest color)."""
+  hue, saturation, value = color_detector.hue_saturation_value(image.reshape(-1, 3))
+  vivid = (saturation >= MIN_SATURATION) & (value >= MIN_VALUE)
   if not vivid.any():
     return set()
-  hues = np.array([colorsys.rgb_to_hsv(*pixel)[0] for pixel in rgb[vivid]])
-  palette = _palette_hues()
-  names = list(palette)
-  reference = np.array([palette[n] for n in names])
-  distance = np.abs(hues[:, None] - reference[None, :])
+  distance = np.abs(hue[vivid][:, None] - color_detector.palette_hues()[None, :])
   distance = np.minimum(distance, 1.0 - distance)  # hue is circular
-  nearest = distance.argmin(1)
-  counts = np.bincount(nearest, minlength=len(names))
-  return {names[i] for i in range(len(names)) if counts[i] >= MIN_SHARE * len(rgb)}
+  counts = np.bincount(distance.argmin(1), minlength=len(CHROMATIC))
+  return {name for name, count in zip(CHROMATIC, counts) if count >= MIN_SHARE * len(hue)}
 
 
 def named_colors(caption: str) -> set[str]:
