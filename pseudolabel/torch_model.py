@@ -34,16 +34,20 @@ def import_torch():
   return torch, transformers
 
 
-def load_model(task: str, model_class, name_or_path: str):
-  """`model_class.from_pretrained`, with a failure to fetch turned into one clear error."""
+def load_model(task: str, model_class, name_or_path: str, *, what: str = "model",
+               flag: str | None = None):
+  """`model_class.from_pretrained` (a model, a tokenizer), with a failure to fetch turned
+  into one clear error: "TASK: cannot load WHAT 'NAME' (reason)", and the command-line
+  `flag` that takes a local directory instead (default --TASK-model)."""
   try:
     return model_class.from_pretrained(name_or_path)
   except (OSError, ValueError) as error:
     local = os.path.isdir(name_or_path)
+    flag = flag or f"--{task.replace('_', '-')}-model"
     hint = ("" if local else " If this machine has no network, download the model "
-            f"elsewhere and pass its local directory (--{task.replace('_', '-')}-model DIR).")
+            f"elsewhere and pass its local directory ({flag} DIR).")
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise UsageError(f"{task}: cannot load model {name_or_path!r} ({reason}).{hint}") from error
+    raise UsageError(f"{task}: cannot load {what} {name_or_path!r} ({reason}).{hint}") from error
 
 
 def preprocessing_config(name_or_path: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ imported when an encoder is built, never on `import fourm.retrieval`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,15 +39,8 @@ def _import_torch():
 
 def _load(loader, name_or_path: str, what: str):
   """`loader.from_pretrained`, a failure to fetch turned into one clear error."""
-  try:
-    return loader.from_pretrained(name_or_path)
-  except (OSError, ValueError) as error:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    hint = "" if os.path.isdir(name_or_path) else (
-        " If this machine has no network, download the model elsewhere and pass its "
-        "local directory (--encoder DIR).")
-    raise UsageError(f"retriever encoder: cannot load the CLIP {what} of {name_or_path!r} "
-                     f"({reason}).{hint}") from error
+  return torch_model.load_model("retriever encoder", loader, name_or_path,
+                                what=f"the CLIP {what} of", flag="--encoder")
 
 
 def tiny_clip_config(vocab_size: int, *, bos: int, eos: int, pad: int):
