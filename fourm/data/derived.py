@@ -252,12 +252,16 @@ def _recorded_without(out: str, name: str, optional: Mapping[str, str]) -> dict[
   """Per optional modality, the records a finished shard's sidecar counts as lacking its
   source. A shard written before the count existed was written by a job that required
   the field in every record: none lacks it."""
-  with open(os.path.join(out, name + ".json")) as f:
-    counted = json.load(f).get("without_source", {})
+  counted = _sidecar(out, name).get("without_source", {})
   return {modality: counted.get(modality, 0) for modality in optional}
 
 
 def _recorded_failures(out: str, name: str) -> list[dict[str, Any]]:
   """The failures a finished shard's sidecar lists (none for jobs that allow none)."""
+  return _sidecar(out, name).get("failed", [])
+
+
+def _sidecar(out: str, name: str) -> dict[str, Any]:
+  """A finished shard's sidecar: its count, stats and what the job recorded beside them."""
   with open(os.path.join(out, name + ".json")) as f:
-    return json.load(f).get("failed", [])
+    return json.load(f)
