@@ -100,10 +100,10 @@ def _encode_chunk(encoder, source: records.RecordSource, rows: range,
 
 
 def _write_chunk(path: str, arrays: dict[str, np.ndarray]) -> None:
-  temporary = path + ".tmp"
-  with open(temporary, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(temporary, path)
+  def write(temporary):
+    with open(temporary, "wb") as f:
+      np.savez(f, **arrays)
+  index.atomic_write(path, write)
 
 
 def _read_chunks(out: str, num_chunks: int):

@@ -97,7 +97,7 @@ def make_faiss_index(dimension: int, kind: str) -> faiss.Index:
   raise UsageError(f"faiss index kind {kind!r}: choose flat or hnsw")
 
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
   """`write(temporary path)`, then a rename: a killed job leaves the old file or none."""
   temporary = path + ".tmp"
   write(temporary)
@@ -108,7 +108,7 @@ def _save_npy(path: str, array: np.ndarray) -> None:
   def write(temporary):
     with open(temporary, "wb") as f:
       np.save(f, array)
-  _atomic_write(path, write)
+  atomic_write(path, write)
 
 
 class MemoryBank:
@@ -215,8 +215,8 @@ class MemoryBank:
       def write_documents(temporary):
         with open(temporary, "wb") as f:
           np.savez(f, keys=np.array(self.keys, dtype=str), parts=self.present)
-      _atomic_write(os.path.join(directory, DOCUMENTS), write_documents)
-      _atomic_write(os.path.join(directory, FAISS_FILE),
+      atomic_write(os.path.join(directory, DOCUMENTS), write_documents)
+      atomic_write(os.path.join(directory, FAISS_FILE),
                     lambda temporary: faiss.write_index(self.index, temporary))
       if self.neighbours is not None:
         _save_npy(os.path.join(directory, NEIGHBOURS), self.neighbours.rows)
@@ -225,7 +225,7 @@ class MemoryBank:
       def write_manifest(temporary):
         with open(temporary, "w") as f:
           json.dump(self.manifest.to_json(), f, indent=2)
-      _atomic_write(os.path.join(directory, MANIFEST), write_manifest)
+      atomic_write(os.path.join(directory, MANIFEST), write_manifest)
     self.directory = directory
 
   @classmethod
