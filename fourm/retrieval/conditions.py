@@ -143,8 +143,8 @@ class RetrievedDocuments:
   def __init__(self, names: Sequence[str], config: RetrievalConfig, *, train: bool):
     self.documents = retrieved_names(names)
     if not self.documents:
-      raise UsageError("retrieval is configured but no modality is a retrieved document "
-                       "(ret1_<name>, ...)")
+      raise UsageError("config.retrieval.index is set but no modality is a retrieved "
+                       "document: add ret1_<name> (e.g. ret1_tok_rgb) to config.modalities")
     self.reader = DocumentReader(config)
     self.train = train
 

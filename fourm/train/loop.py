@@ -25,9 +25,7 @@ import numpy as np
 from fourm import modalities
 from fourm.data.masking import AlphasMixture, Cm3Objective, MaskSample
 from fourm.data.pipeline import Pipeline, PipelineConfig
-from fourm.modalities import retrieved_base
-from fourm.retrieval.conditions import (RetrievalConfig, RetrievedDocuments, Then,
-                                        parts_for, retrieved_names)
+from fourm.retrieval.conditions import RetrievalConfig, RetrievedDocuments, Then, parts_for
 from fourm.retrieval.index import read_manifest
 from fourm.errors import FourmError, UsageError
 from fourm.train import mesh as mesh_lib
@@ -71,18 +69,18 @@ def _alphas(config: ml_collections.ConfigDict) -> AlphasMixture:
   alphas = config.alphas
   # A sample's retrieved documents and its instruction accompany whichever source gives
   # its inputs: they are read with the query, never in its place.
-  documents = tuple(n for n in names if retrieved_base(n) is not None
-                    or n == modalities.INSTRUCTION.name)
+  companions = tuple(n for n in names if modalities.retrieved_base(n) is not None
+                     or n == modalities.INSTRUCTION.name)
   if alphas.kind == "all2all":
     return AlphasMixture.uniform(names, alphas.alpha, alphas.alpha)
   if alphas.kind == "rgb2all_and_all2all":
     return AlphasMixture.rgb_to_all_plus_all_to_all(names, alphas.alpha,
-                                                    companions=documents)
+                                                    companions=companions)
   if alphas.kind == "sources2all_and_all2all":
     return AlphasMixture.sources_to_all_plus_all_to_all(names, tuple(alphas.sources),
                                                         alphas.alpha,
                                                         weights=tuple(alphas.weights),
-                                                        companions=documents)
+                                                        companions=companions)
   if alphas.kind == "reference_yaml":
     import yaml  # the reference's alphas files are YAML
     with open(alphas.path) as f:
@@ -117,31 +115,26 @@ def make_pipeline(config: ml_collections.ConfigDict, *, split: str, train: bool,
       process_index=jax.process_index(), process_count=jax.process_count(),
       worker_count=config.data.worker_count if train else 0)
   return Pipeline(pipeline_config,
-                  transform=_with_retrieval(config, masker, split=split, train=train))
+                  transform=_with_retrieval(config, masker, train=train))
 
 
-def _with_retrieval(config: ml_collections.ConfigDict, masker: MaskSample, *, split: str,
-                    train: bool):
+def _with_retrieval(config: ml_collections.ConfigDict, masker: MaskSample, *, train: bool):
   """The masking, after the retrieved documents are added when the run reads any
   (fourm/retrieval/conditions.py). Evaluation samples retrieve from the same index (of
   the training split): not in it, they are encoded and searched."""
-  documents = retrieved_names(config.modalities)
   index = config.get("retrieval", {}).get("index", "")
-  if not documents and not index:
-    return masker
   if not index:
-    raise UsageError(f"the modalities name retrieved documents "
-                     f"({[n for n in config.modalities if retrieved_base(n)]}); set "
-                     "config.retrieval.index to a fourm index build directory")
-  if not documents:
-    raise UsageError("config.retrieval.index is set but no modality is a retrieved "
-                     "document: add ret1_<name> (e.g. ret1_tok_rgb) to config.modalities")
-  settings = read_manifest(index)
-  retrieval = RetrievalConfig(index=index, data=tuple(config.data.paths), split=settings.split,
+    documents = [n for n in config.modalities if modalities.retrieved_base(n)]
+    if documents:
+      raise UsageError(f"the modalities name retrieved documents ({documents}); set "
+                       "config.retrieval.index to a fourm index build directory")
+    return masker
+  # Documents come from the index's split, whichever split the samples are of.
+  retrieval = RetrievalConfig(index=index, data=tuple(config.data.paths),
+                              split=read_manifest(index).split,
                               duplicate_threshold=config.retrieval.duplicate_threshold,
                               diversity_threshold=config.retrieval.diversity_threshold,
                               required_parts=parts_for(config.modalities))
-  del split  # documents come from the index's split, whichever split the samples are
   return Then(RetrievedDocuments(config.modalities, retrieval, train=train), masker)
 
 
