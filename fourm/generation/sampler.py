@@ -202,8 +202,12 @@ class Sampler:
     check_fillable(decoding.target, given, ids)
     given_tokens = np.where(given["input_mask"], given["input_tokens"], ids.pad)
     prompts, gaps = zip(*(cm3.infill_prompt(row, ids) for row in given_tokens))
+    # The given texts as the prompts hold them (gaps renumbered from [S_1], [EOS] last),
+    # and what the decoder wrote in 4M's span form, "[S_1] span_1 [S_2] span_2 ...",
+    # which `fill_spans` puts back into them.
+    texts = [prompt[1:-1] for prompt in prompts]
     prompts = [list(prompt) for prompt in prompts]
-    spans: list[list[np.ndarray]] = [[] for _ in prompts]
+    written_spans: list[list[int]] = [[] for _ in prompts]
     for gap in range(max(gaps)):
       too_long = [b for b, prompt in enumerate(prompts) if len(prompt) >= length]
       if too_long:
@@ -226,13 +230,13 @@ class Sampler:
         written = out[b, len(prompt):]
         ends = np.flatnonzero((written == ids.eos) | (written == ids.pad)
                               | ids.is_sentinel(written))
-        span = written[:ends[0] if ends.size else len(written)]
-        spans[b].append(span)
-        prompt.extend(span.tolist() + [ids.eos])
+        span = written[:ends[0] if ends.size else len(written)].tolist()
+        written_spans[b] += [ids.sentinel(FIRST_SPAN + gap)] + span
+        prompt.extend(span + [ids.eos])
         if gap + 1 < gaps[b]:
           prompt.append(ids.sentinel(FIRST_SPAN + gap + 1))
-    texts = [cm3.fill_gaps(given_tokens[b], spans[b], ids) for b in range(len(prompts))]
-    return sequence_entry(texts, length, ids)
+    return sequence_entry([fill_spans(text, np.asarray(spans, np.int32), ids)
+                           for text, spans in zip(texts, written_spans)], length, ids)
 
   def _run_sequence_loop(self, decoding, method, conditions, own, negatives, prefix,
                          prefix_length, closing, steps, key) -> np.ndarray:

@@ -140,19 +140,3 @@ def infill_prompt(text: np.ndarray, text_ids: TextSpecialIds = TextSpecialIds()
     text = np.append(text, np.int32(text_ids.eos))
   prefix = np.concatenate([[text_ids.sos], text, [text_ids.sentinel(FIRST_SPAN)]])
   return prefix.astype(np.int32), int(gaps.sum())
-
-
-def fill_gaps(text: np.ndarray, spans: list[np.ndarray],
-              text_ids: TextSpecialIds = TextSpecialIds()) -> np.ndarray:
-  """`text` (ids with n gap sentinels, in order) with gap i replaced by spans[i] (ids,
-  without the closing [EOS])."""
-  text = np.asarray(text, np.int32)
-  text = text[text != text_ids.pad]
-  out, gap = [], 0
-  for token in text.tolist():
-    if text_ids.is_sentinel(np.asarray(token)):
-      out.extend(np.asarray(spans[gap]).tolist() if gap < len(spans) else [])
-      gap += 1
-    else:
-      out.append(token)
-  return np.asarray(out, np.int32)
