@@ -25,8 +25,6 @@ import numpy as np
 from fourm import modalities
 from fourm.data.masking import AlphasMixture, Cm3Objective, MaskSample
 from fourm.data.pipeline import Pipeline, PipelineConfig
-from fourm.retrieval.conditions import RetrievalConfig, RetrievedDocuments, Then, parts_for
-from fourm.retrieval.index import read_manifest
 from fourm.errors import FourmError, UsageError
 from fourm.train import mesh as mesh_lib
 from fourm import metrics as metrics_lib
@@ -129,6 +127,9 @@ def _with_retrieval(config: ml_collections.ConfigDict, masker: MaskSample, *, tr
       raise UsageError(f"the modalities name retrieved documents ({documents}); set "
                        "config.retrieval.index to a fourm index build directory")
     return masker
+  # Here, not at the top: a run without retrieval never loads faiss.
+  from fourm.retrieval.conditions import RetrievalConfig, RetrievedDocuments, Then, parts_for
+  from fourm.retrieval.index import read_manifest
   # Documents come from the index's split, whichever split the samples are of.
   retrieval = RetrievalConfig(index=index, data=tuple(config.data.paths),
                               split=read_manifest(index).split,
