@@ -73,8 +73,8 @@ Deliberate deviations from the reference:
   so, once per modality.
 """
 
-from fourm.data.masking.cm3 import NO_LOSS, Cm3Objective
 from fourm.data.masking.budgets import allocate, draw_proportions, redistribute, split_budget
+from fourm.data.masking.cm3 import NO_LOSS, Cm3Objective
 from fourm.data.masking.entries import ValueReader
 from fourm.data.masking.mixtures import AlphasMixture, DirichletComponent
 from fourm.data.masking.spans import (FIRST_SPAN, KEEP_PROB_DECAY, KEEP_SCHEMES,
@@ -83,6 +83,6 @@ from fourm.data.masking.spans import (FIRST_SPAN, KEEP_PROB_DECAY, KEEP_SCHEMES,
 from fourm.data.masking.transform import MaskSample
 
 __all__ = ["FIRST_SPAN", "KEEP_PROB_DECAY", "KEEP_SCHEMES", "NO_LOSS", "AlphasMixture",
-           "Cm3Objective", "ValueReader", "DirichletComponent", "MaskSample", "allocate", "choose_keep_mask",
-           "draw_proportions", "input_length", "redistribute", "span_mask", "split_budget",
-           "truncate_target"]
+           "Cm3Objective", "ValueReader", "DirichletComponent", "MaskSample", "allocate",
+           "choose_keep_mask", "draw_proportions", "input_length", "redistribute",
+           "span_mask", "split_budget", "truncate_target"]
