@@ -76,7 +76,7 @@ def fixed_split_batch(batch_size: int, layout: modalities.Layout, seed: int = 0)
   return jax.tree.map(jnp.asarray, batch)
 
 
-def _time(fn, *args, repeats: int) -> float:
+def seconds_per_call(fn, *args, repeats: int) -> float:
   jax.block_until_ready(fn(*args))  # compile
   jax.block_until_ready(fn(*args))  # warm-up
   times = []
@@ -143,7 +143,7 @@ def matmul_ceiling(repeats: int) -> tuple[float, str]:
   for m, k, n in ((2048, 384, 1536), (2048, 1536, 384), (1024, 384, 16384), (2048, 2048, 2048)):
     a = jnp.ones((m, k), jnp.float32)
     b = jnp.ones((k, n), jnp.float32)
-    seconds = _time(jax.jit(jnp.matmul), a, b, repeats=repeats)
+    seconds = seconds_per_call(jax.jit(jnp.matmul), a, b, repeats=repeats)
     best = max(best, (2 * m * k * n / seconds / 1e9, f"{m}x{k} @ {k}x{n}"))
   return best
 
@@ -185,14 +185,14 @@ def main() -> None:
   rows = []
   for heads in (("grouped", "dense") if args.heads == "both" else (args.heads,)):
     state, forward_fn, train_step = build(config, heads)
-    forward_s = _time(forward_fn, state, batch, repeats=args.repeats)
+    forward_s = seconds_per_call(forward_fn, state, batch, repeats=args.repeats)
 
     def run_step(batch):
       nonlocal state
       state, loss = train_step(state, batch)
       return loss
 
-    step_s = _time(run_step, batch, repeats=args.repeats)
+    step_s = seconds_per_call(run_step, batch, repeats=args.repeats)
     for what, seconds, work in (("forward + loss", forward_s, forward),
                                 ("train step (fwd + bwd + AdamW)", step_s, 3 * forward)):
       rows.append((f"{what}, {heads} heads", seconds, step_tokens / seconds,
@@ -209,7 +209,7 @@ def main() -> None:
       real_state, metrics = real_step(real_state, batch)
       return metrics["loss"]
 
-    real_s = _time(run_real_step, sharded_batch, repeats=args.repeats)
+    real_s = seconds_per_call(run_real_step, sharded_batch, repeats=args.repeats)
     rows.append((f"fourm.train step, {heads} heads", real_s, step_tokens / real_s,
                  3 * forward / real_s / 1e9))
     del real_state
