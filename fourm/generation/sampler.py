@@ -48,13 +48,13 @@ from fourm.generation.decoding import Decoding
 from fourm.generation.step_plan import (bucketed_budgets, round_up_budget, step_budgets,
                                         step_counts, step_shapes, visible_tokens)
 from fourm.generation.text_spans import fill_spans, sequence_entry
+from fourm.nn.init import CPU_FAST_COMPILE_OPTIONS
 
-__all__ = ["Decoding", "Sampler", "fill_spans", "sequence_entry"]
+__all__ = ["CPU_FAST_COMPILE_OPTIONS", "Decoding", "Sampler", "fill_spans", "sequence_entry"]
 
 # XLA's CPU backend at LLVM -O0 (`Sampler(cpu_fast_compile=True)`, or the environment
 # variable set to "1"): compiles faster, runs slower.
 CPU_FAST_COMPILE_ENV = "FOURM_CPU_FAST_COMPILE"
-CPU_FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 def check_fillable(target: str, given: Mapping[str, np.ndarray], ids: TextSpecialIds) -> None:

@@ -15,6 +15,7 @@ from fourm import modalities
 from fourm.errors import UsageError
 from fourm.models import fourm as fourm_model
 from fourm.nn import sharding
+from fourm.nn.init import init_compiler_options
 
 LAYOUTS = {"small": modalities.SMALL_LAYOUT, "reference": modalities.REFERENCE_LAYOUT}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -116,10 +117,11 @@ def create_train_state(build: Callable[[], fourm_model.FourM],
                        rules: sharding.Rules = sharding.DEFAULT_RULES
                        ) -> tuple[nnx.GraphDef, TrainState]:
   """A fresh state, parameters born sharded by the logical-axis table `rules`."""
-  graphdef = nnx.graphdef(nnx.eval_shape(build))
+  abstract = nnx.eval_shape(build)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    state = jax.jit(_initializer(build, tx))()
-  return graphdef, state
+    state = jax.jit(_initializer(build, tx),
+                    compiler_options=init_compiler_options(abstract))()
+  return nnx.graphdef(abstract), state
 
 
 def abstract_train_state(build: Callable[[], fourm_model.FourM],
@@ -130,9 +132,11 @@ def abstract_train_state(build: Callable[[], fourm_model.FourM],
   allocated: what an ahead-of-time compile of the train step needs for a model too large
   for this host (benchmarks/memory_plan.py). The shardings are the ones the real state is
   born with, read from the compiled initializer."""
-  graphdef = nnx.graphdef(nnx.eval_shape(build))
+  abstract = nnx.eval_shape(build)
+  graphdef = nnx.graphdef(abstract)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    lowered = jax.jit(_initializer(build, tx)).lower()
+    lowered = jax.jit(_initializer(build, tx),
+                      compiler_options=init_compiler_options(abstract)).lower()
     shardings = lowered.compile().output_shardings
   state = jax.tree.map(lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype,
                                                                  sharding=where),
