@@ -38,6 +38,7 @@ from fourm.errors import UsageError
 from fourm import metrics as metrics_lib
 from fourm import workdir as workdir_lib
 from fourm.checkpoint import Checkpoints, on_one_device
+from fourm.nn.init import initialize
 from tokenizers_vq import quantizer as quantizer_lib
 from tokenizers_vq import train_step as step_lib
 from tokenizers_vq.vqvae import (DIVAE_PRESETS, VQVAE, DiffusionConfig, VQVAEConfig,
@@ -188,7 +189,12 @@ def _train(config: ml_collections.ConfigDict, vq, workdir: str, *,
   if config.eval_every:  # a missing eval split fails now, not after eval_every steps
     _pipeline(config, vq, train=False)
   optimizer = make_optimizer(config)
-  graphdef, state = step_lib.init_state(VQVAE(vq, rngs=nnx.Rngs(config.seed)), optimizer)
+  model = initialize(lambda: VQVAE(vq, rngs=nnx.Rngs(config.seed)))
+  graphdef, state = step_lib.init_state(model, optimizer)
+  # Committed to the device a restored state lands on: a fresh run and a resumed one then
+  # call the step with the same shardings, so the resumed run's step program is the
+  # fresh run's (from the compilation cache), not a recompilation.
+  state = jax.device_put(state, jax.devices()[0])
   checkpoints = Checkpoints(workdir, every=config.checkpoint.every,
                             keep=config.checkpoint.keep,
                             async_save=config.checkpoint.async_save, log=log)
@@ -267,9 +273,13 @@ def load_tokenizer(workdir: str) -> step_lib.VQTokenizer:
     finally:
       checkpoints.close()
   vq = VQVAEConfig.from_dict(meta["tokenizer"])
-  # The saved state includes the optimizer's: rebuild it as the run did, to restore into.
+  # The saved state includes the optimizer's: its shapes as the run made them are the
+  # target to restore into (shapes only: nothing is initialized only to be overwritten).
   optimizer = make_optimizer(ml_collections.ConfigDict(meta["config"]))
-  graphdef, like = step_lib.init_state(VQVAE(vq, rngs=nnx.Rngs(0)), optimizer)
+  def fresh_model():
+    return VQVAE(vq, rngs=nnx.Rngs(0))
+  graphdef = nnx.graphdef(nnx.eval_shape(fresh_model))
+  like = on_one_device(jax.eval_shape(lambda: step_lib.init_state(fresh_model(), optimizer)[1]))
   restored = checkpoints.restore_latest(like)
   checkpoints.close()
   if restored is None:
