@@ -17,6 +17,7 @@ from fourm.finetune.task_model import HeadOptions, TuningOptions, build_task_mod
 from fourm.models.config import FourMConfig
 from fourm.models.fourm import FourM
 from fourm.nn.positions import sincos_2d
+from fourm.nn.init import initialize
 
 DIM, DEPTH = 32, 4
 CONFIG = FourMConfig(dim=DIM, encoder_depth=DEPTH, decoder_depth=1, num_heads=2)
@@ -24,7 +25,7 @@ LAYOUT = modalities.SMALL_LAYOUT
 
 
 def fourm(seed: int = 0, names=("rgb", "tok_semseg")) -> FourM:
-  return FourM(CONFIG, names, LAYOUT, 64, 64, rngs=nnx.Rngs(seed))
+  return initialize(lambda: FourM(CONFIG, names, LAYOUT, 64, 64, rngs=nnx.Rngs(seed)))
 
 
 def images(batch: int = 2, resolution: int = 64, seed: int = 0) -> jax.Array:

@@ -27,6 +27,7 @@ from fourm.generation.decode_loops import DenseSteps, LoopSettings, dense_loop
 from fourm.generation.sampler import Decoding, Sampler, fill_spans, sequence_entry
 from fourm.models import fourm as fourm_model
 from fourm.models import incremental
+from fourm.nn.init import initialize
 
 LAYOUT = modalities.SMALL_LAYOUT
 NAMES = ("rgb", "tok_rgb", "tok_depth", "caption", "det")
@@ -38,7 +39,7 @@ CAPTION = np.array([4321, 5135, 12798, 4296], np.int32)  # "a red cube."
 @pytest.fixture(scope="module")
 def model():
   config = fourm_model.FourMConfig(dim=64, encoder_depth=2, decoder_depth=2, num_heads=4)
-  return fourm_model.FourM(config, NAMES, LAYOUT, 64, 64, rngs=nnx.Rngs(0))
+  return initialize(lambda: fourm_model.FourM(config, NAMES, LAYOUT, 64, 64, rngs=nnx.Rngs(0)))
 
 
 @pytest.fixture(scope="module")

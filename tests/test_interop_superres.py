@@ -16,6 +16,7 @@ import pytest
 from fourm import cli, modalities
 from fourm.generation.loading import load_model
 from fourm.interop import reference_format as fmt
+from fourm.nn.init import initialize
 from test_interop import (assert_export_round_trip, assert_matches_reference, load_fixture,
                           reference_tensors, tensor_digest, write_reference_file)
 
@@ -144,8 +145,8 @@ def test_a_model_reads_one_image_at_two_sizes_and_predicts_only_what_it_may():
   with pytest.raises(Exception, match="input_only"):
     MaskSample(names, small, 48, 48, AlphasMixture.uniform(names), input_only=("det",))
 
-  model = FourM(PRESETS["tiny"](), names, small, 48, 48,
-                input_only=("tok_semseg", "caption"), rngs=nnx.Rngs(0))
+  model = initialize(lambda: FourM(PRESETS["tiny"](), names, small, 48, 48,
+                                   input_only=("tok_semseg", "caption"), rngs=nnx.Rngs(0)))
   assert model.target_names == ("tok_semseg@32",)
   assert model.encoder_embeddings["rgb@32"].proj.kernel.shape[0] == 8 * 8 * 3
   batch = jax.tree.map(lambda x: np.asarray(x)[None], {n: out[n] for n in names})

@@ -14,6 +14,7 @@ from fourm.models import fourm as fourm_model
 from fourm.models import grouped_heads
 from fourm.models.loss import fourm_loss, token_losses
 from fourm.nn import sharding
+from fourm.nn.init import initialize
 from tests.test_model import random_batch
 
 SMALL = fourm_model.FourMConfig(dim=32, encoder_depth=1, decoder_depth=1, num_heads=2)
@@ -107,8 +108,9 @@ def test_grouped_losses_in_bfloat16_stay_close():
 
 @pytest.fixture(scope="module")
 def model_and_output():
-  model = fourm_model.FourM(SMALL, NAMES, modalities.SMALL_LAYOUT, input_budget=40,
-                            target_budget=40, rngs=nnx.Rngs(0))
+  model = initialize(lambda: fourm_model.FourM(SMALL, NAMES, modalities.SMALL_LAYOUT,
+                                               input_budget=40, target_budget=40,
+                                               rngs=nnx.Rngs(0)))
   batch = random_batch(NAMES, batch_size=4, shortfall=(0, 7))
   return model, batch
 
@@ -182,8 +184,9 @@ def test_grouped_loss_on_a_mesh_gives_the_single_device_loss_and_gradients():
   batch = random_batch(NAMES, batch_size=8, seed=3)
 
   def loss_and_grads():
-    model = fourm_model.FourM(SMALL, NAMES, modalities.SMALL_LAYOUT, input_budget=40,
-                              target_budget=40, rngs=nnx.Rngs(1))
+    model = initialize(lambda: fourm_model.FourM(SMALL, NAMES, modalities.SMALL_LAYOUT,
+                                                 input_budget=40, target_budget=40,
+                                                 rngs=nnx.Rngs(1)))
     metrics = nnx.jit(lambda m: fourm_loss(m, m(batch))[1])(model)
     per_slot = nnx.jit(lambda m: token_losses(m, m(batch)))(model)
     return nnx.jit(nnx.value_and_grad(lambda m: fourm_loss(m, m(batch))[0]))(model), \
