@@ -25,7 +25,7 @@ LAYOUT = modalities.SMALL_LAYOUT
 
 
 def fourm(seed: int = 0, names=("rgb", "tok_semseg")) -> FourM:
-  return initialize(lambda: FourM(CONFIG, names, LAYOUT, 64, 64, rngs=nnx.Rngs(seed)))
+  return initialize(lambda rngs: FourM(CONFIG, names, LAYOUT, 64, 64, rngs=rngs), seed)
 
 
 def images(batch: int = 2, resolution: int = 64, seed: int = 0) -> jax.Array:

@@ -39,7 +39,7 @@ CAPTION = np.array([4321, 5135, 12798, 4296], np.int32)  # "a red cube."
 @pytest.fixture(scope="module")
 def model():
   config = fourm_model.FourMConfig(dim=64, encoder_depth=2, decoder_depth=2, num_heads=4)
-  return initialize(lambda: fourm_model.FourM(config, NAMES, LAYOUT, 64, 64, rngs=nnx.Rngs(0)))
+  return initialize(lambda rngs: fourm_model.FourM(config, NAMES, LAYOUT, 64, 64, rngs=rngs))
 
 
 @pytest.fixture(scope="module")

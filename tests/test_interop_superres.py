@@ -117,7 +117,6 @@ def test_a_model_reads_one_image_at_two_sizes_and_predicts_only_what_it_may():
   """Training side of a mixed-size model: the sample's one rgb image feeds rgb and the
   resized rgb@32 variant; input_only modalities are never targets, whatever the draw."""
   import jax
-  from flax import nnx
   from fourm.data.masking import AlphasMixture, MaskSample
   from fourm.models.config import PRESETS
   from fourm.models.fourm import FourM
@@ -145,8 +144,8 @@ def test_a_model_reads_one_image_at_two_sizes_and_predicts_only_what_it_may():
   with pytest.raises(Exception, match="input_only"):
     MaskSample(names, small, 48, 48, AlphasMixture.uniform(names), input_only=("det",))
 
-  model = initialize(lambda: FourM(PRESETS["tiny"](), names, small, 48, 48,
-                                   input_only=("tok_semseg", "caption"), rngs=nnx.Rngs(0)))
+  model = initialize(lambda rngs: FourM(PRESETS["tiny"](), names, small, 48, 48,
+                                        input_only=("tok_semseg", "caption"), rngs=rngs))
   assert model.target_names == ("tok_semseg@32",)
   assert model.encoder_embeddings["rgb@32"].proj.kernel.shape[0] == 8 * 8 * 3
   batch = jax.tree.map(lambda x: np.asarray(x)[None], {n: out[n] for n in names})

@@ -108,9 +108,9 @@ def test_grouped_losses_in_bfloat16_stay_close():
 
 @pytest.fixture(scope="module")
 def model_and_output():
-  model = initialize(lambda: fourm_model.FourM(SMALL, NAMES, modalities.SMALL_LAYOUT,
-                                               input_budget=40, target_budget=40,
-                                               rngs=nnx.Rngs(0)))
+  model = initialize(lambda rngs: fourm_model.FourM(SMALL, NAMES, modalities.SMALL_LAYOUT,
+                                                    input_budget=40, target_budget=40,
+                                                    rngs=rngs))
   batch = random_batch(NAMES, batch_size=4, shortfall=(0, 7))
   return model, batch
 
@@ -184,9 +184,9 @@ def test_grouped_loss_on_a_mesh_gives_the_single_device_loss_and_gradients():
   batch = random_batch(NAMES, batch_size=8, seed=3)
 
   def loss_and_grads():
-    model = initialize(lambda: fourm_model.FourM(SMALL, NAMES, modalities.SMALL_LAYOUT,
-                                                 input_budget=40, target_budget=40,
-                                                 rngs=nnx.Rngs(1)))
+    model = initialize(lambda rngs: fourm_model.FourM(SMALL, NAMES, modalities.SMALL_LAYOUT,
+                                                      input_budget=40, target_budget=40,
+                                                      rngs=rngs), 1)
     metrics = nnx.jit(lambda m: fourm_loss(m, m(batch))[1])(model)
     per_slot = nnx.jit(lambda m: token_losses(m, m(batch)))(model)
     return nnx.jit(nnx.value_and_grad(lambda m: fourm_loss(m, m(batch))[0]))(model), \

@@ -110,8 +110,8 @@ def with_entry(batch: dict, name: str, key: str, value) -> dict:
 
 
 def make_model(config=SMALL, names=NAMES, seed: int = 0) -> fourm_model.FourM:
-  return initialize(lambda: fourm_model.FourM(config, names, LAYOUT, INPUT_BUDGET,
-                                              TARGET_BUDGET, rngs=nnx.Rngs(seed)))
+  return initialize(lambda rngs: fourm_model.FourM(config, names, LAYOUT, INPUT_BUDGET,
+                                                   TARGET_BUDGET, rngs=rngs), seed)
 
 
 @nnx.jit

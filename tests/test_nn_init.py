@@ -26,7 +26,7 @@ class Small(nnx.Module):
 
 def test_initialize_draws_what_eager_construction_draws():
   eager = Small(nnx.Rngs(3))
-  jitted = init_lib.initialize(lambda: Small(nnx.Rngs(3)))
+  jitted = init_lib.initialize(Small, 3)
   assert type(jitted) is Small
   eager_leaves = jax.tree.leaves(nnx.state(eager))
   jitted_leaves = jax.tree.leaves(nnx.state(jitted))
@@ -36,7 +36,7 @@ def test_initialize_draws_what_eager_construction_draws():
     # One fused program instead of one per initializer: float rounding may differ.
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   # A different seed draws different parameters: the values come from the seed.
-  other = init_lib.initialize(lambda: Small(nnx.Rngs(4)))
+  other = init_lib.initialize(Small, 4)
   assert not np.allclose(other.dense.kernel[...], jitted.dense.kernel[...])
   x = np.ones((2, 8, 8, 3), np.float32)
   np.testing.assert_allclose(jitted(x), eager(x), rtol=1e-5, atol=1e-6)

@@ -11,7 +11,6 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from fourm.errors import RecordError, UsageError
 from tokenizers_vq import modality_io
@@ -28,7 +27,7 @@ TINY = dict(resolution=32, patch_size=8, enc_width=32, enc_depth=1, enc_heads=2,
 
 def tokenizer(**config) -> VQTokenizer:
   return VQTokenizer.from_model(initialize(
-      lambda: VQVAE(VQVAEConfig(**dict(TINY, **config)), rngs=nnx.Rngs(0))))
+      lambda rngs: VQVAE(VQVAEConfig(**dict(TINY, **config)), rngs=rngs)))
 
 
 def test_depth_reads_as_the_references_truncated_standardization():
@@ -69,7 +68,7 @@ def test_edges_read_as_a_binary_image_and_a_divae_decodes_them_to_0_1():
   edges = (np.random.default_rng(0).random((2, 32, 32)) < 0.1).astype(np.uint8)
   x, _ = modality_io.for_config(config).normalize(jnp.asarray(edges))
   np.testing.assert_array_equal(np.asarray(x)[..., 0], edges * 2.0 - 1.0)
-  tok = VQTokenizer.from_model(initialize(lambda: VQVAE(config, rngs=nnx.Rngs(0))))
+  tok = VQTokenizer.from_model(initialize(lambda rngs: VQVAE(config, rngs=rngs)))
   decoded = tok.decode(tok.encode(edges))
   assert decoded.dtype == np.uint8 and set(np.unique(decoded)) <= {0, 1}
   with pytest.raises(RecordError, match=r"only 0 and 1, found \[255\]"):

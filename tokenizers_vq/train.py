@@ -189,7 +189,7 @@ def _train(config: ml_collections.ConfigDict, vq, workdir: str, *,
   if config.eval_every:  # a missing eval split fails now, not after eval_every steps
     _pipeline(config, vq, train=False)
   optimizer = make_optimizer(config)
-  model = initialize(lambda: VQVAE(vq, rngs=nnx.Rngs(config.seed)))
+  model = initialize(lambda rngs: VQVAE(vq, rngs=rngs), config.seed)
   graphdef, state = step_lib.init_state(model, optimizer)
   # Committed to the device a restored state lands on: a fresh run and a resumed one then
   # call the step with the same shardings, so the resumed run's step program is the

@@ -40,10 +40,13 @@ def init_compiler_options(abstract: nnx.Module) -> dict | None:
   return None
 
 
-def initialize(build: Callable[[], Module]) -> Module:
-  """`build()`, its arrays made by one jitted program rather than one per initializer.
-  `build` constructs the module from scratch (its own `nnx.Rngs`); it is traced twice,
-  once for shapes and once for the program."""
-  abstract = nnx.eval_shape(build)
-  make = jax.jit(lambda: nnx.state(build()), compiler_options=init_compiler_options(abstract))
-  return nnx.merge(nnx.graphdef(abstract), make())
+def initialize(build: Callable[[nnx.Rngs], Module], seed: int | jax.Array = 0) -> Module:
+  """`build(nnx.Rngs(seed))`, its arrays made by one jitted program rather than one per
+  initializer. The seed (an int, or a key of any implementation) is the program's
+  argument, not a constant in it, so models that differ only in their seed share one
+  compiled program. `build` is traced twice, once for shapes and once for the program."""
+  key = jax.random.key(seed) if isinstance(seed, int) else seed
+  abstract = nnx.eval_shape(lambda: build(nnx.Rngs(key)))
+  make = jax.jit(lambda key: nnx.state(build(nnx.Rngs(key))),
+                 compiler_options=init_compiler_options(abstract))
+  return nnx.merge(nnx.graphdef(abstract), make(key))
