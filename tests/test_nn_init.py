@@ -35,9 +35,13 @@ def test_initialize_draws_what_eager_construction_draws():
     assert a.shape == b.shape and a.dtype == b.dtype
     # One fused program instead of one per initializer: float rounding may differ.
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-  # A different seed draws different parameters: the values come from the seed.
+  # A different seed draws different parameters: the values come from the seed, given
+  # as an int, a numpy int or a key.
   other = init_lib.initialize(Small, 4)
   assert not np.allclose(other.dense.kernel[...], jitted.dense.kernel[...])
+  for seed in (np.int64(4), jax.random.key(4)):
+    np.testing.assert_array_equal(init_lib.initialize(Small, seed).dense.kernel[...],
+                                  other.dense.kernel[...])
   x = np.ones((2, 8, 8, 3), np.float32)
   np.testing.assert_allclose(jitted(x), eager(x), rtol=1e-5, atol=1e-6)
 

@@ -45,7 +45,9 @@ def initialize(build: Callable[[nnx.Rngs], Module], seed: int | jax.Array = 0) -
   initializer. The seed (an int, or a key of any implementation) is the program's
   argument, not a constant in it, so models that differ only in their seed share one
   compiled program. `build` is traced twice, once for shapes and once for the program."""
-  key = jax.random.key(seed) if isinstance(seed, int) else seed
+  is_key = isinstance(seed, jax.Array) and jax.dtypes.issubdtype(seed.dtype,
+                                                                  jax.dtypes.prng_key)
+  key = seed if is_key else jax.random.key(seed)
   abstract = nnx.eval_shape(lambda: build(nnx.Rngs(key)))
   make = jax.jit(lambda key: nnx.state(build(nnx.Rngs(key))),
                  compiler_options=init_compiler_options(abstract))
