@@ -33,11 +33,12 @@ def tiny_divae(modality: str = "rgb", **diffusion_overrides) -> vqvae.VQVAEConfi
                             **SMALL_ENCODER)
 
 
+def rbg_key(seed: int = 0) -> jax.Array:
+  return jax.random.key(seed, impl="rbg")
+
+
 def rngs(seed: int = 0) -> nnx.Rngs:
-  return nnx.Rngs(jax.random.key(seed, impl="rbg"))
-
-
-RBG_0 = jax.random.key(0, impl="rbg")  # rngs(0)'s key, for `initialize`
+  return nnx.Rngs(rbg_key(seed))
 
 
 def with_random_outputs(model: nnx.Module, seed: int = 1) -> nnx.Module:
@@ -234,7 +235,8 @@ def scenes():
 
 @pytest.fixture(scope="module")
 def random_tokenizer():
-  model = with_random_outputs(initialize(lambda r: vqvae.VQVAE(tiny_divae("rgb"), rngs=r), RBG_0))
+  model = with_random_outputs(
+      initialize(lambda r: vqvae.VQVAE(tiny_divae("rgb"), rngs=r), rbg_key()))
   return ts.VQTokenizer.from_model(model)
 
 
@@ -280,7 +282,8 @@ def test_one_step_decoding_is_the_preview(scenes, random_tokenizer):
 def test_depth_and_normal_divaes_decode_raw_arrays(modality):
   sample = synthetic.make_sample(0, "train", 0, 64)
   tokenizer = ts.VQTokenizer.from_model(
-      with_random_outputs(initialize(lambda r: vqvae.VQVAE(tiny_divae(modality), rngs=r), RBG_0)))
+      with_random_outputs(
+          initialize(lambda r: vqvae.VQVAE(tiny_divae(modality), rngs=r), rbg_key())))
   decoded = tokenizer.reconstruct(sample[modality][None])
   assert decoded.shape == sample[modality][None].shape and decoded.dtype == np.float32
   assert np.isfinite(decoded).all()
@@ -329,7 +332,7 @@ def test_every_divae_config_makes_a_valid_divae(variant):
 @pytest.mark.slow
 def test_a_tiny_divaes_loss_falls(scenes):
   config = tiny_divae("rgb")
-  model = initialize(lambda r: vqvae.VQVAE(config, rngs=r), RBG_0)
+  model = initialize(lambda r: vqvae.VQVAE(config, rngs=r), rbg_key())
   optimizer = ts.make_optimizer(ts.TrainConfig(learning_rate=3e-3))
   graphdef, state = ts.init_state(model, optimizer)
   step = ts.make_train_step(graphdef, config, optimizer, seed=0)
