@@ -32,7 +32,7 @@ def done(path: str) -> bool:
 def prepare(out: str, num: int, tokenizer_steps: int) -> dict[str, str]:
   paths = {name: os.path.join(out, name)
            for name in ("world", "world_tokens", "world_rgb_tokens", "instr", "instr_tokens",
-                        "edit_tokens", "tok_rgb")}
+                        "edit_tokens", "source_tokens", "tok_rgb")}
   paths["vocab"] = os.path.join(out, "text_tokenizer.json")
   if not done(paths["world"]):
     fourm("synth", "--out", paths["world"], "--num", str(num), "--resolution", "64", "--quiet")
@@ -61,6 +61,10 @@ def prepare(out: str, num: int, tokenizer_steps: int) -> dict[str, str]:
   if not done(paths["edit_tokens"]):
     fourm("tokenize", "--data", os.path.join(paths["instr"], "edited"), "--out",
           paths["edit_tokens"], "--tokenizers", f"tok_rgb={paths['tok_rgb']}")
+  if not done(paths["source_tokens"]):
+    # Each instruction's source scene as tokens (src_tok_rgb), for a model that edits them.
+    fourm("tokenize", "--data", paths["instr"], "--out", paths["source_tokens"],
+          "--tokenizers", f"src_tok_rgb={paths['tok_rgb']}")
   if not os.path.exists(paths["vocab"]):
     fourm("tokenizer", "train-text", "--data", paths["world"], paths["instr"], "--out",
           paths["vocab"], "--vocab-size", "4500", "--quiet")
@@ -82,10 +86,14 @@ def base_config(paths, steps):
   return config
 
 
-def instruction_config(paths, steps, init):
+def instruction_config(paths, steps, init, edit_source: bool):
   config = base_config(paths, steps)
   config.modalities = ("rgb", "instruction") + tuple(config.modalities[1:])
   config.data.paths = (paths["instr"], paths["instr_tokens"], paths["edit_tokens"])
+  if edit_source:  # the source scene's tokens beside its pixels, all of both and the text
+    config.modalities += ("src_tok_rgb",)
+    config.data.paths += (paths["source_tokens"],)
+    config.input_budget = 2 * 64 + 32
   config.init = init
   # The inputs are the source image and the instruction (which accompanies every source),
   # the targets the answer: never all -> all, where tok_rgb (an edit's answer) or the
@@ -160,17 +168,22 @@ def main() -> None:
   parser.add_argument("--tune-steps", type=int, default=600)
   parser.add_argument("--count", type=int, default=160, help="held-out instructions")
   parser.add_argument("--tokenizer-steps", type=int, default=500, help="the rgb VQ-VAE's")
+  parser.add_argument("--edit-source", action=argparse.BooleanOptionalAction, default=True,
+                      help="the tuned model also reads the source scene's tokens "
+                           "(src_tok_rgb; --no-edit-source: its pixels only)")
   args = parser.parse_args()
   from fourm.generation.generator import Generator
   os.makedirs(args.out, exist_ok=True)
   paths = prepare(args.out, args.num, args.tokenizer_steps)
-  base_dir, tuned_dir = (os.path.join(args.out, n) for n in ("pretrained", "instruction_tuned"))
+  tuned_name = "instruction_tuned" + ("_src" if args.edit_source else "")
+  base_dir, tuned_dir = (os.path.join(args.out, n) for n in ("pretrained", tuned_name))
   base_s = train_once(args.out, "pretrained", base_config(paths, args.steps))
-  tuned_s = train_once(args.out, "instruction_tuned",
-                  instruction_config(paths, args.tune_steps, base_dir))
+  tuned_s = train_once(args.out, tuned_name,
+                       instruction_config(paths, args.tune_steps, base_dir, args.edit_source))
   items = held_out(paths, args.count)
   tuned = Generator.from_checkpoint(tuned_dir)
-  rows = {"instruction-tuned (rgb + instruction)": follow_rates(tuned, items, instructed=True),
+  inputs = "rgb + src_tok_rgb + instruction" if args.edit_source else "rgb + instruction"
+  rows = {f"instruction-tuned ({inputs})": follow_rates(tuned, items, instructed=True),
           "pre-trained, no instruction (rgb)": follow_rates(Generator.from_checkpoint(base_dir),
                                                             items, instructed=False),
           "ceiling: true answer through the tokens": ceilings(tuned, items)}
@@ -184,8 +197,9 @@ def main() -> None:
   print("|---|" + "---|" * len(tasks))
   for name, rates in rows.items():
     print(f"| {name} | " + " | ".join(f"{rates.get(t, float('nan')):.3f}" for t in tasks) + " |")
-  with open(os.path.join(args.out, "result.json"), "w") as f:
-    json.dump({"rows": rows, "counts": counts, "steps": [args.steps, args.tune_steps]}, f,
+  with open(os.path.join(args.out, f"result_{tuned_name}.json"), "w") as f:
+    json.dump({"rows": rows, "counts": counts, "steps": [args.steps, args.tune_steps],
+               "edit_source": args.edit_source}, f,
               indent=1)
 
 

@@ -224,9 +224,9 @@ class ModalitySpec:
 
   @property
   def derived(self) -> bool:
-    """A variant of another entry, derived on first use ("NAME@RES", "ret<k>_NAME"):
-    lookups of "the modality made from raw X" mean the base, never these."""
-    return self.resolution is not None or retrieved_base(self.name) is not None
+    """A variant of another entry, derived on first use ("NAME@RES", "ret<k>_NAME",
+    "src_NAME"): lookups of "the modality made from raw X" mean the base, never these."""
+    return self.resolution is not None or input_variant_base(self.name) is not None
 
   @property
   def base_name(self) -> str:
@@ -448,9 +448,9 @@ def with_vocab_size(spec: ModalitySpec, vocab_sizes: Mapping[str, int]) -> Modal
   quantizer, a 1,024-code VQ-VAE, a small text vocabulary) needs no table rows, and no
   logits, for the rest."""
   size = vocab_sizes.get(spec.name)
-  document = retrieved_base(spec.name)
-  if size is None and document is not None:  # a retrieved document's: its base's
-    size = vocab_sizes.get(document[1])
+  base = input_variant_base(spec.name)
+  if size is None and base is not None:  # a retrieved document's or an edit source's: its base's
+    size = vocab_sizes.get(base)
   if size is None:
     return spec
   if spec.vocab_size is None:
@@ -475,8 +475,12 @@ def get(name: str, vocab_sizes: Mapping[str, int] | None = None) -> ModalitySpec
   document = retrieved_base(name)
   if document is not None and document[1] in MODALITIES:
     return retrieved(document[1], document[0])
+  source = edit_source_base(name)
+  if source is not None and source in MODALITIES:
+    return edit_source(source)
   raise KeyError(f"unknown modality {name!r}; known: {sorted(MODALITIES)} (and a grid's "
-                 "NAME@RESOLUTION, a retrieved document's ret<K>_NAME)")
+                 "NAME@RESOLUTION, a retrieved document's ret<K>_NAME, an edit's source "
+                 "src_NAME)")
 
 
 def is_known(name: str) -> bool:
@@ -520,14 +524,50 @@ def retrieved(name: str, k: int) -> ModalitySpec:
                      f"tokens or sequences, not {base.kind.value}")
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
     raise ValueError(f"retrieved document number {k!r}: expected an int >= 1")
-  return register(dataclasses.replace(base, name=f"ret{k}_{name}",
-                                      roles=frozenset({Role.INPUT})))
+  return _input_copy(base, f"ret{k}_{name}")
 
 
 def retrieved_base(name: str) -> tuple[int, str] | None:
   """(k, base name) of a retrieved document's modality name "ret<k>_<base>", else None."""
   match = _RETRIEVED.fullmatch(name)
   return (int(match.group(1)), match.group(2)) if match else None
+
+
+# An edit's source scene (instruction tuning, docs/instructions.md): "src_<name>" is the
+# token grid `name` of the scene an instruction edits, read beside its image and
+# instruction, so that the model copies what the edit keeps and changes what it asks, as
+# CM3leon edits an image it reads as tokens. Without it the model would have to re-encode
+# the whole scene from pixels before it could change one object.
+_EDIT_SOURCE = re.compile(r"src_(.+)")
+
+
+def edit_source(name: str) -> ModalitySpec:
+  """Token grid `name` of an edit's source scene, registered as "src_<name>": the base's
+  kind, vocabulary, tokenizer and raw modality (`fourm tokenize --tokenizers
+  src_tok_rgb=DIR` tokenizes a record's rgb into it), an input only, with embeddings of
+  its own in a model, so that the model tells the source from the answer's modality."""
+  base = get(name)
+  if base.kind != Kind.IMAGE_TOKENS or base.derived:
+    raise ValueError(f"modality {name!r}: an edit's source is a registered token grid, not "
+                     f"{'a derived ' + base.kind.value if base.derived else base.kind.value}")
+  return _input_copy(base, f"src_{name}")
+
+
+def edit_source_base(name: str) -> str | None:
+  """The base name of an edit source's modality name "src_<base>", else None."""
+  match = _EDIT_SOURCE.fullmatch(name)
+  return match.group(1) if match else None
+
+
+def input_variant_base(name: str) -> str | None:
+  """The entry whose kind, vocabulary and tokenizer an input variant shares: a retrieved
+  document's ("ret<k>_X") or an edit source's ("src_X") -> X; else None."""
+  document = retrieved_base(name)
+  return document[1] if document is not None else edit_source_base(name)
+
+
+def _input_copy(base: ModalitySpec, name: str) -> ModalitySpec:
+  return register(dataclasses.replace(base, name=name, roles=frozenset({Role.INPUT})))
 
 
 def get_raw(name: str) -> RawSpec:

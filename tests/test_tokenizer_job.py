@@ -111,6 +111,11 @@ def test_tokenize_refuses_the_wrong_tokenizer_and_bad_records(scenes, depth_toke
     check_tokenizer("tok_depth@32", variant, modalities.SMALL_LAYOUT)
   with pytest.raises(UsageError, match="not tok_rgb@64"):
     tokenize.load_tokenizers([f"tok_rgb@64={workdir}"])
+  # An edit's source grid (src_tok_depth) is made by its base's tokenizer, and only by it.
+  source = tokenize.load_tokenizers([f"src_tok_depth={workdir}"])["src_tok_depth"][1]
+  check_tokenizer("src_tok_depth", source, modalities.SMALL_LAYOUT)
+  with pytest.raises(UsageError, match="not src_tok_rgb"):
+    tokenize.load_tokenizers([f"src_tok_rgb={workdir}"])
   tokenizer = train_lib.load_tokenizer(workdir)
   with pytest.raises(RecordError, match="field 'depth'"):
     tokenize.encode_batch(tokenizer, [{"rgb": np.zeros((64, 64, 3), np.uint8)}], 4)

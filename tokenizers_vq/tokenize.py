@@ -47,7 +47,9 @@ def _parse(entry: str) -> tuple[str | None, str]:
 
 
 def _is_variant_of(name: str, base: str) -> bool:
-  return modalities.is_known(name) and modalities.get(name).base_name == base
+  """tok_rgb@448 and src_tok_rgb (an edit's source scene) are made by tok_rgb's tokenizer."""
+  return modalities.is_known(name) and (modalities.get(name).base_name == base
+                                        or modalities.edit_source_base(name) == base)
 
 
 def _load_global(entry: str, expected: str | None, workdir: str, meta: dict
@@ -94,7 +96,7 @@ def _load_grid(entry: str, expected: str | None, workdir: str) -> tuple[str, VQT
     raise UsageError(f"{workdir}: a tokenizer for {tokenizer.raw_name!r}, which no "
                      "token-grid modality of the registry is made from") from None
   if expected is not None and expected != name and _is_variant_of(expected, name):
-    name = expected  # tok_rgb@448=DIR: the 448 px grid of a model that reads two sizes
+    name = expected  # tok_rgb@448=DIR, src_tok_rgb=DIR: a variant the grid's tokenizer makes
   if expected is not None and expected != name:
     raise UsageError(f"--tokenizers {entry}: that checkpoint is a tokenizer for "
                      f"{tokenizer.config.modality!r} (it makes {name}), not {expected}")

@@ -191,8 +191,9 @@ def quantizable() -> tuple[str, ...]:
 
 
 def quantizer_for(name: str) -> PatchQuantizer:
-  """The ground-truth patch quantizer of token-grid modality `name`."""
-  spec = modalities.MODALITIES.get(name)
+  """The ground-truth patch quantizer of token-grid modality `name` (a variant's,
+  src_tok_rgb, derived on first use like `modalities.get`)."""
+  spec = modalities.get(name) if modalities.is_known(name) else None
   if (spec is None or spec.kind != modalities.Kind.IMAGE_TOKENS
       or spec.source.values not in _BY_VALUES):
     why = ("not a registered modality" if spec is None else

@@ -75,10 +75,11 @@ class Generator:
         sentinel_prompt=reference_faithful)
     self.layout = model.layout
     tokenizers = dict(tokenizers)
-    for name in model.modality_names:  # a retrieved document's grids decode as their base's
-      document = modalities.retrieved_base(name)
-      if document is not None and document[1] in tokenizers:
-        tokenizers.setdefault(name, tokenizers[document[1]])
+    # A retrieved document's or an edit source's grids (de)tokenize as their base's.
+    for name in model.modality_names:
+      base = modalities.input_variant_base(name)
+      if base is not None and base in tokenizers:
+        tokenizers.setdefault(name, tokenizers[base])
     self.tokenizers = tokenizers
     # Set by `from_checkpoint`: the run's config and workdir (retrieval reads its data).
     self.run_config, self.workdir = None, None
@@ -155,9 +156,11 @@ class Generator:
   def encode_conditions(self, conditions: Mapping[str, Any], num_samples: int
                         ) -> dict[str, dict]:
     """{model modality: entry}; a single value is repeated for every sample, a list gives
-    one value per sample."""
+    one value per sample. A model that reads an edit's source ("src_tok_rgb") reads the
+    given image there too unless the source is given itself: the image is the scene to
+    edit."""
     known = {}
-    for name, value in conditions.items():
+    for name, value in {**self._edit_sources(conditions), **conditions}.items():
       values = list(value) if isinstance(value, (list, tuple)) else [value] * num_samples
       if len(values) != num_samples:
         raise UsageError(f"condition {name}: {len(values)} values for {num_samples} samples")
@@ -166,6 +169,17 @@ class Generator:
         raise UsageError(f"two conditions feed {modality!r}")
       known[modality] = entry
     return known
+
+  def _edit_sources(self, conditions: Mapping[str, Any]) -> dict[str, Any]:
+    """{"src_<grid>": the condition of the grid's raw modality} for each edit-source input
+    of the model that is not given but whose raw modality is (rgb -> src_tok_rgb)."""
+    sources = {}
+    for name in self.model.input_names:
+      base = modalities.edit_source_base(name)
+      raw = modalities.get(base).source.name if base is not None else None
+      if raw in conditions and name not in conditions:
+        sources[name] = conditions[raw]
+    return sources
 
   def generate(self, conditions: Mapping[str, Any], chain: Sequence[Decoding], *,
                seed: int = 0, num_samples: int = 1,
@@ -259,6 +273,8 @@ class Generation:
         document = modalities.retrieved_base(name)
         if document is not None:
           raw = f"{raw} (retrieved {document[0]})"
+        elif modalities.edit_source_base(name) is not None:
+          raw = f"{raw} (source tokens)"
         elif name in self.conditions and raw in generated_raw and name not in self.generated:
           raw = f"{raw} (given)"
         sample[raw] = value

@@ -65,9 +65,9 @@ class TrainingStopped(FourmError):
 def _alphas(config: ml_collections.ConfigDict) -> AlphasMixture:
   names = tuple(config.modalities)
   alphas = config.alphas
-  # A sample's retrieved documents and its instruction accompany whichever source gives
-  # its inputs: they are read with the query, never in its place.
-  companions = tuple(n for n in names if modalities.retrieved_base(n) is not None
+  # A sample's retrieved documents, its instruction and an edit's source scene accompany
+  # whichever source gives its inputs: they are read with the query, never in its place.
+  companions = tuple(n for n in names if modalities.input_variant_base(n) is not None
                      or n == modalities.INSTRUCTION.name)
   if alphas.kind == "all2all":
     return AlphasMixture.uniform(names, alphas.alpha, alphas.alpha)
