@@ -4,7 +4,7 @@
     make demo                                                    # demo_out/train: the start
     fourm synth --out demo_out/instr --num 1000 --resolution 64 --seed 1 --instructions
     fourm tokenize --data demo_out/instr --out demo_out/instr_tokens --method patches \
-        --modalities tok_depth,tok_normal,tok_semseg
+        --modalities tok_semseg
     fourm tokenize --data demo_out/instr/edited --out demo_out/instr_edit_tokens \
         --tokenizers tok_rgb=demo_out/tok_rgb
     fourm tokenize --data demo_out/instr --out demo_out/instr_source_tokens \
