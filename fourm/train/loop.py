@@ -33,8 +33,8 @@ from fourm.checkpoint import Checkpoints
 from fourm.train.init_from import initialize_from
 from fourm.train.optimizer import make_optimizer
 from fourm.train.preemption import Preemption
-from fourm.train.state import (create_train_state, layout, model_factory, num_params,
-                               vocab_sizes)
+from fourm.train.state import (abstract_train_state, create_train_state, layout,
+                               model_factory, num_params, vocab_sizes)
 from fourm.train.step import make_eval_step, make_train_step
 
 # Config fields a resumed run must share with the checkpoint it resumes.
@@ -240,25 +240,31 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[st
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.axis_rules(config, mesh)  # one table for the state, steps and batches
   mesh_lib.check_batch_divides(mesh, config.batch_size, rules)
-  pipeline = make_pipeline(config, split=config.data.train_split, train=True,
-                           batch_size=config.batch_size)
-  tx, schedule = make_optimizer(config.optimizer, config.batch_size, total_steps)
-  graphdef, state = create_train_state(build, tx, mesh, rules)
-  log(f"model: {config.model.size}, {num_params(state):,} parameters; mesh "
-      f"{dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)")
-
   checkpoints = Checkpoints(workdir, every=config.checkpoint.every, keep=config.checkpoint.keep,
                             async_save=config.checkpoint.async_save, log=log)
   cleanup.callback(workdir_lib.closing_quietly(checkpoints.close))
   saved = checkpoints.latest_meta()
-  if saved is not None:
+  if saved is not None:  # a run this config cannot resume is refused before any work
     _check_resumable(saved["config"], config, workdir)
-  restored = checkpoints.restore_latest(state)
+  pipeline = make_pipeline(config, split=config.data.train_split, train=True,
+                           batch_size=config.batch_size)
+  tx, schedule = make_optimizer(config.optimizer, config.batch_size, total_steps)
+  # A resumed run reads its checkpoint into the state's shapes and shardings: no random
+  # state is made only to be overwritten (which held two states in memory at once).
+  graphdef, state = (create_train_state if saved is None else abstract_train_state)(
+      build, tx, mesh, rules)
+  log(f"model: {config.model.size}, {num_params(state):,} parameters; mesh "
+      f"{dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)")
+
+  restored = checkpoints.restore_latest(state) if saved is not None else None
   if restored is not None:
     state, _ = restored
     log(f"resumed from the checkpoint at step {int(state.step)} in {checkpoints.directory}")
-  elif config.get("init"):
-    state = initialize_from(state, config.init, log)
+  else:
+    if saved is not None:  # no checkpoint after all (raced away): start afresh
+      graphdef, state = create_train_state(build, tx, mesh, rules)
+    if config.get("init"):
+      state = initialize_from(state, config.init, log)
   start = int(state.step)
 
   def meta() -> dict[str, Any]:
