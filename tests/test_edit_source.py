@@ -136,3 +136,8 @@ def test_a_tuned_model_starts_reading_the_source_as_the_pretrained_model_read_it
         np.asarray(jax.tree.leaves(started["encoder_embeddings"]["src_tok_rgb"][part])[0]),
         np.asarray(jax.tree.leaves(before["encoder_embeddings"]["tok_rgb"][part])[0]))
   assert "instruction" in lines[0].split("new here:")[1], "the instruction starts fresh"
+  # And it trains: the source's and the grid's embeddings, read from one pre-trained
+  # array, are parameters of their own (the step donates each).
+  last = loop.train(edit_config(edits, init=pretrained, total_steps=2, eval_every=0),
+                    str(tmp_path / "tuned"), log=lambda _: None)
+  assert np.isfinite(last["loss"])

@@ -80,7 +80,10 @@ def initialize_from(state: TrainState, init: str, log: Callable[[str], None] = p
                      f"{mismatched[:4]}{' ...' if len(mismatched) > 4 else ''}")
   sources = {path: path for path in new if path in old}
   sources.update(_edit_sources_from_their_grids(new, old, sources))
-  copied = {path: jax.device_put(old[source].astype(new[path].dtype), new[path].sharding)
+  # may_alias=False: two parameters read from one pre-trained array must not share its
+  # buffer (the train step donates each of them).
+  copied = {path: jax.device_put(old[source].astype(new[path].dtype), new[path].sharding,
+                                 may_alias=False)
             for path, source in sources.items()}
   fresh = sorted(set(new) - set(sources))
   unused = sorted(set(old) - set(new))
