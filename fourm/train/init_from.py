@@ -20,7 +20,6 @@ import jax
 import ml_collections
 from flax import nnx
 
-from fourm import modalities
 from fourm.checkpoint import Checkpoints
 from fourm.errors import UsageError
 from fourm.train.state import TrainState, model_factory
@@ -78,43 +77,15 @@ def initialize_from(state: TrainState, init: str, log: Callable[[str], None] = p
   if mismatched:
     raise UsageError(f"config.init {init}: parameters of another shape in this model: "
                      f"{mismatched[:4]}{' ...' if len(mismatched) > 4 else ''}")
-  sources = {path: path for path in new if path in old}
-  sources.update(_edit_sources_from_their_grids(new, old, sources))
-  # may_alias=False: two parameters read from one pre-trained array must not share its
-  # buffer (the train step donates each of them).
-  copied = {path: jax.device_put(old[source].astype(new[path].dtype), new[path].sharding,
-                                 may_alias=False)
-            for path, source in sources.items()}
-  fresh = sorted(set(new) - set(sources))
+  copied = {path: jax.device_put(old[path].astype(leaf.dtype), leaf.sharding)
+            for path, leaf in new.items() if path in old}
+  fresh = sorted(set(new) - set(old))
   unused = sorted(set(old) - set(new))
-  read_as_base = sorted({path.split("][")[1].strip("'") for path in sources
-                         if sources[path] != path})
   log(f"initialized from {init} (step {step}): {len(copied)} of {len(new)} parameter arrays; "
-      f"new here: {_summary(fresh)}; not used: {_summary(unused)}"
-      + (f"; read as their grids were: {', '.join(read_as_base)}" if read_as_base else ""))
+      f"new here: {_summary(fresh)}; not used: {_summary(unused)}")
   params = jax.tree_util.tree_map_with_path(
       lambda path, leaf: copied.get(jax.tree_util.keystr(path), leaf), state.params)
   return state.replace(params=params)
-
-
-def _edit_sources_from_their_grids(new: dict, old: dict, taken: dict) -> dict[str, str]:
-  """{path: pre-trained path} for the encoder embeddings of an edit's source ("src_tok_rgb",
-  new here) that start as the pre-trained model's input embeddings of the grid
-  ("tok_rgb"): the same codes of the same tokenizer, which the model learnt to read as
-  inputs, so an edit model starts out reading the scene it edits. (An edit model predicts
-  the grid: its own encoder embeddings, copied as well, are then read by nothing.)"""
-  found = {}
-  for path in new:
-    parts = path.split("][")
-    if path in taken or len(parts) < 2 or parts[0] != "['encoder_embeddings'":
-      continue
-    base = modalities.edit_source_base(parts[1].strip("'"))
-    if base is None:
-      continue
-    source = "][".join([parts[0], f"'{base}'", *parts[2:]])
-    if source in old and old[source].shape == new[path].shape:
-      found[path] = source
-  return found
 
 
 def _summary(paths: list[str]) -> str:
