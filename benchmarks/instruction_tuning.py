@@ -137,7 +137,25 @@ def follow_rates(generator, items, *, instructed: bool, batch_size: int = 16) ->
         follows[task].append(verdict.follows)
         if verdict.changed is not None:
           follows["edit: named attribute changed"].append(verdict.changed)
+      if task == "edit":
+        _edit_tokens(generator, batch, result.tokens(target), follows)
   return {task: sum(v) / len(v) for task, v in follows.items() if v}
+
+
+def _edit_tokens(generator, batch, made, follows) -> None:
+  """Token by token against the source scene's and the true edit's tok_rgb: where the
+  edit keeps a token, how often the model wrote it too ("kept"); where it changes one,
+  how often the model wrote the edit's ("edited")."""
+  import numpy as np
+  tokenizer = generator.tokenizers["tok_rgb"]
+  tokenize = lambda images: np.asarray(tokenizer.tokenize(images, generator.layout)  # noqa: E731
+                                       ).reshape(len(batch), -1)
+  source = tokenize([item["rgb"] for item in batch])
+  true = tokenize([item["sample"].answer["rgb"] for item in batch])
+  made = np.asarray(made).reshape(len(batch), -1)
+  changed = true != source
+  follows["edit tokens: kept"] += list((made == source)[~changed])
+  follows["edit tokens: edited"] += list((made == true)[changed])
 
 
 def ceilings(generator, items) -> dict:
@@ -191,12 +209,15 @@ def main() -> None:
   print(f"\nheld-out instructions followed (instruction_checks.check); pre-training "
         f"{args.steps} steps ({base_s:.0f} s), instruction tuning {args.tune_steps} steps "
         f"({tuned_s:.0f} s):\n")
-  tasks = list(TASK_TARGETS) + ["edit: named attribute changed"]
+  tasks = list(TASK_TARGETS) + ["edit: named attribute changed", "edit tokens: kept",
+                                 "edit tokens: edited"]
   counts["edit: named attribute changed"] = counts["edit"]
+  counts["edit tokens: kept"] = counts["edit tokens: edited"] = counts["edit"]
   print("| model | " + " | ".join(f"{t} (n={counts[t]})" for t in tasks) + " |")
   print("|---|" + "---|" * len(tasks))
   for name, rates in rows.items():
-    print(f"| {name} | " + " | ".join(f"{rates.get(t, float('nan')):.3f}" for t in tasks) + " |")
+    print(f"| {name} | " + " | ".join(f"{rates[t]:.3f}" if t in rates else "-" for t in tasks)
+          + " |")
   with open(os.path.join(args.out, f"result_{tuned_name}.json"), "w") as f:
     json.dump({"rows": rows, "counts": counts, "steps": [args.steps, args.tune_steps],
                "edit_source": args.edit_source}, f,
