@@ -186,9 +186,9 @@ def main() -> None:
   parser.add_argument("--tune-steps", type=int, default=600)
   parser.add_argument("--count", type=int, default=160, help="held-out instructions")
   parser.add_argument("--tokenizer-steps", type=int, default=500, help="the rgb VQ-VAE's")
-  parser.add_argument("--edit-source", action=argparse.BooleanOptionalAction, default=True,
+  parser.add_argument("--edit-source", action="store_true",
                       help="the tuned model also reads the source scene's tokens "
-                           "(src_tok_rgb; --no-edit-source: its pixels only)")
+                           "(src_tok_rgb), not only its pixels")
   args = parser.parse_args()
   from fourm.generation.generator import Generator
   os.makedirs(args.out, exist_ok=True)
