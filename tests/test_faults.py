@@ -15,6 +15,7 @@ import io
 import os
 import re
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -256,7 +257,30 @@ def test_an_async_save_the_disk_refuses_names_its_step(train_data, tmp_path, mon
                                    r"steps \[2\] are intact", status_line), status_line
   assert_quiet(capfd.readouterr().err)
   monkeypatch.undo()
+  # The failed save's array writes may still be running in this process's tensorstore
+  # threads (a user's resumed run is another process): let them land before the resumed
+  # run deletes their directory, or the two race.
+  _until_settled(os.path.join(str(tmp_path), "checkpoints"))
   resumes_from(train_data, str(tmp_path), 2, total_steps=8)
+
+
+def _until_settled(directory: str, quiet_s: float = 1.0, timeout_s: float = 60.0) -> None:
+  """Waits until no file under `directory` has appeared, gone or changed size for
+  `quiet_s` seconds."""
+  def snapshot():
+    sizes = {}
+    for root, _, names in os.walk(directory):
+      for name in names:
+        with contextlib.suppress(FileNotFoundError):  # gone since the listing: a change too
+          sizes[os.path.join(root, name)] = os.path.getsize(os.path.join(root, name))
+    return sizes
+  deadline, last, since = time.time() + timeout_s, snapshot(), time.time()
+  while time.time() - since < quiet_s:
+    assert time.time() < deadline, f"{directory} still changing after {timeout_s} s"
+    time.sleep(0.1)
+    now = snapshot()
+    if now != last:
+      last, since = now, time.time()
 
 
 def test_a_full_disk_while_writing_records_is_one_line(tmp_path, capsys):
