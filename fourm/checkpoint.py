@@ -113,6 +113,10 @@ class Checkpoints:
     except OSError:
       return []
 
+  def steps(self) -> list[int]:
+    """The steps of the checkpoints in the directory, readable or not."""
+    return sorted(self.manager.all_steps())
+
   def latest_meta(self) -> dict | None:
     """The metadata (step, data position, config) of the newest checkpoint whose metadata
     reads back, or None when there is none: check it before restoring the state."""

@@ -153,6 +153,19 @@ def test_a_damaged_newest_checkpoint_is_skipped(data, whole_run, tmp_path):
     Checkpoints(str(tmp_path), every=3, keep=3, log=quiet).restore_latest(fresh)
 
 
+def test_a_run_whose_checkpoints_metadata_is_unreadable_is_not_started_afresh(data, whole_run,
+                                                                                 tmp_path):
+  """Checkpoints whose metadata no longer reads (so no config to check against) are
+  still this run's: training over them afresh would hide the damage."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(whole_run, workdir)
+  for path in glob.glob(os.path.join(workdir, "checkpoints", "*", "meta", "*")):
+    with open(path, "w") as f:
+      f.write("{not json")
+  with pytest.raises(UsageError, match=r"none of the checkpoints \[.*\] .* can be read"):
+    loop.train(small_config(data, eval_every=0), workdir, log=quiet)
+
+
 @pytest.mark.slow
 def test_non_finite_steps_are_skipped_then_stop_the_run(data, tmp_path, monkeypatch):
   real = loop.make_train_step

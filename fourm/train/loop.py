@@ -249,22 +249,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[st
   pipeline = make_pipeline(config, split=config.data.train_split, train=True,
                            batch_size=config.batch_size)
   tx, schedule = make_optimizer(config.optimizer, config.batch_size, total_steps)
-  # A resumed run reads its checkpoint into the state's shapes and shardings: no random
-  # state is made only to be overwritten (which held two states in memory at once).
-  graphdef, state = (create_train_state if saved is None else abstract_train_state)(
+  # A run with checkpoints (readable or not: restoring says which) reads one into the
+  # state's shapes and shardings: no random state is made only to be overwritten (which
+  # held two states in memory at once).
+  resuming = bool(checkpoints.steps())
+  graphdef, state = (abstract_train_state if resuming else create_train_state)(
       build, tx, mesh, rules)
   log(f"model: {config.model.size}, {num_params(state):,} parameters; mesh "
       f"{dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)")
 
-  restored = checkpoints.restore_latest(state) if saved is not None else None
-  if restored is not None:
-    state, _ = restored
+  if resuming:  # the newest checkpoint that reads back; none reading back is an error
+    state, _ = checkpoints.restore_latest(state)
     log(f"resumed from the checkpoint at step {int(state.step)} in {checkpoints.directory}")
-  else:
-    if saved is not None:  # no checkpoint after all (raced away): start afresh
-      graphdef, state = create_train_state(build, tx, mesh, rules)
-    if config.get("init"):
-      state = initialize_from(state, config.init, log)
+  elif config.get("init"):
+    state = initialize_from(state, config.init, log)
   start = int(state.step)
 
   def meta() -> dict[str, Any]:
