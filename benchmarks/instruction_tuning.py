@@ -29,7 +29,7 @@ def done(path: str) -> bool:
   return os.path.exists(os.path.join(path, "dataset_info.json"))
 
 
-def prepare(out: str, num: int, tokenizer_steps: int) -> dict[str, str]:
+def prepare(out: str, num: int, tokenizer_steps: int, edit_source: bool) -> dict[str, str]:
   paths = {name: os.path.join(out, name)
            for name in ("world", "world_tokens", "world_rgb_tokens", "instr", "instr_tokens",
                         "edit_tokens", "source_tokens", "tok_rgb")}
@@ -61,7 +61,7 @@ def prepare(out: str, num: int, tokenizer_steps: int) -> dict[str, str]:
   if not done(paths["edit_tokens"]):
     fourm("tokenize", "--data", os.path.join(paths["instr"], "edited"), "--out",
           paths["edit_tokens"], "--tokenizers", f"tok_rgb={paths['tok_rgb']}")
-  if not done(paths["source_tokens"]):
+  if edit_source and not done(paths["source_tokens"]):
     # Each instruction's source scene as tokens (src_tok_rgb), for a model that edits them.
     fourm("tokenize", "--data", paths["instr"], "--out", paths["source_tokens"],
           "--tokenizers", f"src_tok_rgb={paths['tok_rgb']}")
@@ -192,7 +192,7 @@ def main() -> None:
   args = parser.parse_args()
   from fourm.generation.generator import Generator
   os.makedirs(args.out, exist_ok=True)
-  paths = prepare(args.out, args.num, args.tokenizer_steps)
+  paths = prepare(args.out, args.num, args.tokenizer_steps, args.edit_source)
   tuned_name = "instruction_tuned" + ("_src" if args.edit_source else "")
   base_dir, tuned_dir = (os.path.join(args.out, n) for n in ("pretrained", tuned_name))
   base_s = train_once(args.out, "pretrained", base_config(paths, args.steps))
